@@ -1,0 +1,1 @@
+"""The KubeVision operator: kopf handlers that reconcile Cameras, Pipelines and ModelVariants."""

@@ -1,0 +1,60 @@
+"""Shared fixtures: the real local cluster (one per session) and a namespace per test."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.envtest.cluster import LocalCluster
+
+_STATE_DIR = pytest.StashKey[Path]()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the cluster, so ``-m "not cluster"`` runs the fast ones."""
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[LocalCluster]:
+    """etcd + kube-apiserver + controller-manager + scheduler + simulated nodes, all real."""
+    state_dir = tmp_path_factory.mktemp("cluster")
+    pytestconfig.stash[_STATE_DIR] = state_dir
+    with LocalCluster(state_dir) as local:
+        yield local
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Point at the control-plane logs when something failed (they stay on disk)."""
+    state_dir = config.stash.get(_STATE_DIR, None)
+    if state_dir is not None and exitstatus != 0:
+        terminalreporter.write_line(f"control-plane logs kept in {state_dir / 'logs'}")
+
+
+@pytest.fixture
+def core(cluster: LocalCluster) -> client.CoreV1Api:
+    return client.CoreV1Api(cluster.api_client())
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster, core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (deletion is not awaited)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})  # type: ignore[arg-type]
+    yield name
+    core.delete_namespace(name)
+
+
+def as_json(response: Any) -> Any:
+    """Plain JSON of a kubernetes-client call made with ``_preload_content=False``."""
+    return json.loads(response.data)

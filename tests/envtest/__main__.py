@@ -1,0 +1,179 @@
+"""``python -m tests.envtest up|down|status|show``: the local cluster for people.
+
+``up`` starts a detached supervisor (``serve``) that runs the control plane and the simulated
+nodes until ``down`` sends it SIGTERM; state, kubeconfigs and logs live in ``--state-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tests.envtest.cluster import LocalCluster
+from tests.envtest.controlplane import REPO_ROOT
+from tests.envtest.poll import WaitTimeout, wait_for
+
+DEFAULT_STATE_DIR = REPO_ROOT / ".kubevision" / "cluster"
+
+
+def _pid_file(state_dir: Path) -> Path:
+    return state_dir / "supervisor.pid"
+
+
+def _running_pid(state_dir: Path) -> int | None:
+    try:
+        pid = int(_pid_file(state_dir).read_text())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    return pid
+
+
+def serve(state_dir: Path) -> int:
+    """Run the cluster in the foreground until SIGTERM/SIGINT."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    _pid_file(state_dir).write_text(str(os.getpid()))
+    with LocalCluster(state_dir) as cluster:
+        _link_tools(cluster, state_dir / "bin")
+        (state_dir / "ready").write_text(f"{cluster.startup_seconds:.1f}\n")
+        while not stop.wait(2.0):
+            cluster.control_plane.check_alive()
+    (state_dir / "ready").unlink(missing_ok=True)
+    _pid_file(state_dir).unlink(missing_ok=True)
+    return 0
+
+
+def _link_tools(cluster: LocalCluster, bin_dir: Path) -> None:
+    """Put the pinned kubectl and helm in one folder a person can add to PATH."""
+    bin_dir.mkdir(exist_ok=True)
+    for tool in (cluster.toolchain.kubectl, cluster.toolchain.helm):
+        (bin_dir / tool.name).unlink(missing_ok=True)
+        (bin_dir / tool.name).symlink_to(tool)
+
+
+def up(state_dir: Path) -> int:
+    if _running_pid(state_dir):
+        print(f"cluster already running (state in {state_dir})")
+        _print_usage(state_dir)
+        return 0
+    shutil.rmtree(state_dir, ignore_errors=True)
+    state_dir.mkdir(parents=True)
+    log_path = state_dir / "supervisor.log"
+    print(
+        "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler "
+        "and simulated nodes (first run builds Kubernetes from source: ~10 min) ..."
+    )
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.envtest", "serve", f"--state-dir={state_dir}"],
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise SystemExit(f"cluster failed to start; log:\n{log_path.read_text()[-4000:]}")
+        return (state_dir / "ready").exists()
+
+    try:
+        wait_for(ready, timeout=1800, what="the local cluster", interval=0.5)
+    except WaitTimeout:
+        proc.terminate()
+        raise
+    startup = (state_dir / "ready").read_text().strip()
+    print(f"cluster ready in {startup}s")
+    _print_usage(state_dir)
+    return 0
+
+
+def down(state_dir: Path) -> int:
+    pid = _running_pid(state_dir)
+    if pid is None:
+        print("no local cluster running")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while _running_pid(state_dir) == pid and time.monotonic() < deadline:
+        time.sleep(0.2)  # waiting for another process to exit; there is nothing to poll instead
+    if _running_pid(state_dir) == pid:
+        os.kill(pid, signal.SIGKILL)
+    print(f"cluster stopped; logs kept in {state_dir / 'logs'}")
+    return 0
+
+
+def status(state_dir: Path, quiet: bool = False) -> int:
+    running = _running_pid(state_dir) is not None and (state_dir / "ready").exists()
+    if not quiet:
+        print(f"running; state in {state_dir}" if running else "not running")
+        if running:
+            _print_usage(state_dir)
+    return 0 if running else 1
+
+
+def show(state_dir: Path) -> int:
+    """Print the simulated hardware the way a person would look at it with kubectl."""
+    if status(state_dir, quiet=True) != 0:
+        print("not running: make cluster-up")
+        return 1
+    kubectl = [str(state_dir / "bin" / "kubectl"), f"--kubeconfig={state_dir / 'admin.kubeconfig'}"]
+    columns = ",".join(
+        [
+            "NAME:.metadata.name",
+            "ARCH:.status.nodeInfo.architecture",
+            "SITE:.metadata.labels.kubevision\\.io/site",
+            "ACCELERATOR:.metadata.labels.kubevision\\.io/accelerator",
+            "GPU:.metadata.labels.nvidia\\.com/gpu\\.product",
+            "GPUS:.status.allocatable.nvidia\\.com/gpu",
+            "JETSON:.metadata.labels.kubevision\\.io/jetson-model",
+            "TAINTS:.spec.taints[*].key",
+        ]
+    )
+    views = (["get", "nodes", "-o", "wide"], ["get", "nodes", "-o", f"custom-columns={columns}"])
+    for args in views:
+        print(f"$ kubectl {' '.join(args)}")
+        subprocess.run([*kubectl, *args], check=True)
+        print()
+    return 0
+
+
+def _print_usage(state_dir: Path) -> None:
+    kubeconfig = state_dir / "admin.kubeconfig"
+    print(f"""
+  admin kubeconfig:    {kubeconfig}
+  operator kubeconfig: {state_dir / "operator.kubeconfig"}  (only the chart's RBAC)
+  pinned kubectl/helm: {state_dir / "bin"}
+  logs:                {state_dir / "logs"}
+
+  export KUBECONFIG={kubeconfig} PATH={state_dir / "bin"}:$PATH
+  kubectl get nodes -o wide
+
+  stop it with: make cluster-down
+""")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.envtest", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status", "show", "serve"])
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    state_dir = args.state_dir.resolve()
+    commands = {"up": up, "down": down, "status": status, "show": show, "serve": serve}
+    return commands[args.command](state_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

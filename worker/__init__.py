@@ -1,0 +1,1 @@
+"""The KubeVision worker: the data plane that runs in worker pods."""
