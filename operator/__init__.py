@@ -1,1 +1,0 @@
-"""The KubeVision operator: kopf handlers that reconcile Cameras, Pipelines and ModelVariants."""
