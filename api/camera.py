@@ -1,0 +1,195 @@
+"""``Camera``: one video source the operator assigns to a Pipeline's workers."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field
+
+from kubevision.api.common import (
+    CONDITIONS_SCHEMA_EXTRA,
+    NAME_PATTERN,
+    ApiModel,
+    Condition,
+    SecretKeyNames,
+    cel,
+    validations,
+)
+
+URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "file", "v4l2")
+SamplingMode = Literal["all", "everyN", "motion", "adaptive", "keyframes"]
+
+
+class CameraSource(ApiModel):
+    """Where the video comes from and how to connect."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "!self.url.matches('^[a-z0-9+.-]+://[^/@]*:[^/@]*@')",
+                "spec.source.url must not carry a password: put the credentials in a Secret "
+                "and name it in spec.source.credentialsSecretRef",
+                field_path=".url",
+            ),
+            cel(
+                "!has(self.transport) || self.url.startsWith('rtsp')",
+                "spec.source.transport applies to rtsp:// and rtsps:// sources only",
+                field_path=".transport",
+            ),
+        )
+    }
+
+    url: str = Field(
+        max_length=2048,
+        pattern=r"^(rtsp|rtsps|http|https|rtmp|rtmps|file|v4l2)://.+$",
+    )
+    """Stream URL: rtsp, rtsps, http(s), rtmp(s), file:// path or v4l2:///dev/videoN. Never put a
+    password here; use credentialsSecretRef."""
+    transport: Literal["tcp", "udp"] | None = None
+    """RTSP transport (default tcp)."""
+    credentials_secret_ref: SecretKeyNames | None = None
+    """Secret with the stream's username and password; workers get them as env vars."""
+    timeout_seconds: int = Field(default=10, ge=1, le=300)
+    """Give up connecting or reading after this long, then reconnect with backoff."""
+
+    @property
+    def host(self) -> str:
+        """The source's host (or device/file path), for people and printer columns."""
+        parts = urlsplit(self.url)
+        return parts.hostname or parts.path
+
+
+class Sampling(ApiModel):
+    """Which decoded frames go to inference."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.mode == 'everyN' ? has(self.everyN) : !has(self.everyN)",
+                "spec.sampling.everyN is required with mode everyN and not allowed otherwise",
+                field_path=".everyN",
+            ),
+            cel(
+                "has(self.motionThreshold) ? self.mode in ['motion', 'adaptive'] : true",
+                "spec.sampling.motionThreshold applies to modes motion and adaptive only",
+                field_path=".motionThreshold",
+            ),
+            cel(
+                "(has(self.minFps) || has(self.maxFps)) ? self.mode == 'adaptive' : true",
+                "spec.sampling.minFps/maxFps apply to mode adaptive only",
+                field_path=".mode",
+            ),
+            cel(
+                "has(self.minFps) && has(self.maxFps) ? self.minFps <= self.maxFps : true",
+                "spec.sampling.minFps must not exceed spec.sampling.maxFps",
+                field_path=".minFps",
+            ),
+        )
+    }
+
+    mode: SamplingMode = "all"
+    """all frames, every N-th, motion-triggered, adaptive (rate follows activity) or keyframes."""
+    every_n: int | None = Field(default=None, ge=1, le=1000)
+    """With mode everyN: process one frame in N."""
+    motion_threshold: float | None = Field(default=None, gt=0, le=1)
+    """With motion/adaptive: fraction of changed pixels that counts as activity."""
+    min_fps: float | None = Field(default=None, gt=0, le=240)
+    """With adaptive: the rate when nothing moves."""
+    max_fps: float | None = Field(default=None, gt=0, le=240)
+    """With adaptive: the rate under full activity."""
+
+
+# [x, y] in normalised image coordinates (0..1, origin top-left). A pair rather than {x, y}:
+# YAML 1.1 readers such as kubectl take a bare `y` key for the boolean true.
+Point = Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=2, max_length=2)]
+
+
+class Zone(ApiModel):
+    """A named polygon for zone analytics (enter/leave, dwell)."""
+
+    name: str = Field(max_length=63, pattern=NAME_PATTERN)
+    points: list[Point] = Field(min_length=3, max_length=64)
+
+
+class Line(ApiModel):
+    """A named line for crossing counts; ``start`` → ``end`` defines the positive direction."""
+
+    name: str = Field(max_length=63, pattern=NAME_PATTERN)
+    start: Point
+    end: Point
+
+
+class CameraSpec(ApiModel):
+    """Desired state of a Camera."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "!has(self.zones) || self.zones.all(z, self.zones.exists_one(o, o.name == z.name))",
+                "spec.zones names must be unique",
+                field_path=".zones",
+            ),
+            cel(
+                "!has(self.lines) || self.lines.all(l, self.lines.exists_one(o, o.name == l.name))",
+                "spec.lines names must be unique",
+                field_path=".lines",
+            ),
+        )
+    }
+
+    source: CameraSource
+    fps: float = Field(default=30, gt=0, le=240)
+    """Frame rate the source delivers; used to size workers."""
+    sampling: Sampling = Field(default_factory=Sampling)
+    site: str | None = Field(default=None, max_length=63, pattern=NAME_PATTERN)
+    """Pins the camera to nodes labelled kubevision.io/site=<site> (edge locations)."""
+    priority: int = Field(default=100, ge=0, le=1000)
+    """Higher-priority cameras are kept at full quality longest when capacity is short."""
+    zones: list[Zone] | None = Field(default=None, max_length=32)
+    lines: list[Line] | None = Field(default=None, max_length=32)
+    paused: bool = False
+    """A paused camera is not assigned to any worker."""
+
+    @property
+    def effective_fps(self) -> float:
+        """Frames per second that reach inference after sampling (sizes the workers)."""
+        s = self.sampling
+        if s.mode == "everyN" and s.every_n:
+            return self.fps / s.every_n
+        if s.mode == "adaptive" and s.max_fps:
+            return min(self.fps, s.max_fps)
+        return self.fps
+
+
+class CameraAssignment(ApiModel):
+    """Which worker of which Pipeline processes this camera."""
+
+    pipeline: str
+    workload: str
+    shard: int = Field(ge=0)
+
+
+class CameraStatus(ApiModel):
+    """Observed state of a Camera (assignments by the operator, stream health by workers)."""
+
+    observed_generation: int | None = None
+    source_host: str | None = None
+    """Host of the source URL (never credentials)."""
+    assignments: list[CameraAssignment] = Field(
+        default_factory=list,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["pipeline"],
+        },
+    )
+    """One entry per Pipeline that selects this camera."""
+    observed_fps: float | None = None
+    p99_latency_ms: float | None = None
+    reconnects: int | None = None
+    last_frame_time: dt.datetime | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA
+    )
+    """Ready, Connected, Degraded."""

@@ -1,0 +1,128 @@
+"""Building blocks shared by the three custom resources: the model base, conditions, selectors.
+
+Models use snake_case attributes and camelCase wire names (``alias_generator``), like every
+Kubernetes API. Validation that needs more than one field is written as CEL rules
+(``x-kubernetes-validations``) so the API server rejects bad objects before the operator sees
+them; :func:`cel` builds such a rule.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+"""An RFC 1123 label: what Kubernetes accepts as a name or a label value used as a name."""
+
+
+class ApiModel(BaseModel):
+    """Base of every API type: camelCase on the wire, unknown fields ignored, immutable."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON-ready dict Kubernetes expects (camelCase, no unset optional fields)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def cel(rule: str, message: str, *, field_path: str | None = None) -> dict[str, str]:
+    """One ``x-kubernetes-validations`` entry; ``message`` tells the user what to fix."""
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+def validations(*rules: dict[str, str]) -> dict[str, Any]:
+    """``json_schema_extra`` carrying CEL rules for a model or field."""
+    return {"x-kubernetes-validations": list(rules)}
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(ApiModel):
+    """A metav1.Condition: the latest observation of one aspect of the object's state."""
+
+    type: str = Field(max_length=316, pattern=r"^([a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?)$")
+    """CamelCase type, e.g. Ready or Degraded."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    reason: str = Field(max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    """Machine-readable CamelCase reason for the last transition."""
+    message: str = Field(default="", max_length=32768)
+    """Human-readable details."""
+    last_transition_time: dt.datetime
+    """When the status last changed."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The .metadata.generation the condition was set for."""
+
+
+CONDITIONS_SCHEMA_EXTRA: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
+
+
+class LabelSelectorRequirement(ApiModel):
+    """One matchExpressions entry of a label selector."""
+
+    key: str = Field(max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list, max_length=64)
+
+
+class LabelSelector(ApiModel):
+    """A metav1.LabelSelector; an empty selector selects every object in the namespace."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    """Labels that must all be present with these values."""
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=32)
+    """Set-based requirements that must all hold."""
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        """Kubernetes label-selector semantics."""
+        if any(labels.get(k) != v for k, v in self.match_labels.items()):
+            return False
+        for req in self.match_expressions:
+            present = req.key in labels
+            value = labels.get(req.key)
+            ok = {
+                "In": present and value in req.values,
+                "NotIn": not present or value not in req.values,
+                "Exists": present,
+                "DoesNotExist": not present,
+            }[req.operator]
+            if not ok:
+                return False
+        return True
+
+
+class SecretKeyNames(ApiModel):
+    """A Secret in the object's namespace holding a username and a password."""
+
+    name: str = Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Name of the Secret."""
+    username_key: str = Field(default="username", max_length=253)
+    """Key of the username in the Secret."""
+    password_key: str = Field(default="password", max_length=253)
+    """Key of the password in the Secret."""
+
+
+class Toleration(ApiModel):
+    """A core/v1 Toleration added to worker pods."""
+
+    key: str | None = Field(default=None, max_length=317)
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None

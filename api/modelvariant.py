@@ -1,0 +1,168 @@
+"""``ModelVariant``: one optimised build of a model and what it achieves on each hardware class."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from kubevision.api.common import (
+    CONDITIONS_SCHEMA_EXTRA,
+    NAME_PATTERN,
+    ApiModel,
+    Condition,
+    cel,
+    validations,
+)
+
+Task = Literal["detect", "classify", "reid", "pose"]
+ModelFormat = Literal["onnx", "tensorrt", "openvino", "triton"]
+Precision = Literal["fp32", "fp16", "int8"]
+HardwareClass = Literal["nvidia-gpu", "jetson", "cpu"]
+"""Where a worker can run; derived from node labels (see the README's placement section)."""
+HARDWARE_CLASSES: tuple[HardwareClass, ...] = ("nvidia-gpu", "jetson", "cpu")
+
+
+class InputSize(ApiModel):
+    """Network input resolution in pixels."""
+
+    width: int = Field(ge=32, le=4096)
+    height: int = Field(ge=32, le=4096)
+
+
+class BatchProfile(ApiModel):
+    """Batch sizes the build accepts (a TensorRT optimisation profile: min ≤ opt ≤ max)."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.min <= self.opt && self.opt <= self.max",
+                "spec.batch must satisfy min <= opt <= max",
+            )
+        )
+    }
+
+    min: int = Field(default=1, ge=1, le=1024)
+    opt: int = Field(default=1, ge=1, le=1024)
+    max: int = Field(default=1, ge=1, le=1024)
+
+
+class Artifact(ApiModel):
+    """Where the model file is and its checksum (verified before it is loaded)."""
+
+    uri: str = Field(max_length=2048, pattern=r"^(file|https?|s3|gs|oci|triton)://.+$")
+    """file://, http(s)://, s3://, gs://, oci:// or triton://<model name> for a Triton model."""
+    sha256: str | None = Field(default=None, pattern=r"^[a-f0-9]{64}$")
+    """Lower-case hex SHA-256 of the file; required except for triton:// models."""
+
+
+class Calibration(ApiModel):
+    """How an INT8 build was calibrated (needed to rebuild or verify it)."""
+
+    dataset_uri: str = Field(max_length=2048)
+    """Images used for calibration."""
+    method: Literal["entropy", "minmax", "percentile"] = "entropy"
+    samples: int = Field(default=512, ge=1, le=100000)
+    cache_uri: str | None = Field(default=None, max_length=2048)
+    """TensorRT calibration cache, if one was kept."""
+
+
+class HardwareTarget(ApiModel):
+    """Performance of this variant on one hardware class (measured by model_catalog benchmarks)."""
+
+    accelerator: HardwareClass
+    node_selector: dict[str, str] = Field(default_factory=dict, max_length=16)
+    """Extra node labels the build needs, e.g. nvidia.com/gpu.product for a TensorRT engine."""
+    expected_fps: float = Field(gt=0, le=1_000_000)
+    """Frames per second one worker replica sustains with this variant on this hardware."""
+    p99_latency_ms: float = Field(gt=0, le=60_000)
+    """Per-frame p99 latency at that throughput."""
+
+
+class Accuracy(ApiModel):
+    """Measured accuracy, used to pick the best variant that meets a Pipeline's SLO."""
+
+    metric: Literal["mAP50-95", "mAP50", "top1", "top5", "MOTA", "IDF1", "AP-pose"]
+    value: float = Field(ge=0, le=1)
+    dataset: str = Field(max_length=253)
+
+
+class ModelVariantSpec(ApiModel):
+    """Desired state of a ModelVariant."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.precision != 'int8' || has(self.calibration) || self.format == 'onnx'",
+                "INT8 TensorRT/OpenVINO/Triton variants must name their calibration in "
+                "spec.calibration",
+                field_path=".calibration",
+            ),
+            cel(
+                "self.format == 'triton' ? self.artifact.uri.startsWith('triton://') "
+                ": !self.artifact.uri.startsWith('triton://')",
+                "spec.artifact.uri uses triton:// exactly when spec.format is triton",
+                field_path=".artifact.uri",
+            ),
+            cel(
+                "self.artifact.uri.startsWith('triton://') || has(self.artifact.sha256)",
+                "spec.artifact.sha256 is required for files (only triton:// models omit it)",
+                field_path=".artifact.sha256",
+            ),
+            cel(
+                "self.task != 'detect' || has(self.decoder)",
+                "spec.decoder is required for detect models (yolox, yolov8 or nanodet)",
+                field_path=".decoder",
+            ),
+            cel(
+                "self.hardware.all(h, self.hardware.exists_one(o, o.accelerator == h.accelerator))",
+                "spec.hardware lists each accelerator at most once",
+                field_path=".hardware",
+            ),
+        )
+    }
+
+    family: str = Field(max_length=63, pattern=NAME_PATTERN)
+    """Model family, e.g. yolox; Pipelines can ask for a family and get its best variant."""
+    task: Task
+    format: ModelFormat
+    precision: Precision
+    input_size: InputSize
+    decoder: Literal["yolox", "yolov8", "nanodet"] | None = None
+    """Output layout of a detector."""
+    batch: BatchProfile = Field(default_factory=BatchProfile)
+    gflops: float | None = Field(default=None, gt=0)
+    """Compute per frame; orders variants from small to large for the degradation ladder."""
+    labels: list[str] = Field(default_factory=list, max_length=10000)
+    """Class names by class id."""
+    artifact: Artifact
+    calibration: Calibration | None = None
+    """Required for INT8 builds other than dynamically quantised ONNX."""
+    hardware: list[HardwareTarget] = Field(min_length=1, max_length=8)
+    accuracy: Accuracy | None = None
+
+    def target(self, hardware_class: HardwareClass) -> HardwareTarget | None:
+        """This variant's figures on ``hardware_class``, if it runs there."""
+        return next((h for h in self.hardware if h.accelerator == hardware_class), None)
+
+
+class EngineStatus(ApiModel):
+    """An engine built from the artifact for one hardware class."""
+
+    accelerator: HardwareClass
+    uri: str
+    built: bool = False
+
+
+class ModelVariantStatus(ApiModel):
+    """Observed state of a ModelVariant."""
+
+    observed_generation: int | None = None
+    hardware: str | None = None
+    """Accelerators this variant runs on, comma-separated (for the printer column)."""
+    artifact_verified: bool | None = None
+    engines: list[EngineStatus] = Field(default_factory=list)
+    conditions: list[Condition] = Field(
+        default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA
+    )
+    """Ready."""

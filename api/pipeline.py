@@ -1,0 +1,256 @@
+"""``Pipeline``: which analytics run on which cameras, under which SLO, with how many workers."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import Field
+
+from kubevision.api.common import (
+    CONDITIONS_SCHEMA_EXTRA,
+    NAME_PATTERN,
+    ApiModel,
+    Condition,
+    LabelSelector,
+    SecretKeyNames,
+    Toleration,
+    cel,
+    validations,
+)
+from kubevision.api.modelvariant import HardwareClass
+
+_ONE_OF_VARIANT_OR_FAMILY = cel(
+    "has(self.variant) != has(self.family)",
+    "set exactly one of variant (a ModelVariant name) or family (its best variant is chosen)",
+)
+
+
+class ModelRef(ApiModel):
+    """A ModelVariant by name, or a family whose best-fitting variant the operator picks."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(_ONE_OF_VARIANT_OR_FAMILY)
+    }
+
+    variant: str | None = Field(default=None, max_length=253, pattern=NAME_PATTERN)
+    family: str | None = Field(default=None, max_length=63, pattern=NAME_PATTERN)
+
+
+class DetectorStage(ModelRef):
+    """Object detection."""
+
+    confidence: float = Field(default=0.25, gt=0, lt=1)
+    """Minimum score kept."""
+    nms_iou: float = Field(default=0.45, gt=0, lt=1)
+    """IoU above which overlapping boxes of a class are suppressed."""
+    classes: list[str] = Field(default_factory=list, max_length=1000)
+    """Class names to keep; empty keeps all."""
+
+
+class TrackerStage(ApiModel):
+    """Multi-object tracking per camera."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.type == 'deepsort' ? has(self.reid) : !has(self.reid)",
+                "spec.stages.tracker.reid (a re-id model) is required for deepsort and only "
+                "allowed there",
+                field_path=".reid",
+            )
+        )
+    }
+
+    type: Literal["sort", "bytetrack", "deepsort"] = "bytetrack"
+    reid: ModelRef | None = None
+    """Appearance-embedding model for deepsort."""
+    max_age_frames: int = Field(default=30, ge=1, le=10000)
+    """Frames a lost track is kept before it ends."""
+    min_hits: int = Field(default=3, ge=1, le=100)
+    """Detections before a track is confirmed."""
+
+
+class ClassifierStage(ModelRef):
+    """Crop classification run once per confirmed track and refreshed every N frames."""
+
+    refresh_frames: int = Field(default=30, ge=1, le=100000)
+
+
+class PoseStage(ModelRef):
+    """Optional keypoint estimation on tracked people."""
+
+
+class Stages(ApiModel):
+    """The analytics chain: detector → tracker → classifier (→ pose)."""
+
+    detector: DetectorStage
+    tracker: TrackerStage = Field(default_factory=TrackerStage)
+    classifier: ClassifierStage | None = None
+    pose: PoseStage | None = None
+
+
+class Slo(ApiModel):
+    """Service level each stream must get."""
+
+    p99_latency_ms: float = Field(default=100, gt=0, le=60_000)
+    """End-to-end p99 per frame (capture → result published)."""
+    min_fps: float = Field(default=1, gt=0, le=240)
+    """Minimum processed frames per second per stream."""
+
+
+class Autoscaling(ApiModel):
+    """How many worker replicas each group of cameras gets."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.minReplicas <= self.maxReplicas",
+                "spec.autoscaling.minReplicas must not exceed spec.autoscaling.maxReplicas",
+                field_path=".minReplicas",
+            )
+        )
+    }
+
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    max_replicas: int = Field(default=10, ge=1, le=1000)
+    streams_per_replica: int | None = Field(default=None, ge=1, le=1000)
+    """Cameras per replica; unset derives it from the variant's expected throughput."""
+    target_utilization: float = Field(default=0.8, gt=0, le=1)
+    """Fraction of a replica's expected throughput to plan for (headroom for bursts)."""
+    scale_up_stabilization_seconds: int = Field(default=0, ge=0, le=3600)
+    scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=3600)
+
+
+DegradationStep = Literal["frameSkip", "resolution", "smallerVariant"]
+
+
+class Degradation(ApiModel):
+    """Steps the autoscaler may take, in order, before (or instead of) adding replicas."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.allowed.all(s, self.allowed.exists_one(o, o == s))",
+                "spec.degradation.allowed must not repeat a step",
+                field_path=".allowed",
+            )
+        )
+    }
+
+    allowed: list[DegradationStep] = Field(default_factory=list, max_length=3)
+
+
+class Placement(ApiModel):
+    """Where workers may run, on top of what the hardware class implies."""
+
+    hardware_classes: list[HardwareClass] = Field(
+        default_factory=lambda: ["nvidia-gpu", "jetson", "cpu"], min_length=1, max_length=3
+    )
+    """Allowed hardware classes in order of preference."""
+    node_selector: dict[str, str] = Field(default_factory=dict, max_length=16)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=16)
+
+
+class Output(ApiModel):
+    """Where events (track started/ended, class, zone and line crossings) go."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.type in ['webhook', 'mqtt'] ? has(self.url) : !has(self.url)",
+                "outputs[].url is required for webhook and mqtt outputs and not allowed otherwise",
+                field_path=".url",
+            ),
+            cel(
+                "self.type == 'mqtt' ? has(self.topic) : !has(self.topic)",
+                "outputs[].topic is required for mqtt outputs and only allowed there",
+                field_path=".topic",
+            ),
+            cel(
+                "self.type == 'file' ? has(self.path) : !has(self.path)",
+                "outputs[].path is required for file outputs and only allowed there",
+                field_path=".path",
+            ),
+            cel(
+                "!has(self.url) || !self.url.matches('^[a-z0-9+.-]+://[^/@]*:[^/@]*@')",
+                "outputs[].url must not carry a password: use credentialsSecretRef",
+                field_path=".url",
+            ),
+        )
+    }
+
+    type: Literal["stdout", "file", "webhook", "mqtt"]
+    url: str | None = Field(
+        default=None, max_length=2048, pattern=r"^(https?|mqtts?|tcp|ssl|wss?)://.+$"
+    )
+    topic: str | None = Field(default=None, max_length=1024)
+    path: str | None = Field(default=None, max_length=4096)
+    credentials_secret_ref: SecretKeyNames | None = None
+
+
+class PipelineSpec(ApiModel):
+    """Desired state of a Pipeline."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.outputs.all(o, o.type != 'stdout' || "
+                "self.outputs.exists_one(p, p.type == 'stdout'))",
+                "spec.outputs may contain at most one stdout output",
+                field_path=".outputs",
+            )
+        )
+    }
+
+    camera_selector: LabelSelector = Field(default_factory=LabelSelector)
+    """Cameras in this namespace to process (empty selects all)."""
+    stages: Stages
+    slo: Slo = Field(default_factory=Slo)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    degradation: Degradation = Field(default_factory=Degradation)
+    placement: Placement = Field(default_factory=Placement)
+    outputs: list[Output] = Field(default_factory=list, max_length=8)
+    worker_image: str | None = Field(default=None, max_length=512)
+    """Overrides the operator's worker image for this Pipeline."""
+
+
+class ScalingDecision(ApiModel):
+    """The last change of replicas and why."""
+
+    time: dt.datetime
+    group: str
+    from_replicas: int
+    to_replicas: int
+    reason: str
+
+
+class GroupStatus(ApiModel):
+    """One (site, hardware class) group of cameras and its worker workload."""
+
+    name: str
+    """Name of the StatefulSet, ConfigMap and Service rendered for the group."""
+    site: str | None = None
+    hardware_class: HardwareClass
+    variant: str
+    cameras: int
+    replicas: int
+    ready_replicas: int = 0
+
+
+class PipelineStatus(ApiModel):
+    """Observed state of a Pipeline."""
+
+    observed_generation: int | None = None
+    cameras: int = 0
+    """Cameras selected and assigned (paused ones excluded)."""
+    desired_replicas: int = 0
+    ready_replicas: int = 0
+    groups: list[GroupStatus] = Field(default_factory=list)
+    p99_latency_ms: float | None = None
+    queue_depth: float | None = None
+    last_scaling_decision: ScalingDecision | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA
+    )
+    """Ready and Degraded."""
