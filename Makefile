@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TYPECHECK_ROOT := .kubevision/typecheck
 
-.PHONY: help install toolchain lint format test test-unit test-cluster demo cluster-up cluster-down cluster-status clean
+.PHONY: help install toolchain lint format crds test test-unit test-cluster demo cluster-up cluster-down cluster-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ lint: $(STAMP) $(TYPECHECK_ROOT)/kubevision ## ruff (lint + format check) and my
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+crds: $(STAMP) ## regenerate crds/ and the chart's CRDs from kubevision.api
+	$(PY) -m kubevision.api.crd
 
 test: lint toolchain ## lint, type-check and run the whole test suite (unit + real control plane)
 	$(PY) -m pytest

@@ -110,15 +110,20 @@ class Zone(ApiModel):
     """A named polygon for zone analytics (enter/leave, dwell)."""
 
     name: str = Field(max_length=63, pattern=NAME_PATTERN)
+    """Name of the zone, unique within the Camera; zone events carry it."""
     points: list[Point] = Field(min_length=3, max_length=64)
+    """Polygon vertices in order (3 to 64), each [x, y] in 0..1 with the origin top-left."""
 
 
 class Line(ApiModel):
     """A named line for crossing counts; ``start`` → ``end`` defines the positive direction."""
 
     name: str = Field(max_length=63, pattern=NAME_PATTERN)
+    """Name of the line, unique within the Camera; crossing events carry it."""
     start: Point
+    """Start point as [x, y] in normalised image coordinates (0..1, origin top-left)."""
     end: Point
+    """End point as [x, y] (0..1, origin top-left); start to end is the positive direction."""
 
 
 class CameraSpec(ApiModel):
@@ -148,7 +153,9 @@ class CameraSpec(ApiModel):
     priority: int = Field(default=100, ge=0, le=1000)
     """Higher-priority cameras are kept at full quality longest when capacity is short."""
     zones: list[Zone] | None = Field(default=None, max_length=32)
+    """Named polygons for zone analytics (enter/leave, dwell); names must be unique."""
     lines: list[Line] | None = Field(default=None, max_length=32)
+    """Named lines for crossing counts; names must be unique."""
     paused: bool = False
     """A paused camera is not assigned to any worker."""
 
@@ -167,14 +174,18 @@ class CameraAssignment(ApiModel):
     """Which worker of which Pipeline processes this camera."""
 
     pipeline: str
+    """Name of the Pipeline, in this namespace, that selects the camera."""
     workload: str
+    """Name of the worker StatefulSet (one per Pipeline group) that processes the camera."""
     shard: int = Field(ge=0)
+    """Ordinal of the worker replica (pod) of that StatefulSet that processes the camera."""
 
 
 class CameraStatus(ApiModel):
     """Observed state of a Camera (assignments by the operator, stream health by workers)."""
 
     observed_generation: int | None = None
+    """The .metadata.generation this status was last computed for."""
     source_host: str | None = None
     """Host of the source URL (never credentials)."""
     assignments: list[CameraAssignment] = Field(
@@ -186,9 +197,13 @@ class CameraStatus(ApiModel):
     )
     """One entry per Pipeline that selects this camera."""
     observed_fps: float | None = None
+    """Frames per second currently received from the source, as reported by the worker."""
     p99_latency_ms: float | None = None
+    """Observed p99 per-frame latency in milliseconds (capture to result published)."""
     reconnects: int | None = None
+    """Times the worker has reconnected to the source since it took the camera."""
     last_frame_time: dt.datetime | None = None
+    """When the worker last received a frame from the source."""
     conditions: list[Condition] = Field(
         default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA
     )

@@ -77,8 +77,11 @@ class LabelSelectorRequirement(ApiModel):
     """One matchExpressions entry of a label selector."""
 
     key: str = Field(max_length=317)
+    """Label key the requirement applies to."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """How the key relates to values: In, NotIn, Exists or DoesNotExist."""
     values: list[str] = Field(default_factory=list, max_length=64)
+    """Values for In and NotIn; Exists and DoesNotExist ignore them."""
 
 
 class LabelSelector(ApiModel):
@@ -122,7 +125,12 @@ class Toleration(ApiModel):
     """A core/v1 Toleration added to worker pods."""
 
     key: str | None = Field(default=None, max_length=317)
+    """Taint key to tolerate; unset with operator Exists tolerates every taint."""
     operator: Literal["Exists", "Equal"] = "Equal"
+    """Exists (any value) or Equal (value must match); defaults to Equal."""
     value: str | None = Field(default=None, max_length=63)
+    """Taint value to match with operator Equal; leave unset with Exists."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match: NoSchedule, PreferNoSchedule or NoExecute; unset matches all."""
     toleration_seconds: int | None = None
+    """With effect NoExecute: seconds the pod stays after the taint appears; unset is forever."""

@@ -121,7 +121,8 @@ RESOURCES = (
 def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON Schema as a Kubernetes structural OpenAPI v3 schema."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    return _convert(raw, raw.get("$defs", {}))
+    schema: dict[str, Any] = _convert(raw, raw.get("$defs", {}))
+    return schema
 
 
 def _convert(node: Any, defs: dict[str, Any]) -> Any:

@@ -27,7 +27,9 @@ class InputSize(ApiModel):
     """Network input resolution in pixels."""
 
     width: int = Field(ge=32, le=4096)
+    """Input width in pixels (32 to 4096)."""
     height: int = Field(ge=32, le=4096)
+    """Input height in pixels (32 to 4096)."""
 
 
 class BatchProfile(ApiModel):
@@ -43,8 +45,11 @@ class BatchProfile(ApiModel):
     }
 
     min: int = Field(default=1, ge=1, le=1024)
+    """Smallest batch size the build accepts."""
     opt: int = Field(default=1, ge=1, le=1024)
+    """Batch size the build is tuned for."""
     max: int = Field(default=1, ge=1, le=1024)
+    """Largest batch size the build accepts."""
 
 
 class Artifact(ApiModel):
@@ -62,7 +67,9 @@ class Calibration(ApiModel):
     dataset_uri: str = Field(max_length=2048)
     """Images used for calibration."""
     method: Literal["entropy", "minmax", "percentile"] = "entropy"
+    """Calibration algorithm: entropy, minmax or percentile."""
     samples: int = Field(default=512, ge=1, le=100000)
+    """Number of calibration images used."""
     cache_uri: str | None = Field(default=None, max_length=2048)
     """TensorRT calibration cache, if one was kept."""
 
@@ -71,6 +78,7 @@ class HardwareTarget(ApiModel):
     """Performance of this variant on one hardware class (measured by model_catalog benchmarks)."""
 
     accelerator: HardwareClass
+    """Hardware class these figures are for: nvidia-gpu, jetson or cpu."""
     node_selector: dict[str, str] = Field(default_factory=dict, max_length=16)
     """Extra node labels the build needs, e.g. nvidia.com/gpu.product for a TensorRT engine."""
     expected_fps: float = Field(gt=0, le=1_000_000)
@@ -83,8 +91,11 @@ class Accuracy(ApiModel):
     """Measured accuracy, used to pick the best variant that meets a Pipeline's SLO."""
 
     metric: Literal["mAP50-95", "mAP50", "top1", "top5", "MOTA", "IDF1", "AP-pose"]
+    """Accuracy metric: mAP50-95, mAP50, top1, top5, MOTA, IDF1 or AP-pose."""
     value: float = Field(ge=0, le=1)
+    """Value of the metric as a fraction (0 to 1)."""
     dataset: str = Field(max_length=253)
+    """Dataset the metric was measured on, e.g. coco128."""
 
 
 class ModelVariantSpec(ApiModel):
@@ -125,8 +136,11 @@ class ModelVariantSpec(ApiModel):
     family: str = Field(max_length=63, pattern=NAME_PATTERN)
     """Model family, e.g. yolox; Pipelines can ask for a family and get its best variant."""
     task: Task
+    """What the model does: detect, classify, reid or pose."""
     format: ModelFormat
+    """Artifact format: onnx, tensorrt, openvino or triton (a model served by Triton)."""
     precision: Precision
+    """Numeric precision: fp32, fp16 or int8 (int8 needs calibration unless ONNX)."""
     input_size: InputSize
     decoder: Literal["yolox", "yolov8", "nanodet"] | None = None
     """Output layout of a detector."""
@@ -139,6 +153,7 @@ class ModelVariantSpec(ApiModel):
     calibration: Calibration | None = None
     """Required for INT8 builds other than dynamically quantised ONNX."""
     hardware: list[HardwareTarget] = Field(min_length=1, max_length=8)
+    """Measured performance per hardware class; each accelerator at most once."""
     accuracy: Accuracy | None = None
 
     def target(self, hardware_class: HardwareClass) -> HardwareTarget | None:
@@ -150,18 +165,24 @@ class EngineStatus(ApiModel):
     """An engine built from the artifact for one hardware class."""
 
     accelerator: HardwareClass
+    """Hardware class the engine was built for."""
     uri: str
+    """Where the built engine is stored."""
     built: bool = False
+    """True once the engine has been built."""
 
 
 class ModelVariantStatus(ApiModel):
     """Observed state of a ModelVariant."""
 
     observed_generation: int | None = None
+    """The .metadata.generation this status was last computed for."""
     hardware: str | None = None
     """Accelerators this variant runs on, comma-separated (for the printer column)."""
     artifact_verified: bool | None = None
+    """Whether the artifact matched spec.artifact.sha256; unset until checked."""
     engines: list[EngineStatus] = Field(default_factory=list)
+    """Engines built from the artifact, one per hardware class."""
     conditions: list[Condition] = Field(
         default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA
     )

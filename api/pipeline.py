@@ -18,7 +18,7 @@ from kubevision.api.common import (
     cel,
     validations,
 )
-from kubevision.api.modelvariant import HardwareClass
+from kubevision.api.modelvariant import HARDWARE_CLASSES, HardwareClass
 
 _ONE_OF_VARIANT_OR_FAMILY = cel(
     "has(self.variant) != has(self.family)",
@@ -34,7 +34,9 @@ class ModelRef(ApiModel):
     }
 
     variant: str | None = Field(default=None, max_length=253, pattern=NAME_PATTERN)
+    """Name of a ModelVariant in this namespace; set either this or family."""
     family: str | None = Field(default=None, max_length=63, pattern=NAME_PATTERN)
+    """Model family whose best-fitting variant the operator picks; set either this or variant."""
 
 
 class DetectorStage(ModelRef):
@@ -63,6 +65,7 @@ class TrackerStage(ApiModel):
     }
 
     type: Literal["sort", "bytetrack", "deepsort"] = "bytetrack"
+    """Tracking algorithm: sort, bytetrack or deepsort (deepsort needs reid)."""
     reid: ModelRef | None = None
     """Appearance-embedding model for deepsort."""
     max_age_frames: int = Field(default=30, ge=1, le=10000)
@@ -75,6 +78,7 @@ class ClassifierStage(ModelRef):
     """Crop classification run once per confirmed track and refreshed every N frames."""
 
     refresh_frames: int = Field(default=30, ge=1, le=100000)
+    """Re-classify each confirmed track every this many frames."""
 
 
 class PoseStage(ModelRef):
@@ -113,13 +117,17 @@ class Autoscaling(ApiModel):
     }
 
     min_replicas: int = Field(default=1, ge=0, le=1000)
+    """Fewest worker replicas per camera group."""
     max_replicas: int = Field(default=10, ge=1, le=1000)
+    """Most worker replicas per camera group; must be at least minReplicas."""
     streams_per_replica: int | None = Field(default=None, ge=1, le=1000)
     """Cameras per replica; unset derives it from the variant's expected throughput."""
     target_utilization: float = Field(default=0.8, gt=0, le=1)
     """Fraction of a replica's expected throughput to plan for (headroom for bursts)."""
     scale_up_stabilization_seconds: int = Field(default=0, ge=0, le=3600)
+    """Seconds of past recommendations considered before scaling up; 0 acts at once."""
     scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=3600)
+    """Seconds of past recommendations considered before scaling down (avoids flapping)."""
 
 
 DegradationStep = Literal["frameSkip", "resolution", "smallerVariant"]
@@ -139,17 +147,20 @@ class Degradation(ApiModel):
     }
 
     allowed: list[DegradationStep] = Field(default_factory=list, max_length=3)
+    """Steps allowed, each at most once: frameSkip, resolution, smallerVariant; empty: none."""
 
 
 class Placement(ApiModel):
     """Where workers may run, on top of what the hardware class implies."""
 
     hardware_classes: list[HardwareClass] = Field(
-        default_factory=lambda: ["nvidia-gpu", "jetson", "cpu"], min_length=1, max_length=3
+        default_factory=lambda: list(HARDWARE_CLASSES), min_length=1, max_length=3
     )
     """Allowed hardware classes in order of preference."""
     node_selector: dict[str, str] = Field(default_factory=dict, max_length=16)
+    """Extra node labels worker pods require, on top of the hardware class's own."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=16)
+    """Tolerations added to worker pods, e.g. for tainted GPU nodes."""
 
 
 class Output(ApiModel):
@@ -181,11 +192,15 @@ class Output(ApiModel):
     }
 
     type: Literal["stdout", "file", "webhook", "mqtt"]
+    """Sink kind: stdout, file, webhook or mqtt."""
     url: str | None = Field(
         default=None, max_length=2048, pattern=r"^(https?|mqtts?|tcp|ssl|wss?)://.+$"
     )
+    """Webhook or MQTT broker URL; required for those types, never with a password."""
     topic: str | None = Field(default=None, max_length=1024)
+    """MQTT topic events are published to; required for mqtt outputs."""
     path: str | None = Field(default=None, max_length=4096)
+    """File path on the worker that events are written to; required for file outputs."""
     credentials_secret_ref: SecretKeyNames | None = None
 
 
@@ -211,6 +226,7 @@ class PipelineSpec(ApiModel):
     degradation: Degradation = Field(default_factory=Degradation)
     placement: Placement = Field(default_factory=Placement)
     outputs: list[Output] = Field(default_factory=list, max_length=8)
+    """Where events go (at most 8); at most one stdout output."""
     worker_image: str | None = Field(default=None, max_length=512)
     """Overrides the operator's worker image for this Pipeline."""
 
@@ -219,10 +235,15 @@ class ScalingDecision(ApiModel):
     """The last change of replicas and why."""
 
     time: dt.datetime
+    """When the replicas were changed."""
     group: str
+    """Name of the group that was scaled."""
     from_replicas: int
+    """Replicas before the change."""
     to_replicas: int
+    """Replicas after the change."""
     reason: str
+    """Human-readable reason for the change, e.g. the signal that triggered it."""
 
 
 class GroupStatus(ApiModel):
@@ -231,24 +252,36 @@ class GroupStatus(ApiModel):
     name: str
     """Name of the StatefulSet, ConfigMap and Service rendered for the group."""
     site: str | None = None
+    """Site of the group's cameras; unset for cameras without a site."""
     hardware_class: HardwareClass
+    """Hardware class the group's workers run on: nvidia-gpu, jetson or cpu."""
     variant: str
+    """Name of the detector ModelVariant chosen for the group's hardware class."""
     cameras: int
+    """Cameras assigned to the group."""
     replicas: int
+    """Worker replicas the group should run."""
     ready_replicas: int = 0
+    """Worker replicas of the group that are ready."""
 
 
 class PipelineStatus(ApiModel):
     """Observed state of a Pipeline."""
 
     observed_generation: int | None = None
+    """The .metadata.generation this status was last computed for."""
     cameras: int = 0
     """Cameras selected and assigned (paused ones excluded)."""
     desired_replicas: int = 0
+    """Worker replicas wanted across all groups."""
     ready_replicas: int = 0
+    """Worker replicas ready across all groups."""
     groups: list[GroupStatus] = Field(default_factory=list)
+    """One entry per (site, hardware class) group of selected cameras."""
     p99_latency_ms: float | None = None
+    """Observed p99 per-frame latency in milliseconds across the selected cameras."""
     queue_depth: float | None = None
+    """Frames waiting for inference, averaged over workers; an autoscaling signal."""
     last_scaling_decision: ScalingDecision | None = None
     conditions: list[Condition] = Field(
         default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA

@@ -1,0 +1,102 @@
+"""The worker configuration the operator renders into a ConfigMap for each worker group.
+
+It carries everything a worker needs except secrets: camera credentials are named here only
+as environment variables that the pod gets through ``secretKeyRef``. Each replica processes
+``shards[ordinal]``; a new ConfigMap reaches running workers without a restart.
+"""
+
+from __future__ import annotations
+
+from pydantic import ConfigDict, Field
+
+from kubevision.api.camera import Line, Sampling, Zone
+from kubevision.api.common import ApiModel
+from kubevision.api.modelvariant import (
+    Artifact,
+    HardwareClass,
+    InputSize,
+    ModelFormat,
+    Precision,
+    Task,
+)
+from kubevision.api.pipeline import Output, Slo, TrackerStage
+
+CONFIG_FILE = "worker.json"
+
+
+class StrictModel(ApiModel):
+    """The worker config is produced by our own code, so unknown fields are a bug."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CredentialEnv(StrictModel):
+    """Names of the env vars holding a camera's username and password."""
+
+    username_env: str
+    password_env: str
+
+
+class CameraAssignment(StrictModel):
+    """One camera a replica opens."""
+
+    name: str
+    url: str
+    transport: str | None = None
+    timeout_seconds: int
+    fps: float
+    sampling: Sampling
+    priority: int
+    credentials: CredentialEnv | None = None
+    zones: list[Zone] = Field(default_factory=list)
+    lines: list[Line] = Field(default_factory=list)
+
+
+class ModelConfig(StrictModel):
+    """A ModelVariant resolved for this group's hardware."""
+
+    variant: str
+    family: str
+    task: Task
+    format: ModelFormat
+    precision: Precision
+    input_size: InputSize
+    decoder: str | None = None
+    batch_max: int
+    labels: list[str] = Field(default_factory=list)
+    artifact: Artifact
+
+
+class DetectorConfig(StrictModel):
+    model: ModelConfig
+    confidence: float
+    nms_iou: float
+    classes: list[str] = Field(default_factory=list)
+
+
+class ClassifierConfig(StrictModel):
+    model: ModelConfig
+    refresh_frames: int
+
+
+class WorkerConfig(StrictModel):
+    """Everything one worker group runs."""
+
+    pipeline: str
+    namespace: str
+    group: str
+    hardware_class: HardwareClass
+    site: str | None = None
+    detector: DetectorConfig
+    tracker: TrackerStage
+    reid: ModelConfig | None = None
+    classifier: ClassifierConfig | None = None
+    pose: ModelConfig | None = None
+    slo: Slo
+    outputs: list[Output] = Field(default_factory=list)
+    shards: list[list[CameraAssignment]]
+    """shards[i] are the cameras of the replica with ordinal i."""
+
+    def assignments(self) -> dict[str, int]:
+        """camera name -> shard index (the operator keeps these sticky across reconciles)."""
+        return {cam.name: i for i, shard in enumerate(self.shards) for cam in shard}

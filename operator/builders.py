@@ -1,0 +1,304 @@
+"""Pure builders of the objects the operator applies for each worker group (no I/O).
+
+Per group: a ConfigMap with the :class:`~kubevision.api.worker_config.WorkerConfig`, a
+headless metrics Service (also the StatefulSet's governing Service) and a StatefulSet whose
+replica ``i`` processes shard ``i`` of the config. StatefulSet rather than Deployment because
+the pod ordinal is a stable shard index: scaling down removes the highest shards, exactly the
+ones the sharder empties first, and a restarted pod gets its own cameras back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from kubevision.api import API_VERSION
+from kubevision.api.camera import CameraSpec
+from kubevision.api.pipeline import PipelineSpec
+from kubevision.api.worker_config import (
+    CONFIG_FILE,
+    CameraAssignment,
+    ClassifierConfig,
+    CredentialEnv,
+    DetectorConfig,
+    ModelConfig,
+    WorkerConfig,
+)
+from kubevision.operator.hardware import (
+    ACCELERATOR_LABEL,
+    ARCH_LABEL,
+    GPU_PRESENT_LABEL,
+    GPU_RESOURCE,
+    SITE_LABEL,
+)
+from kubevision.operator.planner import GroupPlan
+from kubevision.operator.selection import Choice
+from kubevision.operator.settings import OperatorSettings
+
+MANAGED_BY = "kubevision-operator"
+PIPELINE_LABEL = "kubevision.io/pipeline"
+GROUP_LABEL = "kubevision.io/group"
+HARDWARE_LABEL = "kubevision.io/hardware-class"
+CONFIG_DIR = "/etc/kubevision"
+POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+
+
+def labels(pipeline: str, group: GroupPlan) -> dict[str, str]:
+    """Labels on every object of a group; the operator finds its objects by these."""
+    out = {
+        "app.kubernetes.io/name": "kubevision-worker",
+        "app.kubernetes.io/component": "worker",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        PIPELINE_LABEL: pipeline,
+        GROUP_LABEL: group.name,
+        HARDWARE_LABEL: group.hardware,
+    }
+    if group.site:
+        out[SITE_LABEL] = group.site
+    return out
+
+
+def owner_reference(pipeline: dict[str, Any]) -> dict[str, Any]:
+    """Makes the Pipeline the controller of an object, so deleting it garbage-collects all."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Pipeline",
+        "name": pipeline["metadata"]["name"],
+        "uid": pipeline["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def credential_env(camera: str) -> CredentialEnv:
+    """Env var names for a camera's credentials (derived from its name, never its secret)."""
+    stem = re.sub(r"[^A-Z0-9]", "_", camera.upper())
+    digest = hashlib.sha256(camera.encode()).hexdigest()[:6].upper()
+    base = f"KUBEVISION_CAMERA_{stem}_{digest}"  # the digest keeps a-b and a.b apart
+    return CredentialEnv(username_env=f"{base}_USERNAME", password_env=f"{base}_PASSWORD")
+
+
+def _model(choice: Choice) -> ModelConfig:
+    spec = choice.variant.spec
+    return ModelConfig(
+        variant=choice.variant.name,
+        family=spec.family,
+        task=spec.task,
+        format=spec.format,
+        precision=spec.precision,
+        input_size=spec.input_size,
+        decoder=spec.decoder,
+        batch_max=spec.batch.max,
+        labels=spec.labels,
+        artifact=spec.artifact,
+    )
+
+
+def _assignment(name: str, spec: CameraSpec) -> CameraAssignment:
+    source = spec.source
+    return CameraAssignment(
+        name=name,
+        url=source.url,
+        transport=source.transport,
+        timeout_seconds=source.timeout_seconds,
+        fps=spec.fps,
+        sampling=spec.sampling,
+        priority=spec.priority,
+        credentials=credential_env(name) if source.credentials_secret_ref else None,
+        zones=spec.zones or [],
+        lines=spec.lines or [],
+    )
+
+
+def build_worker_config(
+    pipeline: str, namespace: str, spec: PipelineSpec, group: GroupPlan
+) -> WorkerConfig:
+    stages = spec.stages
+    classifier = None
+    if group.classifier is not None and stages.classifier is not None:
+        classifier = ClassifierConfig(
+            model=_model(group.classifier), refresh_frames=stages.classifier.refresh_frames
+        )
+    return WorkerConfig(
+        pipeline=pipeline,
+        namespace=namespace,
+        group=group.name,
+        hardware_class=group.hardware,
+        site=group.site,
+        detector=DetectorConfig(
+            model=_model(group.detector),
+            confidence=stages.detector.confidence,
+            nms_iou=stages.detector.nms_iou,
+            classes=stages.detector.classes,
+        ),
+        tracker=stages.tracker,
+        reid=_model(group.reid) if group.reid else None,
+        classifier=classifier,
+        pose=_model(group.pose) if group.pose else None,
+        slo=spec.slo,
+        outputs=spec.outputs,
+        shards=[
+            [_assignment(cam, group.cameras[cam].spec) for cam in shard]
+            for shard in group.shards.shards
+        ],
+    )
+
+
+def _metadata(pipeline: dict[str, Any], group: GroupPlan) -> dict[str, Any]:
+    return {
+        "name": group.name,
+        "namespace": pipeline["metadata"]["namespace"],
+        "labels": labels(pipeline["metadata"]["name"], group),
+        "ownerReferences": [owner_reference(pipeline)],
+    }
+
+
+def build_configmap(
+    pipeline: dict[str, Any], config: WorkerConfig, group: GroupPlan
+) -> dict[str, Any]:
+    body = json.dumps(config.wire(), indent=1, sort_keys=True)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(pipeline, group),
+        "data": {CONFIG_FILE: body},
+    }
+
+
+def build_service(
+    pipeline: dict[str, Any], group: GroupPlan, settings: OperatorSettings
+) -> dict[str, Any]:
+    """Headless: Prometheus and the autoscaler scrape each worker pod, not a load balancer."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(pipeline, group),
+        "spec": {
+            "clusterIP": "None",
+            "selector": {GROUP_LABEL: group.name},
+            "ports": [{"name": "metrics", "port": settings.metrics_port, "targetPort": "metrics"}],
+            "publishNotReadyAddresses": True,
+        },
+    }
+
+
+def _placement(spec: PipelineSpec, group: GroupPlan, settings: OperatorSettings) -> dict[str, Any]:
+    """Node affinity, tolerations, runtime class and GPU requests for the group's hardware."""
+    terms: list[dict[str, Any]] = []
+    tolerations = [t.wire() for t in spec.placement.tolerations]
+    resources: dict[str, Any] = {
+        "requests": {"cpu": "1", "memory": "1Gi"},
+        "limits": {"memory": "4Gi"},
+    }
+    extra: dict[str, Any] = {}
+    if group.hardware == "nvidia-gpu":
+        terms.append({"key": GPU_PRESENT_LABEL, "operator": "In", "values": ["true"]})
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+        resources["limits"][GPU_RESOURCE] = "1"
+    elif group.hardware == "jetson":
+        terms.append({"key": ACCELERATOR_LABEL, "operator": "In", "values": ["jetson"]})
+        terms.append({"key": ARCH_LABEL, "operator": "In", "values": ["arm64"]})
+        resources["requests"] = {"cpu": "500m", "memory": "512Mi"}
+        extra["runtimeClassName"] = settings.jetson_runtime_class
+    else:
+        terms.append({"key": ACCELERATOR_LABEL, "operator": "DoesNotExist"})
+        terms.append({"key": GPU_PRESENT_LABEL, "operator": "DoesNotExist"})
+    if group.site:
+        terms.append({"key": SITE_LABEL, "operator": "In", "values": [group.site]})
+    for key in sorted(group.detector.target.node_selector):
+        terms.append(
+            {"key": key, "operator": "In", "values": [group.detector.target.node_selector[key]]}
+        )
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": terms}],
+            }
+        }
+    }
+    pod: dict[str, Any] = {"affinity": affinity, "tolerations": tolerations, **extra}
+    if spec.placement.node_selector:
+        pod["nodeSelector"] = dict(spec.placement.node_selector)
+    return {"pod": pod, "resources": resources}
+
+
+def _env(group: GroupPlan) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "KUBEVISION_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {
+            "name": "KUBEVISION_SHARD",
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']"}},
+        },
+    ]
+    for name in sorted(group.cameras):
+        ref = group.cameras[name].spec.source.credentials_secret_ref
+        if ref is None:
+            continue
+        names = credential_env(name)
+        for var, key in (
+            (names.username_env, ref.username_key),
+            (names.password_env, ref.password_key),
+        ):
+            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}})
+    return env
+
+
+def build_statefulset(
+    pipeline: dict[str, Any], spec: PipelineSpec, group: GroupPlan, settings: OperatorSettings
+) -> dict[str, Any]:
+    meta = _metadata(pipeline, group)
+    placement = _placement(spec, group, settings)
+    image = spec.worker_image or settings.worker_images[group.hardware]
+    container = {
+        "name": "worker",
+        "image": image,
+        "args": ["serve", f"--config={CONFIG_DIR}/{CONFIG_FILE}"],
+        "env": _env(group),
+        "ports": [{"name": "metrics", "containerPort": settings.metrics_port}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "resources": placement["resources"],
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": meta,
+        "spec": {
+            "replicas": group.shards.replicas,
+            "serviceName": group.name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {GROUP_LABEL: group.name}},
+            "template": {
+                "metadata": {
+                    "labels": meta["labels"],
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(settings.metrics_port),
+                    },
+                },
+                "spec": {
+                    **placement["pod"],
+                    "containers": [container],
+                    "volumes": [{"name": "config", "configMap": {"name": group.name}}],
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "terminationGracePeriodSeconds": 10,
+                },
+            },
+        },
+    }

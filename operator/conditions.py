@@ -1,0 +1,55 @@
+"""Condition types and reasons (one place, so handlers, tests and docs agree), and the helper
+that keeps ``lastTransitionTime`` stable while a condition's status does not change."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from kubevision.api.common import Condition, ConditionStatus
+
+# types
+READY = "Ready"
+DEGRADED = "Degraded"
+CONNECTED = "Connected"
+ASSIGNED = "Assigned"
+
+# reasons
+WORKERS_READY = "WorkersReady"
+WORKERS_STARTING = "WorkersStarting"
+NO_CAMERAS = "NoCameras"
+NO_MATCHING_VARIANT = "NoMatchingVariant"
+NO_SCHEDULABLE_NODES = "NoSchedulableNodes"
+NO_CAPACITY = "NoCapacity"
+AS_EXPECTED = "AsExpected"
+INVALID_SPEC = "InvalidSpec"
+RECONCILE_FAILED = "ReconcileFailed"
+ACCEPTED = "Accepted"
+NO_PIPELINE = "NoPipeline"
+ASSIGNED_TO_WORKER = "AssignedToWorker"
+AWAITING_WORKER = "AwaitingWorker"
+
+
+def condition(
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int | None,
+    previous: Iterable[Condition] = (),
+    now: dt.datetime | None = None,
+) -> Condition:
+    """A condition whose transition time moves only when its status changes."""
+    old = next((c for c in previous if c.type == type_), None)
+    if old is not None and old.status == status:
+        changed_at = old.last_transition_time
+    else:
+        changed_at = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+    return Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message[:32768],
+        last_transition_time=changed_at,
+        observed_generation=generation,
+    )

@@ -1,0 +1,236 @@
+"""kopf registrations: start-up, indexes of the cluster's actual state, and the triggers that
+wake each Pipeline's reconciler.
+
+Index functions only project objects onto small frozen records (they are never retried, so
+they never raise). Reconciles run in worker threads with snapshots of the indexes; everything
+touching asyncio state stays on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from kubevision.api import GROUP, VERSION
+from kubevision.api.camera import CameraSpec
+from kubevision.api.modelvariant import ModelVariantSpec
+from kubevision.operator import cameras, modelvariants
+from kubevision.operator.builders import MANAGED_BY, PIPELINE_LABEL
+from kubevision.operator.hardware import NodeInfo, node_info
+from kubevision.operator.kube import CAMERAS, MODELVARIANTS, PIPELINES, Kube
+from kubevision.operator.pipelines import (
+    CameraRecord,
+    Snapshot,
+    apply_camera_assignment,
+    camera_field_manager,
+    reconcile_pipeline,
+)
+from kubevision.operator.planner import Camera
+from kubevision.operator.selection import Variant
+from kubevision.operator.settings import OperatorSettings
+from kubevision.operator.triggers import Triggers, pipeline_key
+
+log = logging.getLogger("kubevision.operator")
+NODES = "nodes"
+"""The single key of the node index: placement looks at every node."""
+_MAX_BACKOFF = 60.0
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Clients, settings and runtime state live in kopf's memo (no module-level state)."""
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # decisions are posted explicitly, not log lines
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+    operator_settings = OperatorSettings.from_env()
+    memo.settings = operator_settings
+    memo.kube = Kube.connect(operator_settings.field_manager)
+    memo.triggers = Triggers()
+    memo.node_facts = {}
+
+
+# -- indexes: the actual state, kept current by kopf's watches -------------------------------
+
+
+@kopf.index(GROUP, VERSION, "cameras")
+def camera_index(
+    namespace: str,
+    name: str,
+    labels: kopf.Labels,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    **_: Any,
+) -> dict[str, CameraRecord]:
+    try:
+        parsed = CameraSpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        log.warning("camera %s/%s ignored: %s", namespace, name, exc.errors()[0]["msg"])
+        return {}
+    record = CameraRecord(Camera(name, dict(labels), parsed), cameras.assignments(dict(status)))
+    return {namespace: record}
+
+
+@kopf.index(GROUP, VERSION, "modelvariants")
+def variant_index(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[str, Variant]:
+    try:
+        parsed = ModelVariantSpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        log.warning("modelvariant %s/%s ignored: %s", namespace, name, exc.errors()[0]["msg"])
+        return {}
+    return {namespace: Variant(name, parsed)}
+
+
+@kopf.index("", "v1", "nodes")
+def node_index(
+    name: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[str, NodeInfo]:
+    return {NODES: node_info(name, dict(labels), spec, status)}
+
+
+# -- the reconciler: one daemon per Pipeline --------------------------------------------------
+
+
+@kopf.daemon(GROUP, VERSION, "pipelines")
+async def pipeline_reconciler(
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    camera_index: kopf.Index[str, CameraRecord],
+    variant_index: kopf.Index[str, Variant],
+    node_index: kopf.Index[str, NodeInfo],
+    **_: Any,
+) -> None:
+    """Reconcile on every trigger and at least every resync period; back off on errors."""
+    key = pipeline_key(namespace, name)
+    triggers: Triggers = memo.triggers
+    kube: Kube = memo.kube
+    settings: OperatorSettings = memo.settings
+    triggers.register(key)
+    backoff = 1.0
+    try:
+        while True:
+            await triggers.wait(key, timeout=settings.resync_seconds if backoff == 1.0 else backoff)
+            snapshot = Snapshot(
+                cameras=list(camera_index.get(namespace, [])),
+                variants=list(variant_index.get(namespace, [])),
+                nodes=list(node_index.get(NODES, [])),
+            )
+            try:
+                body = await asyncio.to_thread(kube.get, PIPELINES, namespace, name)
+                if body is None:
+                    return  # deleted; kopf stops this daemon too
+                outcome = await asyncio.to_thread(
+                    reconcile_pipeline, kube, settings, body, snapshot
+                )
+            except (ApiException, OSError) as exc:
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                logger.warning("reconcile failed (%s); retrying in %.0fs", exc, backoff)
+                continue
+            except Exception:  # a bug must not kill the reconciler or make it spin
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                logger.exception("reconcile crashed; retrying in %.0fs", backoff)
+                continue
+            backoff = 1.0
+            for event in outcome.events:
+                kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    finally:
+        triggers.unregister(key)
+
+
+# -- triggers: changes that can alter a Pipeline's plan ---------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, "pipelines")
+async def pipeline_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.triggers.fire(pipeline_key(namespace, name))
+
+
+@kopf.on.event(GROUP, VERSION, "cameras")
+async def camera_changed(namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.triggers.fire_namespace(namespace)
+
+
+@kopf.on.event(GROUP, VERSION, "modelvariants")
+async def variant_changed(namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.triggers.fire_namespace(namespace)
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_changed(
+    name: str,
+    type: str,
+    labels: kopf.Labels,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """Only placement facts matter: a kubelet heartbeat must not wake every Pipeline."""
+    facts = None if type == "DELETED" else node_info(name, dict(labels), spec, status)
+    if memo.node_facts.get(name) != facts:
+        memo.node_facts[name] = facts
+        memo.triggers.fire_all()
+
+
+@kopf.on.event(
+    "apps",
+    "v1",
+    "statefulsets",
+    labels={"app.kubernetes.io/managed-by": MANAGED_BY, PIPELINE_LABEL: kopf.PRESENT},
+)
+async def workload_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    """Ready replicas changed, or someone edited or deleted a workload: reconcile its owner."""
+    memo.triggers.fire(pipeline_key(namespace, labels[PIPELINE_LABEL]))
+
+
+# -- status of Cameras and ModelVariants -------------------------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, "cameras")
+def camera_status(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
+    """Keep sourceHost, observedGeneration and Ready current (writes only on a difference)."""
+    if type == "DELETED":
+        return
+    obj = dict(body)
+    desired = cameras.desired_status(obj)
+    if desired != cameras.current_status(obj):
+        meta = obj["metadata"]
+        memo.kube.apply_status(CAMERAS, meta["namespace"], meta["name"], desired)
+
+
+@kopf.on.event(GROUP, VERSION, "modelvariants")
+def variant_status(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED":
+        return
+    obj = dict(body)
+    desired = modelvariants.desired_status(obj)
+    if desired != modelvariants.current_status(obj):
+        meta = obj["metadata"]
+        memo.kube.apply_status(MODELVARIANTS, meta["namespace"], meta["name"], desired)
+
+
+@kopf.on.event(GROUP, VERSION, "pipelines", when=lambda type, **_: type == "DELETED")
+def pipeline_deleted(
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    camera_index: kopf.Index[str, CameraRecord],
+    **_: Any,
+) -> None:
+    """Drop the deleted Pipeline's entries from Camera status (its objects are GC'd)."""
+    manager = camera_field_manager(memo.settings, name)
+    for record in list(camera_index.get(namespace, [])):
+        if name in record.assignments:
+            apply_camera_assignment(memo.kube, namespace, record.camera.name, None, manager)

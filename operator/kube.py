@@ -1,0 +1,146 @@
+"""The operator's I/O with the API server: server-side apply, listing and pruning its objects.
+
+A thin layer over the kubernetes client's REST call so every write is a server-side apply with
+one field manager (idempotent: applying the same object twice changes nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from kubevision.api import API_VERSION
+
+log = logging.getLogger("kubevision.operator.kube")
+
+_APPLY = "application/apply-patch+yaml"
+_MERGE = "application/merge-patch+json"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where a kind of object lives in the REST API."""
+
+    api_version: str
+    plural: str
+    kind: str
+
+    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        path = f"{prefix}/namespaces/{namespace}/{self.plural}"
+        if name:
+            path += f"/{name}"
+        if subresource:
+            path += f"/{subresource}"
+        return path
+
+
+CONFIGMAPS = Kind("v1", "configmaps", "ConfigMap")
+SERVICES = Kind("v1", "services", "Service")
+STATEFULSETS = Kind("apps/v1", "statefulsets", "StatefulSet")
+PIPELINES = Kind(API_VERSION, "pipelines", "Pipeline")
+CAMERAS = Kind(API_VERSION, "cameras", "Camera")
+MODELVARIANTS = Kind(API_VERSION, "modelvariants", "ModelVariant")
+OWNED_KINDS = (STATEFULSETS, SERVICES, CONFIGMAPS)
+"""Everything a Pipeline owns, in the order it is applied (and pruned in reverse)."""
+
+
+class Kube:
+    """Synchronous API access; handlers call it from worker threads."""
+
+    def __init__(self, api: client.ApiClient, field_manager: str) -> None:
+        self._api = api
+        self.field_manager = field_manager
+
+    @classmethod
+    def connect(cls, field_manager: str) -> Kube:
+        """In-cluster credentials in a pod, else the current kubeconfig."""
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        return cls(client.ApiClient(), field_manager)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """One REST call; raises ApiException (with the server's message) unless 2xx."""
+        method, url, headers, body, _ = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(
+            method, url, header_params=headers, body=body, _request_timeout=30
+        )
+        response.read()
+        if not 200 <= response.status < 300:
+            raise ApiException(http_resp=response)
+        return json.loads(response.data) if response.data else None
+
+    def apply(
+        self,
+        kind: Kind,
+        obj: dict[str, Any],
+        subresource: str | None = None,
+        field_manager: str | None = None,
+    ) -> dict[str, Any]:
+        """Server-side apply ``obj`` (forcing ownership of the fields it sets)."""
+        meta = obj["metadata"]
+        query = [("fieldManager", field_manager or self.field_manager), ("force", "true")]
+        result: dict[str, Any] = self._call(
+            "PATCH", kind.path(meta["namespace"], meta["name"], subresource), obj, query, _APPLY
+        )
+        return result
+
+    def apply_status(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        field_manager: str | None = None,
+    ) -> None:
+        """Server-side apply the fields in ``status`` (fields this manager set before and
+        left out now are removed; other managers' fields stay)."""
+        obj = {
+            "apiVersion": kind.api_version,
+            "kind": kind.kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": status,
+        }
+        self.apply(kind, obj, subresource="status", field_manager=field_manager)
+
+    def list(self, kind: Kind, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        result = self._call("GET", kind.path(namespace), query=[("labelSelector", label_selector)])
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    def delete(self, kind: Kind, namespace: str, name: str) -> None:
+        try:
+            self._call("DELETE", kind.path(namespace, name), {"propagationPolicy": "Background"})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self._call("GET", kind.path(namespace, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result

@@ -1,0 +1,377 @@
+"""Reconciling a Pipeline: plan → apply the groups' objects → prune → camera assignments → status.
+
+``reconcile_pipeline`` is level-triggered and idempotent: it derives everything from the
+Pipeline and snapshots of the Camera, ModelVariant and Node indexes, writes with server-side
+apply (an unchanged object is a no-op), and never touches the Pipeline's spec.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubevision.api.camera import CameraAssignment as CameraAssignmentStatus
+from kubevision.api.common import Condition
+from kubevision.api.pipeline import GroupStatus, PipelineSpec, PipelineStatus, ScalingDecision
+from kubevision.api.worker_config import CONFIG_FILE, WorkerConfig
+from kubevision.operator import conditions as c
+from kubevision.operator.builders import (
+    PIPELINE_LABEL,
+    build_configmap,
+    build_service,
+    build_statefulset,
+    build_worker_config,
+)
+from kubevision.operator.hardware import NodeInfo
+from kubevision.operator.kube import (
+    CAMERAS,
+    CONFIGMAPS,
+    OWNED_KINDS,
+    PIPELINES,
+    SERVICES,
+    STATEFULSETS,
+    Kind,
+    Kube,
+)
+from kubevision.operator.planner import Camera, PipelinePlan, Problem, plan_pipeline
+from kubevision.operator.selection import Variant
+from kubevision.operator.settings import OperatorSettings
+
+log = logging.getLogger("kubevision.operator.pipelines")
+
+# When several problems exist, the Degraded condition leads with the most fundamental one.
+_PROBLEM_ORDER = (c.NO_SCHEDULABLE_NODES, c.NO_MATCHING_VARIANT, c.NO_CAPACITY)
+
+
+@dataclass(frozen=True)
+class CameraRecord:
+    """A Camera in the operator's index: what planning needs plus its current assignments."""
+
+    camera: Camera
+    assignments: dict[str, CameraAssignmentStatus]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Copies of the indexes taken on the event loop, handed to the reconciling thread."""
+
+    cameras: list[CameraRecord]
+    variants: list[Variant]
+    nodes: list[NodeInfo]
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    """What a reconcile decided, for the caller to post as Kubernetes Events."""
+
+    events: list[Event] = field(default_factory=list)
+
+
+def camera_field_manager(settings: OperatorSettings, pipeline: str) -> str:
+    """Each Pipeline owns its own entry of a Camera's status.assignments (a list-map)."""
+    return f"{settings.field_manager}-pipeline-{pipeline}"
+
+
+def reconcile_pipeline(
+    kube: Kube, settings: OperatorSettings, body: dict[str, Any], snapshot: Snapshot
+) -> Outcome:
+    meta = body["metadata"]
+    name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
+    previous_status = PipelineStatus.model_validate(body.get("status") or {})
+    try:
+        spec = PipelineSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        return _reject(kube, body, previous_status, exc)
+    owned = {kind: kube.list(kind, namespace, f"{PIPELINE_LABEL}={name}") for kind in OWNED_KINDS}
+    plan = plan_pipeline(
+        name,
+        spec,
+        [r.camera for r in snapshot.cameras],
+        snapshot.variants,
+        snapshot.nodes,
+        previous=_previous_assignments(owned[CONFIGMAPS]),
+    )
+    ready = _apply_groups(kube, settings, body, spec, plan)
+    _prune(kube, namespace, meta["uid"], owned, {g.name for g in plan.groups})
+    _update_camera_assignments(kube, settings, namespace, name, plan, snapshot.cameras)
+    status = _status(plan, ready, generation, previous_status)
+    kube.apply_status(PIPELINES, namespace, name, status.wire())
+    return Outcome(events=_decisions(previous_status, status))
+
+
+def _previous_assignments(configmaps: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """group -> camera -> shard from the ConfigMaps already applied (the actual state)."""
+    out = {}
+    for cm in configmaps:
+        try:
+            config = WorkerConfig.model_validate(json.loads(cm["data"][CONFIG_FILE]))
+        except (KeyError, ValueError, ValidationError):
+            log.warning(
+                "ConfigMap %s has no readable worker config; re-sharding its cameras",
+                cm["metadata"]["name"],
+            )
+            continue
+        out[cm["metadata"]["name"]] = config.assignments()
+    return out
+
+
+def _apply_groups(
+    kube: Kube,
+    settings: OperatorSettings,
+    body: dict[str, Any],
+    spec: PipelineSpec,
+    plan: PipelinePlan,
+) -> dict[str, int]:
+    """Apply each group's ConfigMap, Service and StatefulSet; return ready replicas per group.
+
+    The ConfigMap goes first so a StatefulSet never scales onto shards its workers cannot read.
+    """
+    meta = body["metadata"]
+    ready = {}
+    for group in plan.groups:
+        config = build_worker_config(meta["name"], meta["namespace"], spec, group)
+        kube.apply(CONFIGMAPS, build_configmap(body, config, group))
+        kube.apply(SERVICES, build_service(body, group, settings))
+        applied = kube.apply(STATEFULSETS, build_statefulset(body, spec, group, settings))
+        ready[group.name] = int((applied.get("status") or {}).get("readyReplicas") or 0)
+    return ready
+
+
+def _prune(
+    kube: Kube,
+    namespace: str,
+    uid: str,
+    owned: dict[Kind, list[dict[str, Any]]],
+    wanted: set[str],
+) -> None:
+    """Delete what this Pipeline created for groups that no longer exist (workloads first)."""
+    for kind in OWNED_KINDS:
+        for obj in owned[kind]:
+            refs = obj["metadata"].get("ownerReferences") or []
+            mine = any(r.get("uid") == uid for r in refs)
+            if mine and obj["metadata"]["name"] not in wanted:
+                log.info("pruning %s %s/%s", kind.plural, namespace, obj["metadata"]["name"])
+                kube.delete(kind, namespace, obj["metadata"]["name"])
+
+
+def _update_camera_assignments(
+    kube: Kube,
+    settings: OperatorSettings,
+    namespace: str,
+    pipeline: str,
+    plan: PipelinePlan,
+    cameras: list[CameraRecord],
+) -> None:
+    """Write this Pipeline's entry in each Camera's status.assignments where it changed."""
+    desired: dict[str, CameraAssignmentStatus] = {}
+    for group in plan.groups:
+        for shard, names in enumerate(group.shards.shards):
+            for cam in names:
+                desired[cam] = CameraAssignmentStatus(
+                    pipeline=pipeline, workload=group.name, shard=shard
+                )
+    manager = camera_field_manager(settings, pipeline)
+    for record in cameras:
+        name = record.camera.name
+        want, have = desired.get(name), record.assignments.get(pipeline)
+        if want != have:
+            apply_camera_assignment(kube, namespace, name, want, manager)
+
+
+def apply_camera_assignment(
+    kube: Kube,
+    namespace: str,
+    camera: str,
+    assignment: CameraAssignmentStatus | None,
+    manager: str,
+) -> None:
+    """Set (or, with ``None``, drop) one Pipeline's entry; other Pipelines' entries stay."""
+    status: dict[str, Any] = {"assignments": [assignment.wire()]} if assignment else {}
+    kube.apply_status(CAMERAS, namespace, camera, status, field_manager=manager)
+
+
+def _status(
+    plan: PipelinePlan, ready: dict[str, int], generation: int | None, previous: PipelineStatus
+) -> PipelineStatus:
+    groups = [
+        GroupStatus(
+            name=g.name,
+            site=g.site,
+            hardware_class=g.hardware,
+            variant=g.detector.variant.name,
+            cameras=len(g.cameras),
+            replicas=g.shards.replicas,
+            ready_replicas=ready.get(g.name, 0),
+        )
+        for g in plan.groups
+    ]
+    desired = sum(g.replicas for g in groups)
+    ready_total = sum(g.ready_replicas for g in groups)
+    return PipelineStatus(
+        observed_generation=generation,
+        cameras=sum(g.cameras for g in groups),
+        desired_replicas=desired,
+        ready_replicas=ready_total,
+        groups=groups,
+        p99_latency_ms=previous.p99_latency_ms,
+        queue_depth=previous.queue_depth,
+        last_scaling_decision=_scaling_decision(previous, groups),
+        conditions=[
+            _ready_condition(plan, desired, ready_total, generation, previous.conditions),
+            _degraded_condition(plan, generation, previous.conditions),
+        ],
+    )
+
+
+def _ready_condition(
+    plan: PipelinePlan,
+    desired: int,
+    ready: int,
+    generation: int | None,
+    previous: list[Condition],
+) -> Condition:
+    if plan.selected == 0:
+        return c.condition(
+            c.READY,
+            "False",
+            c.NO_CAMERAS,
+            "no unpaused Camera matches spec.cameraSelector",
+            generation,
+            previous,
+        )
+    if not plan.groups:
+        problem = _leading_problem(plan)
+        reason, message = (problem.reason, problem.message) if problem else (c.NO_CAMERAS, "")
+        return c.condition(c.READY, "False", reason, message, generation, previous)
+    if desired > 0 and ready >= desired:
+        return c.condition(
+            c.READY,
+            "True",
+            c.WORKERS_READY,
+            f"{ready}/{desired} worker replicas ready",
+            generation,
+            previous,
+        )
+    return c.condition(
+        c.READY,
+        "False",
+        c.WORKERS_STARTING,
+        f"{ready}/{desired} worker replicas ready",
+        generation,
+        previous,
+    )
+
+
+def _degraded_condition(
+    plan: PipelinePlan, generation: int | None, previous: list[Condition]
+) -> Condition:
+    problem = _leading_problem(plan)
+    if problem is None:
+        return c.condition(
+            c.DEGRADED,
+            "False",
+            c.AS_EXPECTED,
+            "every selected camera is served",
+            generation,
+            previous,
+        )
+    message = "; ".join(f"{p.reason}: {p.message}" for p in plan.problems)
+    return c.condition(c.DEGRADED, "True", problem.reason, message, generation, previous)
+
+
+def _leading_problem(plan: PipelinePlan) -> Problem | None:
+    ranked = sorted(
+        plan.problems,
+        key=lambda p: (
+            _PROBLEM_ORDER.index(p.reason) if p.reason in _PROBLEM_ORDER else len(_PROBLEM_ORDER)
+        ),
+    )
+    return ranked[0] if ranked else None
+
+
+def _scaling_decision(
+    previous: PipelineStatus, groups: list[GroupStatus]
+) -> ScalingDecision | None:
+    before = {g.name: g.replicas for g in previous.groups}
+    for g in groups:
+        if before.get(g.name, 0) != g.replicas:
+            return ScalingDecision(
+                time=dt.datetime.now(dt.UTC).replace(microsecond=0),
+                group=g.name,
+                from_replicas=before.get(g.name, 0),
+                to_replicas=g.replicas,
+                reason=f"capacity: {g.cameras} cameras on {g.variant} ({g.hardware_class})",
+            )
+    return previous.last_scaling_decision
+
+
+def _decisions(previous: PipelineStatus, status: PipelineStatus) -> list[Event]:
+    """Events for what changed: variant choices, replica counts, groups, problems."""
+    events = []
+    before = {g.name: g for g in previous.groups}
+    for g in status.groups:
+        old = before.pop(g.name, None)
+        if old is None or old.variant != g.variant:
+            events.append(
+                Event(
+                    "Normal",
+                    "VariantSelected",
+                    f"group {g.name}: {g.variant} on {g.hardware_class}",
+                )
+            )
+        if old is None or old.replicas != g.replicas:
+            events.append(
+                Event(
+                    "Normal",
+                    "Scaled",
+                    f"group {g.name}: {old.replicas if old else 0} -> {g.replicas} "
+                    f"replicas for {g.cameras} cameras",
+                )
+            )
+    for name in before:
+        events.append(Event("Normal", "GroupRemoved", f"group {name} has no cameras left"))
+    old_degraded = next((x for x in previous.conditions if x.type == c.DEGRADED), None)
+    new_degraded = next(x for x in status.conditions if x.type == c.DEGRADED)
+    changed = old_degraded is None or (old_degraded.reason, old_degraded.message) != (
+        new_degraded.reason,
+        new_degraded.message,
+    )
+    if new_degraded.status == "True" and changed:
+        events.append(Event("Warning", new_degraded.reason, new_degraded.message))
+    return events
+
+
+def _reject(
+    kube: Kube, body: dict[str, Any], previous: PipelineStatus, exc: ValidationError
+) -> Outcome:
+    """A spec the API accepted but the operator cannot use: say why, do not retry hot."""
+    generation = body["metadata"].get("generation")
+    message = f"invalid spec: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+    status = previous.model_copy(
+        update={
+            "observed_generation": generation,
+            "conditions": [
+                c.condition(
+                    c.READY, "False", c.INVALID_SPEC, message, generation, previous.conditions
+                ),
+                c.condition(
+                    c.DEGRADED, "True", c.INVALID_SPEC, message, generation, previous.conditions
+                ),
+            ],
+        }
+    )
+    meta = body["metadata"]
+    kube.apply_status(PIPELINES, meta["namespace"], meta["name"], status.wire())
+    return Outcome(events=[Event("Warning", c.INVALID_SPEC, message)])

@@ -1,0 +1,207 @@
+"""Planning a Pipeline: which cameras form which (site, hardware class) group, with which
+variants and how many replicas. Pure code: the inputs are snapshots of the operator's indexes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from kubevision.api.camera import CameraSpec
+from kubevision.api.modelvariant import HardwareClass, Task
+from kubevision.api.pipeline import ModelRef, PipelineSpec
+from kubevision.operator import conditions
+from kubevision.operator.hardware import NodeInfo, nodes_for
+from kubevision.operator.selection import Choice, Variant, choose_variant, describe
+from kubevision.operator.sharding import Demand, ShardPlan, plan_shards
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A Camera as the operator's index holds it."""
+
+    name: str
+    labels: dict[str, str]
+    spec: CameraSpec
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why some cameras of a Pipeline are not (fully) served."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """One worker workload: cameras of one site on one hardware class."""
+
+    name: str
+    site: str | None
+    hardware: HardwareClass
+    detector: Choice
+    cameras: dict[str, Camera]
+    shards: ShardPlan
+    reid: Choice | None = None
+    classifier: Choice | None = None
+    pose: Choice | None = None
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    groups: list[GroupPlan] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    selected: int = 0
+    """Cameras the selector matched and that are not paused."""
+
+
+def group_name(pipeline: str, site: str | None, hardware: HardwareClass) -> str:
+    """The one place the name of a group's StatefulSet, ConfigMap and Service is made.
+
+    Pipeline names are at most 40 characters (a CEL rule), sites and classes are DNS labels;
+    the result is cut to 52 characters, the longest StatefulSet name whose pods' labels fit.
+    """
+    name = f"{pipeline}-{site}-{hardware}" if site else f"{pipeline}-{hardware}"
+    return re.sub(r"-+$", "", name[:52])
+
+
+def plan_pipeline(
+    pipeline: str,
+    spec: PipelineSpec,
+    cameras: Iterable[Camera],
+    variants: Iterable[Variant],
+    nodes: Iterable[NodeInfo],
+    previous: Mapping[str, Mapping[str, int]],
+) -> PipelinePlan:
+    """Group the selected cameras, pick variants per group and shard them.
+
+    ``previous`` maps group name -> camera -> shard from the ConfigMaps already applied, so
+    cameras stay on their replica whenever they can.
+    """
+    variant_list, node_list = list(variants), list(nodes)
+    selected = [c for c in cameras if not c.spec.paused and spec.camera_selector.matches(c.labels)]
+    members: dict[tuple[str | None, HardwareClass], list[Camera]] = {}
+    detectors: dict[tuple[str | None, HardwareClass], Choice] = {}
+    problems: dict[str, list[str]] = {}
+    for cam in sorted(selected, key=lambda c: c.name):
+        placed = _place_camera(spec, cam, variant_list, node_list)
+        if isinstance(placed, Problem):
+            problems.setdefault(placed.reason, []).append(f"{cam.name}: {placed.message}")
+            continue
+        key, choice = placed
+        members.setdefault(key, []).append(cam)
+        detectors[key] = choice
+    groups = []
+    for (site, hardware), cams in sorted(
+        members.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
+    ):
+        group = _plan_group(
+            pipeline,
+            spec,
+            site,
+            hardware,
+            cams,
+            detectors[(site, hardware)],
+            variant_list,
+            node_list,
+            previous,
+        )
+        if isinstance(group, Problem):
+            problems.setdefault(group.reason, []).append(group.message)
+            continue
+        if group.shards.overloaded:
+            problems.setdefault(conditions.NO_CAPACITY, []).append(
+                f"group {group.name} needs more than maxReplicas="
+                f"{spec.autoscaling.max_replicas} replicas of {group.detector.variant.name}"
+            )
+        groups.append(group)
+    return PipelinePlan(
+        groups=groups,
+        problems=[Problem(reason, "; ".join(msgs)) for reason, msgs in sorted(problems.items())],
+        selected=len(selected),
+    )
+
+
+def _place_camera(
+    spec: PipelineSpec, cam: Camera, variants: list[Variant], nodes: list[NodeInfo]
+) -> tuple[tuple[str | None, HardwareClass], Choice] | Problem:
+    """The first allowed hardware class at the camera's site with a detector meeting the SLO."""
+    site = cam.spec.site
+    classes_with_nodes = []
+    for hardware in spec.placement.hardware_classes:
+        group_nodes = [
+            n for n in nodes_for(nodes, hardware, site) if n.matches(spec.placement.node_selector)
+        ]
+        if not group_nodes:
+            continue
+        classes_with_nodes.append(hardware)
+        choice = choose_variant(
+            spec.stages.detector, "detect", hardware, group_nodes, variants, spec.slo
+        )
+        if choice is not None:
+            return (site, hardware), choice
+    where = f"site {site}" if site else "any site"
+    allowed = ", ".join(spec.placement.hardware_classes)
+    if not classes_with_nodes:
+        return Problem(
+            conditions.NO_SCHEDULABLE_NODES, f"no schedulable node of class {allowed} at {where}"
+        )
+    return Problem(
+        conditions.NO_MATCHING_VARIANT,
+        f"no detector variant of {describe(spec.stages.detector)} meets p99 <= "
+        f"{spec.slo.p99_latency_ms:g} ms and >= {spec.slo.min_fps:g} fps on "
+        f"{', '.join(classes_with_nodes)} at {where}",
+    )
+
+
+def _plan_group(
+    pipeline: str,
+    spec: PipelineSpec,
+    site: str | None,
+    hardware: HardwareClass,
+    cams: list[Camera],
+    detector: Choice,
+    variants: list[Variant],
+    nodes: list[NodeInfo],
+    previous: Mapping[str, Mapping[str, int]],
+) -> GroupPlan | Problem:
+    name = group_name(pipeline, site, hardware)
+    group_nodes = nodes_for(nodes, hardware, site)
+    stages = spec.stages
+    helper_stages: tuple[tuple[str, ModelRef | None, Task], ...] = (
+        ("reid", stages.tracker.reid, "reid"),
+        ("classifier", stages.classifier, "classify"),
+        ("pose", stages.pose, "pose"),
+    )
+    helpers: dict[str, Choice | None] = {}
+    for stage, ref, task in helper_stages:
+        if ref is None:
+            helpers[stage] = None
+            continue
+        choice = choose_variant(ref, task, hardware, group_nodes, variants)
+        if choice is None:
+            return Problem(
+                conditions.NO_MATCHING_VARIANT,
+                f"group {name}: no {stage} variant of {describe(ref)} runs on {hardware}",
+            )
+        helpers[stage] = choice
+    autoscaling = spec.autoscaling
+    shards = plan_shards(
+        [Demand(c.name, c.spec.effective_fps) for c in cams],
+        replica_fps=detector.target.expected_fps * autoscaling.target_utilization,
+        min_replicas=autoscaling.min_replicas,
+        max_replicas=autoscaling.max_replicas,
+        previous=previous.get(name, {}),
+        streams_per_replica=autoscaling.streams_per_replica,
+    )
+    return GroupPlan(
+        name=name,
+        site=site,
+        hardware=hardware,
+        detector=detector,
+        cameras={c.name: c for c in cams},
+        shards=shards,
+        **helpers,
+    )

@@ -1,0 +1,77 @@
+"""Choosing the ModelVariant for a stage on one kind of hardware.
+
+A variant qualifies when it is the named variant or belongs to the named family, does the
+stage's task, runs on the hardware class (with its extra node labels present on some node of
+the group) and, for the detector, meets the Pipeline's SLO there. Among those the most
+accurate wins; throughput breaks ties, then the name (so the choice is deterministic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kubevision.api.modelvariant import HardwareClass, HardwareTarget, ModelVariantSpec, Task
+from kubevision.api.pipeline import ModelRef, Slo
+from kubevision.operator.hardware import NodeInfo
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A ModelVariant as the operator's index holds it."""
+
+    name: str
+    spec: ModelVariantSpec
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A variant and its figures on the chosen hardware."""
+
+    variant: Variant
+    target: HardwareTarget
+
+
+def describe(ref: ModelRef) -> str:
+    return f"variant {ref.variant}" if ref.variant else f"family {ref.family}"
+
+
+def choose_variant(
+    ref: ModelRef,
+    task: Task,
+    hardware: HardwareClass,
+    nodes: Iterable[NodeInfo],
+    variants: Iterable[Variant],
+    slo: Slo | None = None,
+) -> Choice | None:
+    """The best variant for ``ref`` on ``hardware``; ``slo`` given only for the detector."""
+    node_list = list(nodes)
+    candidates = []
+    for variant in variants:
+        spec = variant.spec
+        if spec.task != task or not _named_by(ref, variant):
+            continue
+        target = spec.target(hardware)
+        if target is None or not any(n.matches(target.node_selector) for n in node_list):
+            continue
+        if slo is not None and not _meets(target, slo):
+            continue
+        candidates.append(Choice(variant, target))
+    if not candidates:
+        return None
+    return max(candidates, key=_rank)
+
+
+def _named_by(ref: ModelRef, variant: Variant) -> bool:
+    if ref.variant is not None:
+        return variant.name == ref.variant
+    return variant.spec.family == ref.family
+
+
+def _meets(target: HardwareTarget, slo: Slo) -> bool:
+    return target.p99_latency_ms <= slo.p99_latency_ms and target.expected_fps >= slo.min_fps
+
+
+def _rank(choice: Choice) -> tuple[float, float, str]:
+    accuracy = choice.variant.spec.accuracy
+    return (accuracy.value if accuracy else 0.0, choice.target.expected_fps, choice.variant.name)

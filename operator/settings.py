@@ -1,0 +1,44 @@
+"""Operator settings, read once at start-up from ``KUBEVISION_*`` environment variables."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+
+from pydantic import BaseModel, Field
+
+from kubevision.api.modelvariant import HardwareClass
+
+_VERSION = importlib.metadata.version("kubevision")
+_IMAGE = "ghcr.io/kubevision/kubevision"
+_IMAGES: dict[HardwareClass, str] = {
+    "cpu": f"{_IMAGE}:{_VERSION}",
+    "nvidia-gpu": f"{_IMAGE}:{_VERSION}-cuda",
+    "jetson": f"{_IMAGE}:{_VERSION}-l4t-r36",  # arm64, JetPack 6 base
+}
+
+
+class OperatorSettings(BaseModel):
+    """What the chart (or a developer) may change without touching code."""
+
+    worker_images: dict[HardwareClass, str] = Field(default_factory=lambda: dict(_IMAGES))
+    """Worker image per hardware class (a Pipeline's spec.workerImage overrides it)."""
+    field_manager: str = "kubevision-operator"
+    """Server-side apply field manager for everything the operator writes."""
+    resync_seconds: float = Field(default=60, gt=0)
+    """Reconcile every Pipeline at least this often, even without a change."""
+    metrics_port: int = 9090
+    jetson_runtime_class: str = "nvidia"
+
+    @classmethod
+    def from_env(cls) -> OperatorSettings:
+        images = cls().worker_images
+        for hardware, var in (
+            ("cpu", "KUBEVISION_WORKER_IMAGE"),
+            ("nvidia-gpu", "KUBEVISION_WORKER_IMAGE_GPU"),
+            ("jetson", "KUBEVISION_WORKER_IMAGE_JETSON"),
+        ):
+            if os.environ.get(var):
+                images[hardware] = os.environ[var]  # type: ignore[index]
+        resync = float(os.environ.get("KUBEVISION_RESYNC_SECONDS", "60"))
+        return cls(worker_images=images, resync_seconds=resync)

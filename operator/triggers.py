@@ -1,0 +1,59 @@
+"""Wake-up calls for Pipeline reconcilers.
+
+Each Pipeline has one reconciler task (a kopf daemon) that sleeps until something relevant
+changes — its own spec, a Camera or ModelVariant in its namespace, a Node's hardware facts, one
+of its StatefulSets — or the resync period passes. Handlers of those objects fire the trigger
+instead of reconciling themselves, so bursts of changes coalesce into one reconcile.
+Used only from the operator's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+PipelineKey = tuple[str, str]
+"""(namespace, name): the one way a Pipeline is keyed in the operator's runtime state."""
+
+
+def pipeline_key(namespace: str, name: str) -> PipelineKey:
+    return (namespace, name)
+
+
+class Triggers:
+    """One asyncio.Event per live Pipeline reconciler."""
+
+    def __init__(self) -> None:
+        self._events: dict[PipelineKey, asyncio.Event] = {}
+
+    def register(self, key: PipelineKey) -> asyncio.Event:
+        event = self._events.setdefault(key, asyncio.Event())
+        event.set()  # reconcile at once on start
+        return event
+
+    def unregister(self, key: PipelineKey) -> None:
+        self._events.pop(key, None)
+
+    def fire(self, key: PipelineKey) -> None:
+        if key in self._events:
+            self._events[key].set()
+
+    def fire_namespace(self, namespace: str) -> None:
+        for key, event in self._events.items():
+            if key[0] == namespace:
+                event.set()
+
+    def fire_all(self) -> None:
+        for event in self._events.values():
+            event.set()
+
+    def pipelines(self, namespace: str) -> set[str]:
+        """Names of the Pipelines in ``namespace`` that have a live reconciler."""
+        return {name for ns, name in self._events if ns == namespace}
+
+    async def wait(self, key: PipelineKey, timeout: float) -> None:
+        """Sleep until fired or ``timeout`` seconds pass, then re-arm."""
+        event = self._events[key]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        event.clear()
