@@ -139,7 +139,7 @@ class Degradation(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
             cel(
-                "self.allowed.all(s, self.allowed.exists_one(o, o == s))",
+                "!has(self.allowed) || self.allowed.all(s, self.allowed.exists_one(o, o == s))",
                 "spec.degradation.allowed must not repeat a step",
                 field_path=".allowed",
             )
@@ -210,7 +210,7 @@ class PipelineSpec(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
             cel(
-                "self.outputs.all(o, o.type != 'stdout' || "
+                "!has(self.outputs) || self.outputs.all(o, o.type != 'stdout' || "
                 "self.outputs.exists_one(p, p.type == 'stdout'))",
                 "spec.outputs may contain at most one stdout output",
                 field_path=".outputs",

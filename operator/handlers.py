@@ -101,12 +101,15 @@ def node_index(
 # -- the reconciler: one daemon per Pipeline --------------------------------------------------
 
 
-@kopf.daemon(GROUP, VERSION, "pipelines")
+# cancellation_timeout: kopf cancels the sleeping reconciler when the Pipeline is deleted or
+# the operator stops (without it kopf waits for the daemon to exit by itself, forever).
+@kopf.daemon(GROUP, VERSION, "pipelines", cancellation_timeout=5.0)
 async def pipeline_reconciler(
     namespace: str,
     name: str,
     memo: kopf.Memo,
     logger: kopf.Logger,
+    stopped: kopf.DaemonStopped,
     camera_index: kopf.Index[str, CameraRecord],
     variant_index: kopf.Index[str, Variant],
     node_index: kopf.Index[str, NodeInfo],
@@ -120,7 +123,7 @@ async def pipeline_reconciler(
     triggers.register(key)
     backoff = 1.0
     try:
-        while True:
+        while not stopped:
             await triggers.wait(key, timeout=settings.resync_seconds if backoff == 1.0 else backoff)
             snapshot = Snapshot(
                 cameras=list(camera_index.get(namespace, [])),

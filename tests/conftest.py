@@ -12,6 +12,7 @@ import pytest
 from kubernetes import client
 
 from tests.envtest.cluster import LocalCluster
+from tests.envtest.operator import OperatorProcess, install_chart
 
 _STATE_DIR = pytest.StashKey[Path]()
 
@@ -32,6 +33,22 @@ def cluster(
     pytestconfig.stash[_STATE_DIR] = state_dir
     with LocalCluster(state_dir) as local:
         yield local
+
+
+@pytest.fixture(scope="session")
+def chart(cluster: LocalCluster) -> str:
+    """The Helm chart installed (CRDs, RBAC, operator Deployment); returns the release name."""
+    install_chart(cluster)
+    return "kubevision"
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: LocalCluster, chart: str) -> Iterator[OperatorProcess]:
+    """The real operator process, running with only the chart's RBAC (one per session)."""
+    proc = OperatorProcess(cluster, cluster.state_dir / "logs" / "operator.log", resync_seconds=10)
+    proc.start()
+    yield proc
+    proc.stop()
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

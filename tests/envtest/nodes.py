@@ -9,8 +9,10 @@ The scheduler then places pods on them exactly as it would on real machines.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,18 +192,25 @@ DEFAULT_NODES = (GPU_SERVER, JETSON_ORIN, CPU_NODE)
 
 
 class NodeSimulator:
-    """Registers simulated Nodes and keeps them Ready, like a kubelet's status loop."""
+    """Registers simulated Nodes and keeps them Ready, like a kubelet's status loop.
+
+    It also does a kubelet's part of pod deletion: a pod bound to a node is only removed once
+    its kubelet confirms the containers stopped, so without this, deleted pods (and their
+    namespaces) would stay Terminating forever.
+    """
 
     def __init__(
         self,
         api: client.ApiClient,
         nodes: tuple[SimulatedNode, ...] = DEFAULT_NODES,
         interval: float = 10.0,
+        pod_interval: float = 1.0,
     ) -> None:
         self._core = client.CoreV1Api(api)
         self._coordination = client.CoordinationV1Api(api)
         self.nodes = nodes
         self._interval = interval
+        self._pod_interval = pod_interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="node-simulator", daemon=True)
 
@@ -224,12 +233,31 @@ class NodeSimulator:
             self._core.patch_node_status(node.name, {"status": {"conditions": _conditions(now)}})
             self._renew_lease(node.name, now)
 
+    def finish_pod_deletions(self) -> None:
+        """Remove pods that are being deleted from our nodes (their containers "stopped")."""
+        names = {n.name for n in self.nodes}
+        raw: Any = self._core.list_pod_for_all_namespaces(_preload_content=False)
+        for pod in json.loads(raw.data)["items"]:
+            meta = pod["metadata"]
+            if meta.get("deletionTimestamp") and pod["spec"].get("nodeName") in names:
+                try:
+                    self._core.delete_namespaced_pod(
+                        meta["name"], meta["namespace"], grace_period_seconds=0
+                    )
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        last_heartbeat = time.monotonic()
+        while not self._stop.wait(self._pod_interval):
             try:
-                self.heartbeat()
-            except Exception:  # a transient API error must not kill the heartbeat
-                log.exception("node heartbeat failed; retrying in %.0fs", self._interval)
+                self.finish_pod_deletions()
+                if time.monotonic() - last_heartbeat >= self._interval:
+                    self.heartbeat()
+                    last_heartbeat = time.monotonic()
+            except Exception:  # a transient API error must not kill the simulated kubelet
+                log.exception("simulated kubelet loop failed; retrying")
 
     def _register(self, node: SimulatedNode) -> None:
         try:

@@ -5,7 +5,6 @@ chart's ServiceAccount)."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
@@ -50,32 +49,12 @@ def can_i(cluster: LocalCluster, verb: str, resource: str) -> bool:
     return bool(as_json(result)["status"]["allowed"])
 
 
-@pytest.fixture(scope="module")
-def installed_chart(cluster: LocalCluster) -> Iterator[str]:
-    assert not can_i(cluster, "list", "deployments.apps"), "operator must start with no rights"
-    out = helm(
-        cluster,
-        "upgrade",
-        "--install",
-        "kubevision",
-        str(CHART),
-        f"--namespace={OPERATOR_NAMESPACE}",
-        "--create-namespace",
-        "--wait=false",
-    )
-    assert out.returncode == 0, out.stderr
-    yield "kubevision"
-    helm(cluster, "uninstall", "kubevision", f"--namespace={OPERATOR_NAMESPACE}")
-
-
 def test_chart_passes_helm_lint(cluster: LocalCluster) -> None:
     out = helm(cluster, "lint", "--strict", str(CHART))
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_chart_installs_the_operator_deployment(
-    cluster: LocalCluster, installed_chart: str
-) -> None:
+def test_chart_installs_the_operator_deployment(cluster: LocalCluster, chart: str) -> None:
     out = cluster.control_plane.kubectl(
         "get", "deployment,serviceaccount", "-n", OPERATOR_NAMESPACE, "-o", "name"
     )
@@ -103,6 +82,6 @@ def test_chart_installs_the_operator_deployment(
     ],
 )
 def test_operator_user_has_exactly_the_charts_rights(
-    cluster: LocalCluster, installed_chart: str, verb: str, resource: str, allowed: bool
+    cluster: LocalCluster, chart: str, verb: str, resource: str, allowed: bool
 ) -> None:
     assert can_i(cluster, verb, resource) is allowed

@@ -1,0 +1,101 @@
+"""Run the real operator (``kubevision-operator``) as a local process against a LocalCluster.
+
+It authenticates as the chart's ServiceAccount user, so it has exactly the chart's RBAC.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from tests.envtest.cluster import LocalCluster
+from tests.envtest.controlplane import OPERATOR_NAMESPACE, REPO_ROOT, free_port
+from tests.envtest.poll import wait_for
+
+CHART = REPO_ROOT / "charts" / "kubevision"
+RUNTIME_CLASS = REPO_ROOT / "edge_k3s" / "runtimeclass.yaml"
+
+
+def install_chart(cluster: LocalCluster, release: str = "kubevision") -> None:
+    """``helm upgrade --install`` the chart (CRDs, RBAC, operator Deployment) and the Jetson
+    RuntimeClass K3s would provide, then wait until the CRDs serve."""
+    subprocess.run(
+        [
+            str(cluster.toolchain.helm),
+            f"--kubeconfig={cluster.kubeconfig()}",
+            "upgrade",
+            "--install",
+            release,
+            str(CHART),
+            f"--namespace={OPERATOR_NAMESPACE}",
+            "--create-namespace",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    cluster.control_plane.kubectl("apply", "-f", str(RUNTIME_CLASS))
+    for crd in ("cameras", "pipelines", "modelvariants"):
+        cluster.control_plane.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}.kubevision.io"
+        )
+
+
+class OperatorProcess:
+    """The operator as a child process; ``kill()`` simulates a crash, ``start()`` a restart."""
+
+    def __init__(self, cluster: LocalCluster, log_path: Path, resync_seconds: float = 30) -> None:
+        self._cluster = cluster
+        self.log_path = log_path
+        self._resync = resync_seconds
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        port = free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self._cluster.kubeconfig("operator")),
+            "KUBEVISION_RESYNC_SECONDS": str(self._resync),
+        }
+        script = Path(sys.executable).parent / "kubevision-operator"
+        with self.log_path.open("ab") as out:
+            self._proc = subprocess.Popen(
+                [str(script), "--log-level=info", f"--liveness=http://127.0.0.1:{port}/healthz"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        wait_for(lambda: self._healthy(port), timeout=timeout, what="the operator's liveness probe")
+
+    def _healthy(self, port: int) -> bool:
+        assert self._proc is not None
+        if self._proc.poll() is not None:
+            raise RuntimeError(f"operator exited with {self._proc.returncode}:\n{self.log()}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return bool(resp.status == 200)
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as when a node dies or the OOM killer strikes."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+            self._proc.wait(10)
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
