@@ -406,7 +406,10 @@ def test_too_many_cameras_for_max_replicas_is_degraded_no_capacity(ns: Namespace
 def test_operator_killed_mid_reconcile_converges_without_duplicates_or_orphans(
     ns: Namespace, operator: OperatorProcess
 ) -> None:
-    spec: dict[str, Any] = {"stages": {"detector": {"family": "tiny"}}, "autoscaling": {"maxReplicas": 50}}
+    spec: dict[str, Any] = {
+        "stages": {"detector": {"family": "tiny"}},
+        "autoscaling": {"maxReplicas": 50},
+    }
     cams = [camera(f"k{i:02d}", site=("site-a" if i % 2 else "site-b")) for i in range(30)]
     tiny_everywhere = json.loads(json.dumps(SMALL_VARIANT))
     tiny_everywhere["spec"]["hardware"].append(
