@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TYPECHECK_ROOT := .kubevision/typecheck
 
-.PHONY: help install toolchain lint format crds test test-unit test-cluster demo cluster-up cluster-down cluster-status clean
+.PHONY: bench bench-operator help install toolchain lint format crds test test-unit test-cluster demo cluster-up cluster-down cluster-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -49,9 +49,13 @@ test: lint toolchain ## lint, type-check and run the whole test suite (unit + re
 test-unit: $(STAMP) ## only the tests that need no cluster
 	$(PY) -m pytest -m "not cluster"
 
-demo: $(STAMP) toolchain ## bring up the local control plane and show its simulated hardware
-	$(PY) -m tests.envtest up
-	$(PY) -m tests.envtest show
+bench: bench-operator ## run every benchmark; results go to benchmarks/results/
+
+bench-operator: $(STAMP) toolchain ## apply -> workload latency of the operator vs the Deployment controller
+	$(PY) -m benchmarks.operator_latency
+
+demo: $(STAMP) toolchain ## local control plane + operator; apply the samples and show the workers they became
+	$(PY) -m tests.envtest demo
 
 cluster-up: $(STAMP) toolchain ## start the local control plane in the background and print how to use it
 	$(PY) -m tests.envtest up

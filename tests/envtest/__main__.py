@@ -1,7 +1,9 @@
-"""``python -m tests.envtest up|down|status|show``: the local cluster for people.
+"""``python -m tests.envtest up|down|status|show|demo``: the local cluster for people.
 
 ``up`` starts a detached supervisor (``serve``) that runs the control plane and the simulated
-nodes until ``down`` sends it SIGTERM; state, kubeconfigs and logs live in ``--state-dir``.
+nodes (and, with ``--operator``, the Helm chart and the operator) until ``down`` sends it
+SIGTERM; state, kubeconfigs and logs live in ``--state-dir``. ``demo`` is what ``make demo``
+runs: the cluster with the operator, the sample manifests applied, and what became of them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from tests.envtest.cluster import LocalCluster
 from tests.envtest.controlplane import REPO_ROOT
+from tests.envtest.operator import OperatorProcess, install_chart
 from tests.envtest.poll import WaitTimeout, wait_for
 
 DEFAULT_STATE_DIR = REPO_ROOT / ".kubevision" / "cluster"
@@ -37,17 +40,24 @@ def _running_pid(state_dir: Path) -> int | None:
     return pid
 
 
-def serve(state_dir: Path) -> int:
-    """Run the cluster in the foreground until SIGTERM/SIGINT."""
+def serve(state_dir: Path, with_operator: bool = False) -> int:
+    """Run the cluster (and optionally the operator) in the foreground until SIGTERM/SIGINT."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     _pid_file(state_dir).write_text(str(os.getpid()))
     with LocalCluster(state_dir) as cluster:
         _link_tools(cluster, state_dir / "bin")
+        operator = None
+        if with_operator:
+            install_chart(cluster)
+            operator = OperatorProcess(cluster, state_dir / "logs" / "operator.log")
+            operator.start()
         (state_dir / "ready").write_text(f"{cluster.startup_seconds:.1f}\n")
         while not stop.wait(2.0):
             cluster.control_plane.check_alive()
+        if operator is not None:
+            operator.stop()
     (state_dir / "ready").unlink(missing_ok=True)
     _pid_file(state_dir).unlink(missing_ok=True)
     return 0
@@ -61,7 +71,7 @@ def _link_tools(cluster: LocalCluster, bin_dir: Path) -> None:
         (bin_dir / tool.name).symlink_to(tool)
 
 
-def up(state_dir: Path) -> int:
+def up(state_dir: Path, with_operator: bool = False) -> int:
     if _running_pid(state_dir):
         print(f"cluster already running (state in {state_dir})")
         _print_usage(state_dir)
@@ -75,7 +85,14 @@ def up(state_dir: Path) -> int:
     )
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.envtest", "serve", f"--state-dir={state_dir}"],
+            [
+                sys.executable,
+                "-m",
+                "tests.envtest",
+                "serve",
+                f"--state-dir={state_dir}",
+                *(["--operator"] if with_operator else []),
+            ],
             cwd=REPO_ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -149,6 +166,40 @@ def show(state_dir: Path) -> int:
     return 0
 
 
+def demo(state_dir: Path) -> int:
+    """Cluster + chart + operator, the samples applied, and the workers they became."""
+    down(state_dir)
+    up(state_dir, with_operator=True)
+    kubectl = [str(state_dir / "bin" / "kubectl"), f"--kubeconfig={state_dir / 'admin.kubeconfig'}"]
+    manifests = [REPO_ROOT / "crds" / "samples", REPO_ROOT / "model_catalog" / "variants"]
+    print("applying crds/samples (3 Cameras, a Pipeline) and model_catalog/variants ...")
+    for path in manifests:
+        subprocess.run([*kubectl, "apply", "-f", str(path)], check=True)
+
+    def bound_pods() -> bool:
+        out = subprocess.run(
+            [*kubectl, "get", "pods", "-o", "jsonpath={range .items[*]}{.spec.nodeName} {end}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        return len(out) == 2
+
+    wait_for(bound_pods, timeout=120, what="the operator's worker pods to be scheduled")
+    print("\n$ kubectl get cameras,pipelines,modelvariants,statefulsets,pods -o wide")
+    subprocess.run(
+        [*kubectl, "get", "cameras,pipelines,modelvariants,statefulsets,pods", "-o", "wide"],
+        check=True,
+    )
+    print("""
+The operator (running as its chart's ServiceAccount, log in logs/operator.log) grouped the
+cameras by site and hardware: site-a's cameras run on the GPU server, site-b's on the Jetson,
+each with the best YOLOX-nano build that meets the Pipeline's SLO there. The pods are bound by
+the real scheduler but not started: the local cluster has no kubelet.""")
+    _print_usage(state_dir)
+    return 0
+
+
 def _print_usage(state_dir: Path) -> None:
     kubeconfig = state_dir / "admin.kubeconfig"
     print(f"""
@@ -166,12 +217,19 @@ def _print_usage(state_dir: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.envtest", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "show", "serve"])
+    parser.add_argument("command", choices=["up", "down", "status", "show", "demo", "serve"])
+    parser.add_argument(
+        "--operator",
+        action="store_true",
+        help="with up/serve: also install the chart and run the operator",
+    )
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     state_dir = args.state_dir.resolve()
-    commands = {"up": up, "down": down, "status": status, "show": show, "serve": serve}
+    if args.command in ("up", "serve"):
+        return {"up": up, "serve": serve}[args.command](state_dir, args.operator)
+    commands = {"down": down, "status": status, "show": show, "demo": demo}
     return commands[args.command](state_dir)
 
 
