@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 import yaml
 
+from kubevision.api.camera import CameraSpec
+from kubevision.api.modelvariant import ModelVariantSpec
 from kubevision.api.worker_config import CONFIG_FILE, WorkerConfig
+from kubevision.operator.cameras import assignments
+from kubevision.operator.hardware import node_info
+from kubevision.operator.kube import Kube
+from kubevision.operator.pipelines import CameraRecord, Snapshot, reconcile_pipeline
+from kubevision.operator.planner import Camera
+from kubevision.operator.selection import Variant
+from kubevision.operator.settings import OperatorSettings
 from tests.envtest.cluster import LocalCluster
 from tests.envtest.controlplane import REPO_ROOT
 from tests.envtest.nodes import CPU_NODE, GPU_SERVER, JETSON_ORIN
@@ -99,6 +108,32 @@ def pipeline(name: str = "p", **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": body,
     }
+
+
+def snapshot(ns: Namespace) -> Snapshot:
+    """What the operator's indexes hold for this namespace, read straight from the API."""
+    cameras = [
+        CameraRecord(
+            Camera(
+                c["metadata"]["name"],
+                c["metadata"].get("labels", {}),
+                CameraSpec.model_validate(c["spec"]),
+            ),
+            assignments(c.get("status")),
+        )
+        for c in ns.items("cameras")
+    ]
+    variants = [
+        Variant(v["metadata"]["name"], ModelVariantSpec.model_validate(v["spec"]))
+        for v in ns.items("modelvariants")
+    ]
+    nodes = [
+        node_info(n["metadata"]["name"], n["metadata"]["labels"], n["spec"], n["status"])
+        for n in json.loads(ns.cluster.control_plane.kubectl("get", "nodes", "-o", "json").stdout)[
+            "items"
+        ]
+    ]
+    return Snapshot(cameras=cameras, variants=variants, nodes=nodes)
 
 
 def scheduled_node(ns: Namespace, pod: str) -> str | None:
@@ -439,3 +474,43 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates_or_orphans(
         **ns.worker_config("p-site-b-jetson").assignments(),
     }
     assert sorted(assigned) == sorted(f"k{i:02d}" for i in range(20))
+
+
+def test_a_second_reconcile_changes_nothing(ns: Namespace, cluster: LocalCluster) -> None:
+    ns.apply(
+        SAMPLES / "camera.yaml",
+        SAMPLES / "pipeline.yaml",
+        CATALOG / "yolox-nano.yaml",
+        CATALOG / "classifiers.yaml",
+    )
+    wait_for(
+        lambda: (
+            (ns.condition("pipeline", "people", "Ready") or {}).get("reason") == "WorkersStarting"
+        ),
+        timeout=60,
+        what="the operator's first reconcile",
+    )
+
+    def state() -> dict[str, Any]:
+        owned = {
+            f"{kind}/{o['metadata']['name']}": (
+                o["metadata"]["resourceVersion"]
+                if kind != "statefulsets"
+                else o["metadata"]["generation"]
+            )
+            for kind in ("statefulsets", "configmaps", "services")
+            for o in ns.items(kind, "kubevision.io/pipeline=people")
+        }
+        return {
+            "owned": owned,
+            "pipeline": ns.get("pipeline", "people")["status"],
+            "cameras": {
+                c["metadata"]["name"]: c["metadata"]["resourceVersion"] for c in ns.items("cameras")
+            },
+        }
+
+    before = state()
+    kube = Kube(cluster.api_client(), OperatorSettings().field_manager)
+    body = ns.get("pipeline", "people")
+    reconcile_pipeline(kube, OperatorSettings(), body, snapshot(ns))
+    assert state() == before
