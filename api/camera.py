@@ -34,6 +34,12 @@ class CameraSource(ApiModel):
                 field_path=".url",
             ),
             cel(
+                "!self.url.matches('(?i)[?&](password|passwd|pwd|pass)=')",
+                "spec.source.url must not carry a password in its query: put the credentials in "
+                "a Secret and name it in spec.source.credentialsSecretRef",
+                field_path=".url",
+            ),
+            cel(
                 "!has(self.transport) || self.url.startsWith('rtsp')",
                 "spec.source.transport applies to rtsp:// and rtsps:// sources only",
                 field_path=".transport",
@@ -116,7 +122,7 @@ class Zone(ApiModel):
 
 
 class Line(ApiModel):
-    """A named line for crossing counts; ``start`` → ``end`` defines the positive direction."""
+    """A named line for crossing counts; start to end defines the positive direction."""
 
     name: str = Field(max_length=63, pattern=NAME_PATTERN)
     """Name of the line, unique within the Camera; crossing events carry it."""

@@ -16,6 +16,8 @@ from pydantic.alias_generators import to_camel
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 """An RFC 1123 label: what Kubernetes accepts as a name or a label value used as a name."""
+SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+"""An RFC 1123 subdomain: what most object names (e.g. a ModelVariant's) may be."""
 
 
 class ApiModel(BaseModel):
@@ -76,6 +78,17 @@ CONDITIONS_SCHEMA_EXTRA: dict[str, Any] = {
 class LabelSelectorRequirement(ApiModel):
     """One matchExpressions entry of a label selector."""
 
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0)"
+                " : (!has(self.values) || size(self.values) == 0)",
+                "values must be non-empty for In and NotIn and empty for Exists and DoesNotExist",
+                field_path=".values",
+            )
+        )
+    }
+
     key: str = Field(max_length=317)
     """Label key the requirement applies to."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
@@ -123,6 +136,21 @@ class SecretKeyNames(ApiModel):
 
 class Toleration(ApiModel):
     """A core/v1 Toleration added to worker pods."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.operator == 'Equal' ? has(self.key) : !has(self.value)",
+                "tolerations need a key with operator Equal, and no value with operator Exists",
+                field_path=".key",
+            ),
+            cel(
+                "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                "tolerationSeconds applies to effect NoExecute only",
+                field_path=".tolerationSeconds",
+            ),
+        )
+    }
 
     key: str | None = Field(default=None, max_length=317)
     """Taint key to tolerate; unset with operator Exists tolerates every taint."""

@@ -33,7 +33,7 @@ class InputSize(ApiModel):
 
 
 class BatchProfile(ApiModel):
-    """Batch sizes the build accepts (a TensorRT optimisation profile: min ≤ opt ≤ max)."""
+    """Batch sizes the build accepts (a TensorRT optimisation profile: min <= opt <= max)."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
@@ -121,8 +121,9 @@ class ModelVariantSpec(ApiModel):
                 field_path=".artifact.sha256",
             ),
             cel(
-                "self.task != 'detect' || has(self.decoder)",
-                "spec.decoder is required for detect models (yolox, yolov8 or nanodet)",
+                "self.task == 'detect' ? has(self.decoder) : !has(self.decoder)",
+                "spec.decoder is required for detect models (yolox, yolov8 or nanodet) and only "
+                "allowed there",
                 field_path=".decoder",
             ),
             cel(

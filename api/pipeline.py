@@ -10,6 +10,7 @@ from pydantic import Field
 from kubevision.api.common import (
     CONDITIONS_SCHEMA_EXTRA,
     NAME_PATTERN,
+    SUBDOMAIN_PATTERN,
     ApiModel,
     Condition,
     LabelSelector,
@@ -33,7 +34,7 @@ class ModelRef(ApiModel):
         "json_schema_extra": validations(_ONE_OF_VARIANT_OR_FAMILY)
     }
 
-    variant: str | None = Field(default=None, max_length=253, pattern=NAME_PATTERN)
+    variant: str | None = Field(default=None, max_length=253, pattern=SUBDOMAIN_PATTERN)
     """Name of a ModelVariant in this namespace; set either this or family."""
     family: str | None = Field(default=None, max_length=63, pattern=NAME_PATTERN)
     """Model family whose best-fitting variant the operator picks; set either this or variant."""
@@ -86,7 +87,7 @@ class PoseStage(ModelRef):
 
 
 class Stages(ApiModel):
-    """The analytics chain: detector → tracker → classifier (→ pose)."""
+    """The analytics chain: detector, tracker, classifier and optional pose."""
 
     detector: DetectorStage
     tracker: TrackerStage = Field(default_factory=TrackerStage)
@@ -98,7 +99,7 @@ class Slo(ApiModel):
     """Service level each stream must get."""
 
     p99_latency_ms: float = Field(default=100, gt=0, le=60_000)
-    """End-to-end p99 per frame (capture → result published)."""
+    """End-to-end p99 per frame (capture to result published)."""
     min_fps: float = Field(default=1, gt=0, le=240)
     """Minimum processed frames per second per stream."""
 
@@ -154,7 +155,10 @@ class Placement(ApiModel):
     """Where workers may run, on top of what the hardware class implies."""
 
     hardware_classes: list[HardwareClass] = Field(
-        default_factory=lambda: list(HARDWARE_CLASSES), min_length=1, max_length=3
+        default_factory=lambda: list(HARDWARE_CLASSES),
+        min_length=1,
+        max_length=3,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     """Allowed hardware classes in order of preference."""
     node_selector: dict[str, str] = Field(default_factory=dict, max_length=16)

@@ -71,6 +71,7 @@ LOADING_DOCK = sample(SAMPLE_DIR / "camera.yaml", "loading-dock")  # sampling mo
 PIPELINE = sample(SAMPLE_DIR / "pipeline.yaml", "people")  # outputs: stdout, mqtt
 MODEL = sample(SAMPLE_DIR / "modelvariant.yaml", "yolox-nano-416-onnx-fp32")
 TRT_INT8 = sample(CATALOG_DIR / "yolox-nano.yaml", "yolox-nano-416-trt-int8")
+CLASSIFIER = sample(CATALOG_DIR / "classifiers.yaml", "mobilenetv2-int8-onnx")
 
 ENTRANCE = LOBBY["spec"]["zones"][0]
 GATE = PARKING["spec"]["lines"][0]
@@ -283,6 +284,45 @@ INVALID = [
         edit(MODEL, "spec.hardware.1.accelerator", "cpu"),
         ("spec.hardware: Invalid value", "lists each accelerator at most once"),
         id="modelvariant-hardware-accelerator-duplicated",
+    ),
+    # -- rules added after the first review -------------------------------------------------------
+    pytest.param(
+        edit(LOBBY, "spec.source.url", "http://lobby-cam.site-a.example/video.cgi?user=a&pwd=s"),
+        ("spec.source.url: Invalid value", "must not carry a password in its query"),
+        id="camera-url-with-password-in-query",
+    ),
+    pytest.param(
+        edit(
+            PIPELINE,
+            "spec.cameraSelector",
+            {"matchExpressions": [{"key": "zone", "operator": "In"}]},
+        ),
+        ("spec.cameraSelector.matchExpressions[0].values", "must be non-empty for In"),
+        id="selector-in-without-values",
+    ),
+    pytest.param(
+        edit(PIPELINE, "spec.placement", {"tolerations": [{"operator": "Equal", "value": "x"}]}),
+        ("spec.placement.tolerations[0].key", "need a key with operator Equal"),
+        id="toleration-equal-without-key",
+    ),
+    pytest.param(
+        edit(
+            PIPELINE,
+            "spec.placement",
+            {"tolerations": [{"key": "k", "operator": "Exists", "tolerationSeconds": 30}]},
+        ),
+        ("spec.placement.tolerations[0].tolerationSeconds", "effect NoExecute only"),
+        id="toleration-seconds-without-noexecute",
+    ),
+    pytest.param(
+        edit(PIPELINE, "spec.placement", {"hardwareClasses": ["cpu", "cpu"]}),
+        ("spec.placement.hardwareClasses[1]", "Duplicate value"),
+        id="hardware-classes-repeated",
+    ),
+    pytest.param(
+        edit(CLASSIFIER, "spec.decoder", "yolox"),
+        ("spec.decoder: Invalid value", "only allowed there"),
+        id="decoder-on-a-classifier",
     ),
 ]
 
