@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TYPECHECK_ROOT := .kubevision/typecheck
 
-.PHONY: bench bench-operator help install toolchain lint format crds test test-unit test-cluster demo cluster-up cluster-down cluster-status clean
+.PHONY: bench bench-operator help install toolchain lint format crds test test-unit demo cluster-up cluster-down cluster-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
