@@ -22,7 +22,7 @@ from kubevision.operator.selection import Variant
 from kubevision.operator.settings import OperatorSettings
 from tests.envtest.cluster import LocalCluster
 from tests.envtest.controlplane import REPO_ROOT
-from tests.envtest.nodes import CPU_NODE, GPU_SERVER, JETSON_ORIN
+from tests.envtest.nodes import CPU_NODE, GPU_SERVER, JETSON_ORIN, NodeSimulator, SimulatedNode
 from tests.envtest.operator import OperatorProcess
 from tests.envtest.poll import wait_for
 
@@ -514,3 +514,83 @@ def test_a_second_reconcile_changes_nothing(ns: Namespace, cluster: LocalCluster
     body = ns.get("pipeline", "people")
     reconcile_pipeline(kube, OperatorSettings(), body, snapshot(ns))
     assert state() == before
+
+
+# -- re-triggering ------------------------------------------------------------------------------
+
+
+def test_a_new_faster_variant_unblocks_a_pipeline(ns: Namespace) -> None:
+    slow = json.loads(json.dumps(SMALL_VARIANT))
+    slow["spec"]["hardware"][0]["p99LatencyMs"] = 500
+    ns.apply(docs=[slow, pipeline(stages={"detector": {"family": "tiny"}}), camera("c")])
+    wait_for(
+        lambda: (
+            (ns.condition("pipeline", "p", "Degraded") or {}).get("reason") == "NoMatchingVariant"
+        ),
+        timeout=60,
+        what="Degraded=NoMatchingVariant",
+    )
+    fast = json.loads(json.dumps(SMALL_VARIANT))
+    fast["metadata"]["name"] = "tiny-cpu-fast"
+    ns.apply(docs=[fast])
+    wait_for(
+        lambda: ns.get("statefulset", "p-site-a-cpu"),
+        timeout=60,
+        what="the worker StatefulSet once a fitting variant exists",
+    )
+    assert ns.worker_config("p-site-a-cpu").detector.model.variant == "tiny-cpu-fast"
+    degraded = ns.condition("pipeline", "p", "Degraded")
+    assert degraded is not None
+    assert degraded["status"] == "False"
+
+
+def test_a_node_joining_a_site_unblocks_its_cameras(ns: Namespace, cluster: LocalCluster) -> None:
+    ns.apply(
+        docs=[
+            SMALL_VARIANT,
+            pipeline(stages={"detector": {"family": "tiny"}}),
+            camera("c", site="site-new"),
+        ]
+    )
+    wait_for(
+        lambda: (
+            (ns.condition("pipeline", "p", "Degraded") or {}).get("reason") == "NoSchedulableNodes"
+        ),
+        timeout=60,
+        what="Degraded=NoSchedulableNodes",
+    )
+    node = SimulatedNode(
+        name="cpu-node-new",
+        arch="amd64",
+        labels={"kubevision.io/site": "site-new"},
+        capacity=dict(CPU_NODE.capacity),
+        address="127.0.10.9",
+        os_image=CPU_NODE.os_image,
+        kernel=CPU_NODE.kernel,
+        runtime=CPU_NODE.runtime,
+    )
+    simulator = NodeSimulator(cluster.api_client(), (node,))
+    simulator.start()
+    try:
+        sts = wait_for(
+            lambda: ns.get("statefulset", "p-site-new-cpu"),
+            timeout=60,
+            what="the worker StatefulSet once the site has a node",
+        )
+        terms = sts["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]["nodeSelectorTerms"][0]
+        assert {"key": "kubevision.io/site", "operator": "In", "values": ["site-new"]} in terms[
+            "matchExpressions"
+        ]
+        assert (
+            wait_for(
+                lambda: scheduled_node(ns, "p-site-new-cpu-0"),
+                timeout=60,
+                what="the worker pod bound to the new node",
+            )
+            == node.name
+        )
+    finally:
+        simulator.stop()
+        cluster.control_plane.kubectl("delete", "node", node.name)
