@@ -29,13 +29,14 @@ from typing import Any
 from kubernetes import client, watch
 
 from kubevision.api.worker_config import CONFIG_FILE
+from kubevision.operator.planner import group_name
 from tests.envtest.cluster import LocalCluster
 from tests.envtest.nodes import KUBERNETES_VERSION
 from tests.envtest.operator import OperatorProcess, install_chart
 
 RESULTS = Path(__file__).parent / "results"
 NAMESPACE = "bench"
-GROUP = "bench-site-a-cpu"
+GROUP = group_name("bench", "site-a", "cpu")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -184,6 +184,15 @@ def build_service(
     }
 
 
+def _model_node_selector(group: GroupPlan) -> dict[str, str]:
+    """Node labels every model of the group needs (detector, re-id, classifier, pose)."""
+    merged: dict[str, str] = {}
+    for choice in (group.detector, group.reid, group.classifier, group.pose):
+        if choice is not None:
+            merged.update(choice.target.node_selector)
+    return merged
+
+
 def _placement(spec: PipelineSpec, group: GroupPlan, settings: OperatorSettings) -> dict[str, Any]:
     """Node affinity, tolerations, runtime class and GPU requests for the group's hardware."""
     terms: list[dict[str, Any]] = []
@@ -203,14 +212,14 @@ def _placement(spec: PipelineSpec, group: GroupPlan, settings: OperatorSettings)
         resources["requests"] = {"cpu": "500m", "memory": "512Mi"}
         extra["runtimeClassName"] = settings.jetson_runtime_class
     else:
-        terms.append({"key": ACCELERATOR_LABEL, "operator": "DoesNotExist"})
-        terms.append({"key": GPU_PRESENT_LABEL, "operator": "DoesNotExist"})
+        # NotIn also matches an absent label, and the GPU operator sets gpu.present=false on a
+        # node that lost its GPUs: exactly the nodes hardware_class() calls cpu.
+        terms.append({"key": ACCELERATOR_LABEL, "operator": "NotIn", "values": ["jetson"]})
+        terms.append({"key": GPU_PRESENT_LABEL, "operator": "NotIn", "values": ["true"]})
     if group.site:
         terms.append({"key": SITE_LABEL, "operator": "In", "values": [group.site]})
-    for key in sorted(group.detector.target.node_selector):
-        terms.append(
-            {"key": key, "operator": "In", "values": [group.detector.target.node_selector[key]]}
-        )
+    for key, value in sorted(_model_node_selector(group).items()):
+        terms.append({"key": key, "operator": "In", "values": [value]})
     affinity = {
         "nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {

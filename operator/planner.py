@@ -4,7 +4,7 @@ variants and how many replicas. Pure code: the inputs are snapshots of the opera
 
 from __future__ import annotations
 
-import re
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -60,11 +60,13 @@ class PipelinePlan:
 def group_name(pipeline: str, site: str | None, hardware: HardwareClass) -> str:
     """The one place the name of a group's StatefulSet, ConfigMap and Service is made.
 
-    Pipeline names are at most 40 characters (a CEL rule), sites and classes are DNS labels;
-    the result is cut to 52 characters, the longest StatefulSet name whose pods' labels fit.
+    Readable (pipeline, site, class) plus a short hash of exactly those three, because joining
+    with "-" is ambiguous (pipeline "dock" at site "east-1" vs "dock-east" at "1") and long
+    names must be cut: 52 characters is the longest StatefulSet name whose pods' labels fit.
     """
-    name = f"{pipeline}-{site}-{hardware}" if site else f"{pipeline}-{hardware}"
-    return re.sub(r"-+$", "", name[:52])
+    readable = "-".join(part for part in (pipeline, site, hardware) if part)
+    digest = hashlib.sha256(f"{pipeline}\0{site or ''}\0{hardware}".encode()).hexdigest()[:5]
+    return f"{readable[:46].rstrip('-')}-{digest}"
 
 
 def plan_pipeline(
@@ -168,7 +170,9 @@ def _plan_group(
     previous: Mapping[str, Mapping[str, int]],
 ) -> GroupPlan | Problem:
     name = group_name(pipeline, site, hardware)
-    group_nodes = nodes_for(nodes, hardware, site)
+    group_nodes = [
+        n for n in nodes_for(nodes, hardware, site) if n.matches(spec.placement.node_selector)
+    ]
     stages = spec.stages
     helper_stages: tuple[tuple[str, ModelRef | None, Task], ...] = (
         ("reid", stages.tracker.reid, "reid"),

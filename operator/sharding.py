@@ -3,12 +3,12 @@
 Replica ``i`` of a worker StatefulSet processes shard ``i``. The replica count is what the
 cameras' frame rates need at the planned utilisation of one replica (or a fixed number of
 streams per replica), within the Pipeline's min/max. Cameras keep their previous shard while
-it still exists and has room; only the rest are placed, each on the least-loaded shard.
+it still exists and has room; only the rest are placed, largest first, each on the first shard
+with room.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -45,21 +45,35 @@ def plan_shards(
     previous: Mapping[str, int],
     streams_per_replica: int | None = None,
 ) -> ShardPlan:
-    """Assign every camera to a shard; see the module docstring for the rules."""
+    """Assign every camera to a shard; see the module docstring for the rules.
+
+    The replica count is what a fresh first-fit-decreasing packing needs, so it depends only
+    on the cameras (not on where they were): reconciling the same cameras twice gives the same
+    count, and every camera then finds its previous shard again.
+    """
     if not demands:
         return ShardPlan(shards=[[] for _ in range(min_replicas)], overloaded=False)
-    cost = _cost_function(replica_fps, streams_per_replica)
-    needed = math.ceil(round(sum(cost(d) for d in demands), 9))
-    replicas = max(1, min_replicas, min(needed, max_replicas))
+    raw_cost = _cost_function(replica_fps, streams_per_replica)
+    too_big = any(raw_cost(d) > _FULL for d in demands)
+
+    def cost(d: Demand) -> float:
+        return min(raw_cost(d), 1.0)  # a camera larger than a replica gets one of its own
+
+    fresh = _fresh_packing_size(demands, cost)
+    replicas = max(1, min_replicas, min(fresh, max_replicas))
     while True:
         shards, placed_all = _place(demands, replicas, previous, cost)
         if placed_all or replicas >= max_replicas:
             break
-        replicas += 1  # fragmentation: the total fits but the pieces did not
+        replicas += 1
     return ShardPlan(
         shards=[sorted(s) for s in shards],
-        overloaded=not placed_all or needed > max_replicas,
+        overloaded=too_big or not placed_all or fresh > max_replicas,
     )
+
+
+_FULL = 1.0 + 1e-9
+"""A replica's capacity (1.0) with room for float rounding."""
 
 
 def _cost_function(replica_fps: float, streams_per_replica: int | None) -> Cost:
@@ -67,6 +81,22 @@ def _cost_function(replica_fps: float, streams_per_replica: int | None) -> Cost:
         per_stream = 1.0 / streams_per_replica
         return lambda d: per_stream
     return lambda d: d.fps / replica_fps
+
+
+def _largest_first(demands: list[Demand], cost: Cost) -> list[Demand]:
+    return sorted(demands, key=lambda d: (-cost(d), d.camera))
+
+
+def _fresh_packing_size(demands: list[Demand], cost: Cost) -> int:
+    """Replicas a first-fit-decreasing packing of all cameras needs."""
+    loads: list[float] = []
+    for d in _largest_first(demands, cost):
+        i = next((j for j, load in enumerate(loads) if load + cost(d) <= _FULL), None)
+        if i is None:
+            loads.append(cost(d))
+        else:
+            loads[i] += cost(d)
+    return len(loads)
 
 
 def _place(
@@ -79,16 +109,20 @@ def _place(
     rest = []
     for d in sorted(demands, key=lambda d: d.camera):
         i = previous.get(d.camera)
-        if i is not None and i < replicas and load[i] + cost(d) <= 1.0 + 1e-9:
+        if i is not None and i < replicas and load[i] + cost(d) <= _FULL:
             shards[i].append(d.camera)
             load[i] += cost(d)
         else:
             rest.append(d)
-    # Then the rest, biggest first, each on the least-loaded shard (lowest ordinal on ties).
-    for d in sorted(rest, key=lambda d: (-cost(d), d.camera)):
-        i = min(range(replicas), key=lambda j: (load[j], j))
-        if load[i] + cost(d) > 1.0 + 1e-9:
+    # Then the rest, largest first, each on the first shard with room (first-fit decreasing,
+    # as the replica count was sized); with no room anywhere, on the least-loaded shard.
+    for d in _largest_first(rest, cost):
+        fits = [j for j in range(replicas) if load[j] + cost(d) <= _FULL]
+        if fits:
+            i = fits[0]
+        else:
             placed_all = False  # still placed: an overloaded camera beats an unwatched one
+            i = min(range(replicas), key=lambda j: (load[j], j))
         shards[i].append(d.camera)
         load[i] += cost(d)
     return shards, placed_all

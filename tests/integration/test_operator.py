@@ -17,7 +17,7 @@ from kubevision.operator.cameras import assignments
 from kubevision.operator.hardware import node_info
 from kubevision.operator.kube import Kube
 from kubevision.operator.pipelines import CameraRecord, Snapshot, reconcile_pipeline
-from kubevision.operator.planner import Camera
+from kubevision.operator.planner import Camera, group_name
 from kubevision.operator.selection import Variant
 from kubevision.operator.settings import OperatorSettings
 from tests.envtest.cluster import LocalCluster
@@ -152,12 +152,12 @@ def test_samples_become_workers_on_the_gpu_server_and_the_jetson(ns: Namespace) 
         CATALOG / "classifiers.yaml",
     )
     gpu = wait_for(
-        lambda: ns.get("statefulset", "people-site-a-nvidia-gpu"),
+        lambda: ns.get("statefulset", group_name("people", "site-a", "nvidia-gpu")),
         timeout=60,
         what="the GPU group's StatefulSet",
     )
     jetson = wait_for(
-        lambda: ns.get("statefulset", "people-site-b-jetson"),
+        lambda: ns.get("statefulset", group_name("people", "site-b", "jetson")),
         timeout=60,
         what="the Jetson group's StatefulSet",
     )
@@ -177,7 +177,7 @@ def test_samples_become_workers_on_the_gpu_server_and_the_jetson(ns: Namespace) 
 
     assert (
         wait_for(
-            lambda: scheduled_node(ns, "people-site-a-nvidia-gpu-0"),
+            lambda: scheduled_node(ns, group_name("people", "site-a", "nvidia-gpu") + "-0"),
             timeout=60,
             what="the GPU worker pod to be bound",
         )
@@ -185,7 +185,7 @@ def test_samples_become_workers_on_the_gpu_server_and_the_jetson(ns: Namespace) 
     )
     assert (
         wait_for(
-            lambda: scheduled_node(ns, "people-site-b-jetson-0"),
+            lambda: scheduled_node(ns, group_name("people", "site-b", "jetson") + "-0"),
             timeout=60,
             what="the Jetson worker pod to be bound",
         )
@@ -193,7 +193,10 @@ def test_samples_become_workers_on_the_gpu_server_and_the_jetson(ns: Namespace) 
     )
 
     # the most accurate variant meeting the SLO on each hardware, the fastest among equals
-    for group in ("people-site-a-nvidia-gpu", "people-site-b-jetson"):
+    for group in (
+        group_name("people", "site-a", "nvidia-gpu"),
+        group_name("people", "site-b", "jetson"),
+    ):
         assert ns.worker_config(group).detector.model.variant == "yolox-nano-416-trt-fp16"
     wait_for(
         lambda: ns.get("pipeline", "people")["status"].get("cameras") == 3,
@@ -203,7 +206,7 @@ def test_samples_become_workers_on_the_gpu_server_and_the_jetson(ns: Namespace) 
     lobby = ns.get("camera", "lobby")["status"]
     assert lobby["sourceHost"] == "lobby-cam.site-a.example"
     assert lobby["assignments"] == [
-        {"pipeline": "people", "workload": "people-site-a-nvidia-gpu", "shard": 0}
+        {"pipeline": "people", "workload": group_name("people", "site-a", "nvidia-gpu"), "shard": 0}
     ]
 
 
@@ -214,7 +217,7 @@ def test_cpu_only_pipeline_lands_on_the_cpu_node(ns: Namespace) -> None:
     )
     assert (
         wait_for(
-            lambda: scheduled_node(ns, "cpu-site-a-cpu-0"),
+            lambda: scheduled_node(ns, group_name("cpu", "site-a", "cpu") + "-0"),
             timeout=60,
             what="the CPU worker pod to be bound",
         )
@@ -232,7 +235,7 @@ def test_camera_credentials_reach_workers_only_through_secret_refs(
         CATALOG / "classifiers.yaml",
     )
     sts = wait_for(
-        lambda: ns.get("statefulset", "people-site-a-nvidia-gpu"),
+        lambda: ns.get("statefulset", group_name("people", "site-a", "nvidia-gpu")),
         timeout=60,
         what="the GPU group's StatefulSet",
     )
@@ -244,7 +247,9 @@ def test_camera_credentials_reach_workers_only_through_secret_refs(
     ]
     assert {"name": "lobby-camera-credentials", "key": "password"} in refs
     lobby = next(
-        c for c in ns.worker_config("people-site-a-nvidia-gpu").shards[0] if c.name == "lobby"
+        c
+        for c in ns.worker_config(group_name("people", "site-a", "nvidia-gpu")).shards[0]
+        if c.name == "lobby"
     )
     assert lobby.credentials is not None
     assert lobby.credentials.password_env in env
@@ -284,7 +289,7 @@ def shards(ns: Namespace, group: str) -> dict[str, int]:
 def test_replicas_and_shards_follow_cameras_and_cameras_move_only_when_they_must(
     ns: Namespace,
 ) -> None:
-    group = "p-site-a-cpu"
+    group = group_name("p", "site-a", "cpu")
     spec: dict[str, Any] = {
         "stages": {"detector": {"family": "tiny"}},
         "autoscaling": {"minReplicas": 1, "maxReplicas": 20},
@@ -434,8 +439,8 @@ def test_too_many_cameras_for_max_replicas_is_degraded_no_capacity(ns: Namespace
     )
     assert "maxReplicas=2" in degraded["message"]
     # every camera is still assigned: overloaded beats unwatched
-    assert len(ns.worker_config("p-site-a-cpu").assignments()) == 8
-    assert ns.get("statefulset", "p-site-a-cpu")["spec"]["replicas"] == 2
+    assert len(ns.worker_config(group_name("p", "site-a", "cpu")).assignments()) == 8
+    assert ns.get("statefulset", group_name("p", "site-a", "cpu"))["spec"]["replicas"] == 2
 
 
 def test_operator_killed_mid_reconcile_converges_without_duplicates_or_orphans(
@@ -463,15 +468,20 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates_or_orphans(
     def converged() -> bool:
         status = (ns.get("pipeline", "p") or {}).get("status") or {}
         groups = {g["name"]: g for g in status.get("groups", [])}
-        return set(groups) == {"p-site-a-cpu", "p-site-b-jetson"} and status["cameras"] == 20
+        return (
+            set(groups) == {group_name("p", "site-a", "cpu"), group_name("p", "site-b", "jetson")}
+            and status["cameras"] == 20
+        )
 
     wait_for(converged, timeout=90, what="the Pipeline to converge after the restart")
     for kind in ("statefulsets", "configmaps", "services"):
         names = sorted(o["metadata"]["name"] for o in ns.items(kind, "kubevision.io/pipeline=p"))
-        assert names == ["p-site-a-cpu", "p-site-b-jetson"], kind
+        assert names == sorted(
+            [group_name("p", "site-a", "cpu"), group_name("p", "site-b", "jetson")]
+        ), kind
     assigned = {
-        **ns.worker_config("p-site-a-cpu").assignments(),
-        **ns.worker_config("p-site-b-jetson").assignments(),
+        **ns.worker_config(group_name("p", "site-a", "cpu")).assignments(),
+        **ns.worker_config(group_name("p", "site-b", "jetson")).assignments(),
     }
     assert sorted(assigned) == sorted(f"k{i:02d}" for i in range(20))
 
@@ -534,11 +544,13 @@ def test_a_new_faster_variant_unblocks_a_pipeline(ns: Namespace) -> None:
     fast["metadata"]["name"] = "tiny-cpu-fast"
     ns.apply(docs=[fast])
     wait_for(
-        lambda: ns.get("statefulset", "p-site-a-cpu"),
+        lambda: ns.get("statefulset", group_name("p", "site-a", "cpu")),
         timeout=60,
         what="the worker StatefulSet once a fitting variant exists",
     )
-    assert ns.worker_config("p-site-a-cpu").detector.model.variant == "tiny-cpu-fast"
+    assert (
+        ns.worker_config(group_name("p", "site-a", "cpu")).detector.model.variant == "tiny-cpu-fast"
+    )
     degraded = ns.condition("pipeline", "p", "Degraded")
     assert degraded is not None
     assert degraded["status"] == "False"
@@ -573,7 +585,7 @@ def test_a_node_joining_a_site_unblocks_its_cameras(ns: Namespace, cluster: Loca
     simulator.start()
     try:
         sts = wait_for(
-            lambda: ns.get("statefulset", "p-site-new-cpu"),
+            lambda: ns.get("statefulset", group_name("p", "site-new", "cpu")),
             timeout=60,
             what="the worker StatefulSet once the site has a node",
         )
@@ -585,7 +597,7 @@ def test_a_node_joining_a_site_unblocks_its_cameras(ns: Namespace, cluster: Loca
         ]
         assert (
             wait_for(
-                lambda: scheduled_node(ns, "p-site-new-cpu-0"),
+                lambda: scheduled_node(ns, group_name("p", "site-new", "cpu") + "-0"),
                 timeout=60,
                 what="the worker pod bound to the new node",
             )
