@@ -16,6 +16,9 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
+Index = npt.NDArray[np.bool_] | npt.NDArray[np.integer] | slice
+"""What selects rows: a boolean mask, integer indices or a slice."""
+
 NO_TRACK = -1
 """Track id of a detection no tracker has confirmed."""
 
@@ -63,7 +66,7 @@ class Detections:
     def __len__(self) -> int:
         return len(self.xyxy)
 
-    def __getitem__(self, index: npt.NDArray[np.bool_] | npt.NDArray[np.integer] | slice) -> Detections:
+    def __getitem__(self, index: Index) -> Detections:
         """Rows selected by a boolean mask, integer indices or a slice (always a copy)."""
         emb = None if self.embeddings is None else self.embeddings[index].copy()
         return Detections(
@@ -77,7 +80,8 @@ class Detections:
     def __iter__(self) -> Iterator[tuple[FloatArray, float, int, int]]:
         """(box, score, class id, track id) per object, for sinks and logs (not hot paths)."""
         for i in range(len(self)):
-            yield self.xyxy[i], float(self.scores[i]), int(self.class_ids[i]), int(self.track_ids[i])
+            box, score = self.xyxy[i], float(self.scores[i])
+            yield box, score, int(self.class_ids[i]), int(self.track_ids[i])
 
     def with_tracks(self, track_ids: IntArray) -> Detections:
         return Detections(self.xyxy, self.scores, self.class_ids, track_ids, self.embeddings)
@@ -88,7 +92,8 @@ class Detections:
     @property
     def area(self) -> FloatArray:
         wh = np.clip(self.xyxy[:, 2:] - self.xyxy[:, :2], 0, None)
-        return (wh[:, 0] * wh[:, 1]).astype(np.float32)
+        area: FloatArray = (wh[:, 0] * wh[:, 1]).astype(np.float32)
+        return area
 
     @staticmethod
     def merge(parts: list[Detections]) -> Detections:
@@ -116,4 +121,5 @@ def box_iou(a: FloatArray, b: FloatArray) -> FloatArray:
     area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
     area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
     union = area_a[:, None] + area_b[None, :] - inter
-    return (inter / np.maximum(union, 1e-9)).astype(np.float32)
+    iou: FloatArray = (inter / np.maximum(union, 1e-9)).astype(np.float32)
+    return iou
