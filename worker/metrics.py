@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-STAGES = ("decode", "preprocess", "infer", "track", "classify", "publish")
+STAGES = ("decode", "preprocess", "infer", "postprocess", "track", "classify", "publish")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -24,40 +24,72 @@ class WorkerMetrics:
         r = self.registry
         cam = ["pipeline", "camera"]
         self.frames_processed = Counter(
-            "kubevision_frames_processed", "Frames that went through the whole pipeline.", cam,
-            registry=r)
+            "kubevision_frames_processed",
+            "Frames that went through the whole pipeline.",
+            cam,
+            registry=r,
+        )
         self.frames_dropped = Counter(
             "kubevision_frames_dropped",
             "Decoded frames replaced in the latest-frame buffer before inference took them "
-            "(the pipeline was slower than the camera).", cam, registry=r)
+            "(the pipeline was slower than the camera).",
+            cam,
+            registry=r,
+        )
         self.frames_skipped = Counter(
-            "kubevision_frames_skipped", "Frames the sampler chose not to analyse.", cam,
-            registry=r)
+            "kubevision_frames_skipped", "Frames the sampler chose not to analyse.", cam, registry=r
+        )
         self.frame_latency = Histogram(
             "kubevision_frame_latency_seconds",
-            "End-to-end latency per frame: capture timestamp to result published.", cam,
-            buckets=_LATENCY_BUCKETS, registry=r)
+            "End-to-end latency per frame: capture timestamp to result published.",
+            cam,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.stage_latency = Histogram(
-            "kubevision_stage_latency_seconds", "Latency of one pipeline stage per frame.",
-            ["pipeline", "stage"], buckets=_STAGE_BUCKETS, registry=r)
+            "kubevision_stage_latency_seconds",
+            "Latency of one pipeline stage per frame.",
+            ["pipeline", "stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge(
-            "kubevision_queue_depth", "Frames waiting for inference across this worker's cameras.",
-            ["pipeline"], registry=r)
+            "kubevision_queue_depth",
+            "Frames waiting for inference across this worker's cameras.",
+            ["pipeline"],
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "kubevision_batch_size", "Frames per inference batch.", ["pipeline"],
-            buckets=_BATCH_BUCKETS, registry=r)
+            "kubevision_batch_size",
+            "Frames per inference batch.",
+            ["pipeline"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
         self.camera_up = Gauge(
-            "kubevision_camera_up", "1 while the camera delivers frames, 0 otherwise.", cam,
-            registry=r)
+            "kubevision_camera_up",
+            "1 while the camera delivers frames, 0 otherwise.",
+            cam,
+            registry=r,
+        )
         self.reconnects = Counter(
-            "kubevision_camera_reconnects", "Reconnection attempts after a stream failed.", cam,
-            registry=r)
+            "kubevision_camera_reconnects",
+            "Reconnection attempts after a stream failed.",
+            cam,
+            registry=r,
+        )
         self.detections = Counter(
-            "kubevision_detections", "Detections kept after filtering, by class.",
-            ["pipeline", "camera", "class"], registry=r)
+            "kubevision_detections",
+            "Detections kept after filtering, by class.",
+            ["pipeline", "camera", "class"],
+            registry=r,
+        )
         self.stream_fps = Gauge(
-            "kubevision_stream_fps", "Frames per second decoded from the camera (moving average).",
-            cam, registry=r)
+            "kubevision_stream_fps",
+            "Frames per second decoded from the camera (moving average).",
+            cam,
+            registry=r,
+        )
 
     def camera(self, camera: str) -> CameraMetrics:
         """The metrics of one camera, labels bound once."""

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 import onnx
 from onnx import numpy_helper, version_converter
-from onnxruntime.quantization import (
+from onnxruntime.quantization import (  # type: ignore[import-untyped]
     CalibrationDataReader,
     CalibrationMethod,
     QuantFormat,
@@ -68,13 +69,20 @@ def make_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _read(path: Path) -> npt.NDArray[np.uint8]:
+    image = cv2.imread(str(path))
+    if image is None:
+        raise SystemExit(f"cannot read calibration image {path}")
+    return image.astype(np.uint8, copy=False)
+
+
 class _ImageReader(CalibrationDataReader):  # type: ignore[misc]
     """Feeds calibration images through the worker's own preprocessing, one per batch."""
 
     def __init__(self, input_name: str, images: list[Path], decoder: str, size: int) -> None:
         fmt = decoder_for(decoder).input_format
         self._batches: Iterator[dict[str, np.ndarray]] = (
-            {input_name: preprocess([cv2.imread(str(p))], size, size, fmt)[0]} for p in images
+            {input_name: preprocess([_read(p)], size, size, fmt)[0]} for p in images
         )
 
     def get_next(self) -> dict[str, np.ndarray] | None:

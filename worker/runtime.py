@@ -1,0 +1,356 @@
+"""The worker's processing loop: cameras → sampler → cross-camera batch → detector → per-camera
+tracker → classifier → events → sinks, with metrics and health at every step.
+
+One loop thread does the inference work; each camera decodes in its own capture thread into a
+latest-frame buffer, so a slow model drops old frames instead of building latency. Each batch
+takes at most one frame per camera, starting from a rotating camera so none starves. A new
+config (cameras added/removed, models changed) is applied without a restart: new cameras start
+before removed ones stop, so no camera goes unwatched during a handover.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kubevision.api.worker_config import CameraAssignment, ModelConfig, WorkerConfig
+from kubevision.worker.backends.base import InferenceBackend, create_backend
+from kubevision.worker.capture import CameraStream, CaptureOptions, Frame
+from kubevision.worker.classifier import CropClassifier
+from kubevision.worker.config import my_cameras
+from kubevision.worker.detections import NO_TRACK, Detections
+from kubevision.worker.detector import Detector
+from kubevision.worker.events import Classification, EventBuilder, TrackEvent
+from kubevision.worker.health import Health
+from kubevision.worker.metrics import CameraMetrics, WorkerMetrics
+from kubevision.worker.models import resolve_artifact
+from kubevision.worker.sampling import Sampler, build_sampler
+from kubevision.worker.sinks import FanOut
+from kubevision.worker.trackers import Tracker, create_tracker
+from kubevision.worker.trackers.reid import ReidEmbedder
+
+log = logging.getLogger("kubevision.worker.runtime")
+
+_ERROR_PAUSE_SECONDS = 1.0
+
+_IDLE_POLL_SECONDS = 0.002
+"""How long the loop waits when no camera has a new frame (bounds added latency to 2 ms)."""
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How this process runs its config (the config says what, these say where and how)."""
+
+    capture: CaptureOptions = field(default_factory=CaptureOptions)
+    model_search: tuple[Path, ...] = ()
+    """Folders to find model files in (besides KUBEVISION_MODEL_DIR and /models)."""
+    device: str = "cpu"
+    threads: int | None = None
+    """Inference threads; set it to the pod's CPU limit."""
+    max_batch: int | None = None
+    """Frames per inference call; default the detector variant's batch max."""
+    max_wait_seconds: float = 0.005
+    """How long a partly filled batch waits for more cameras' frames."""
+    classifier_labels: Path | None = None
+    """Class names for a classifier whose ModelVariant carries none (e.g. ImageNet's)."""
+    on_stage: Callable[[str, float], None] | None = None
+    """Also receives every stage timing (benchmarks want exact values, not histogram buckets)."""
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What the loop made of one frame (for the CLI's summary and annotated video)."""
+
+    frame: Frame
+    detections: Detections
+    class_names: tuple[str, ...]
+    """The detector's labels, indexed by ``detections.class_ids``."""
+    labels: dict[int, Classification]
+    events: list[TrackEvent]
+    latency_seconds: float
+
+
+@dataclass
+class _Models:
+    """The loaded models of one config; rebuilt only when the config's models change."""
+
+    detector: Detector
+    classifier: CropClassifier | None
+    embedder: ReidEmbedder | None
+    refresh_frames: int
+    batch_max: int
+    key: tuple[object, ...]
+
+
+class _Camera:
+    """One camera's stream and per-camera state (sampler, tracker, events, labels)."""
+
+    def __init__(
+        self,
+        assignment: CameraAssignment,
+        config: WorkerConfig,
+        models: _Models,
+        metrics: CameraMetrics,
+        options: CaptureOptions,
+    ) -> None:
+        self.assignment = assignment
+        self.metrics = metrics
+        self.stream = CameraStream(assignment, metrics, options)
+        self.sampler: Sampler = build_sampler(assignment.sampling)
+        self.tracker: Tracker = create_tracker(config.tracker, models.embedder)
+        self.events = EventBuilder(config.pipeline, assignment.name, models.detector.labels)
+        self.labels: dict[int, tuple[Classification, int]] = {}
+        self.frames = 0
+
+    def classify(
+        self, models: _Models, frame: Frame, tracked: Detections
+    ) -> dict[int, Classification]:
+        """Classify tracks once when they appear and again every ``refresh_frames``."""
+        self.frames += 1
+        live = {int(t) for t in tracked.track_ids if t != NO_TRACK}
+        self.labels = {t: v for t, v in self.labels.items() if t in live}  # bounded by live tracks
+        if models.classifier is None or not live:
+            return {t: v[0] for t, v in self.labels.items()}
+        due = np.array(
+            [
+                t != NO_TRACK
+                and (
+                    int(t) not in self.labels
+                    or self.frames - self.labels[int(t)][1] >= models.refresh_frames
+                )
+                for t in tracked.track_ids
+            ],
+            dtype=bool,
+        )
+        if due.any():
+            class_ids, scores = models.classifier(frame.image, tracked.xyxy[due])
+            names = models.classifier.names(class_ids[:, 0] if class_ids.ndim == 2 else class_ids)
+            top = scores[:, 0] if scores.ndim == 2 else scores
+            for track_id, name, score in zip(tracked.track_ids[due], names, top, strict=True):
+                self.labels[int(track_id)] = (
+                    Classification(label=name, score=float(score)),
+                    self.frames,
+                )
+        return {t: v[0] for t, v in self.labels.items()}
+
+
+class WorkerRuntime:
+    """Runs one shard of a WorkerConfig until :meth:`stop`."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        shard: int,
+        metrics: WorkerMetrics,
+        health: Health,
+        sink: FanOut,
+        options: RuntimeOptions | None = None,
+        on_result: Callable[[FrameResult], None] | None = None,
+    ) -> None:
+        self._options = options or RuntimeOptions()
+        self._shard = shard
+        self._metrics = metrics
+        self._health = health
+        self._sink = sink
+        self._on_result = on_result
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
+        self._config = config
+        self._models = self._load_models(config)
+        self._cameras: dict[str, _Camera] = {}
+        self._next = 0
+        self._apply_cameras(config)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        self._health.set_ready(True)
+        log.info(
+            "worker started pipeline=%s group=%s shard=%d cameras=%d",
+            self._config.pipeline,
+            self._config.group,
+            self._shard,
+            len(self._cameras),
+        )
+
+    def stop(self) -> None:
+        self._health.set_ready(False)
+        self._stop.set()
+        self._thread.join(timeout=10)
+        with self._lock:
+            for cam in self._cameras.values():
+                self._sink.publish(cam.events.end_all())
+                cam.stream.stop()
+            self._cameras.clear()
+        self._sink.close()
+
+    def apply(self, config: WorkerConfig) -> None:
+        """Take a new config without a restart (models reload only if they changed)."""
+        models = self._models
+        if _models_key(config) != models.key:
+            models = self._load_models(config)
+        with self._lock:
+            self._config, self._models = config, models
+            self._apply_cameras(config)
+
+    @property
+    def cameras(self) -> dict[str, CameraStream]:
+        with self._lock:
+            return {name: cam.stream for name, cam in self._cameras.items()}
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def _load_models(self, config: WorkerConfig) -> _Models:
+        opts = self._options
+
+        def backend(model: ModelConfig) -> InferenceBackend:
+            path = resolve_artifact(model.artifact, opts.model_search)
+            return create_backend(model, path, opts.device, intra_op_threads=opts.threads)
+
+        detector = Detector.from_config(
+            config.detector, backend(config.detector.model), on_stage=self._observe_stage
+        )
+        classifier = None
+        if config.classifier is not None:
+            classifier = CropClassifier(
+                config.classifier.model,
+                backend(config.classifier.model),
+                labels_file=opts.classifier_labels,
+            )
+        embedder = None
+        if config.reid is not None:
+            embedder = ReidEmbedder(resolve_artifact(config.reid.artifact, opts.model_search))
+        return _Models(
+            detector=detector,
+            classifier=classifier,
+            embedder=embedder,
+            refresh_frames=config.classifier.refresh_frames if config.classifier else 0,
+            batch_max=config.detector.model.batch_max,
+            key=_models_key(config),
+        )
+
+    def _apply_cameras(self, config: WorkerConfig) -> None:
+        """Start new/changed cameras first, then stop the ones no longer assigned."""
+        wanted = {a.name: a for a in my_cameras(config, self._shard)}
+        for name, assignment in wanted.items():
+            current = self._cameras.get(name)
+            if current is not None and current.assignment == assignment:
+                continue
+            cam = _Camera(
+                assignment, config, self._models, self._metrics.camera(name), self._options.capture
+            )
+            cam.stream.start()
+            self._cameras[name] = cam
+            if current is not None:
+                self._retire(current)
+        for name in [n for n in self._cameras if n not in wanted]:
+            self._retire(self._cameras.pop(name))
+
+    def _retire(self, cam: _Camera) -> None:
+        self._sink.publish(cam.events.end_all())
+        cam.stream.stop(timeout=0)  # never block the loop on a stuck read
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = self._collect()
+                if batch:
+                    self._process(batch)
+                else:
+                    self._stop.wait(_IDLE_POLL_SECONDS)
+            except Exception:  # one bad batch must not stop the worker; the error is logged
+                log.exception("processing a batch failed; continuing after a pause")
+                self._stop.wait(_ERROR_PAUSE_SECONDS)  # a persistent fault must not spin or flood
+            self._health.beat()
+
+    def _collect(self) -> list[Frame]:
+        """At most one sampled frame per camera, up to max_batch, waiting max_wait for more."""
+        with self._lock:
+            cams = list(self._cameras.values())
+            models = self._models
+        if not cams:
+            return []
+        limit = self._options.max_batch or models.batch_max
+        deadline = time.monotonic() + self._options.max_wait_seconds
+        batch: dict[str, Frame] = {}
+        start, self._next = self._next % len(cams), self._next + 1
+        order = cams[start:] + cams[:start]
+        while True:
+            for cam in order:
+                if len(batch) >= limit:
+                    break
+                if cam.assignment.name in batch:
+                    continue
+                frame = cam.stream.get(timeout=0)
+                if frame is None:
+                    continue
+                if cam.sampler(frame):
+                    batch[cam.assignment.name] = frame
+                else:
+                    cam.metrics.skipped.inc()
+            if not batch or len(batch) >= min(limit, len(cams)) or time.monotonic() >= deadline:
+                break
+            self._stop.wait(_IDLE_POLL_SECONDS / 4)
+        self._metrics.queue_depth.labels(self._metrics.pipeline).set(
+            sum(c.stream.pending for c in cams)
+        )
+        return list(batch.values())
+
+    def _process(self, frames: list[Frame]) -> None:
+        with self._lock:
+            models, cams = self._models, dict(self._cameras)
+        self._metrics.batch_size.labels(self._metrics.pipeline).observe(len(frames))
+        detections = models.detector([f.image for f in frames])
+        for frame, found in zip(frames, detections, strict=True):
+            cam = cams.get(frame.camera)
+            if cam is None:  # reassigned away while the batch ran
+                continue
+            with self._stage("track"):
+                tracked = cam.tracker.update(found, frame.image)
+            with self._stage("classify"):
+                labels = cam.classify(models, frame, tracked)
+            events = cam.events.update(tracked, frame.capture_wall, labels)
+            with self._stage("publish"):
+                if events:
+                    self._sink.publish(events)
+            latency = time.time() - frame.capture_wall
+            self._record(cam, models, tracked, latency)
+            if self._on_result is not None:
+                self._on_result(
+                    FrameResult(frame, tracked, models.detector.labels, labels, events, latency)
+                )
+
+    def _record(self, cam: _Camera, models: _Models, tracked: Detections, latency: float) -> None:
+        cam.metrics.processed.inc()
+        cam.metrics.latency.observe(latency)
+        if len(tracked):
+            ids, counts = np.unique(tracked.class_ids, return_counts=True)
+            for class_id, count in zip(ids, counts, strict=True):
+                cam.metrics.detected(models.detector.labels[int(class_id)], int(count))
+
+    def _observe_stage(self, stage: str, seconds: float) -> None:
+        self._metrics.stage(stage).observe(seconds)
+        if self._options.on_stage is not None:
+            self._options.on_stage(stage, seconds)
+
+    @contextmanager
+    def _stage(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self._observe_stage(stage, time.perf_counter() - start)
+
+
+def _models_key(config: WorkerConfig) -> tuple[object, ...]:
+    """What, if changed, needs the models reloaded (thresholds included: they live in them)."""
+    return (config.detector, config.classifier, config.reid, config.tracker)
