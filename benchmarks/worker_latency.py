@@ -188,7 +188,9 @@ def run_naive(model: ModelConfig, video: Path, seconds: float, paced: bool) -> d
     with av.open(str(video)) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or 30)
-        frames: Iterator[Image] = (f.to_ndarray(format="bgr24") for f in container.decode(stream))
+        frames: Iterator[Image] = (
+            np.asarray(f.to_ndarray(format="bgr24"), np.uint8) for f in container.decode(stream)
+        )
         first = next(frames)
         for _ in range(5):
             tracker.update(detector([first])[0], first)  # warm-up
