@@ -1,0 +1,34 @@
+"""Where the shared test assets are, and the rule for a missing one: skip, or fail under CI.
+
+The assets (models, coco128, MOT clips) live outside the repository in ``../shared/assets``;
+``KUBEVISION_ASSETS`` points the tests at another copy. A user's clone without them skips the
+tests that need them with a reason saying so; CI (``CI=true``) must never pass by skipping,
+so there a missing asset fails the test. Call :func:`require` inside a test or fixture.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ENV_VAR = "KUBEVISION_ASSETS"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def assets_dir() -> Path:
+    """``$KUBEVISION_ASSETS`` if set, else ``../shared/assets`` next to the repository."""
+    override = os.environ.get(ENV_VAR)
+    return Path(override) if override else REPO_ROOT.parent / "shared" / "assets"
+
+
+def require(relative_path: str | Path) -> Path:
+    """The asset's path; skips the test when it is missing (fails it when ``CI=true``)."""
+    path = assets_dir() / relative_path
+    if path.exists():
+        return path
+    reason = f"test asset {path} is missing (set {ENV_VAR} to a copy of the shared assets)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; under CI a missing asset is a failure", pytrace=False)
+    pytest.skip(reason)

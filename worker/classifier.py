@@ -1,0 +1,92 @@
+"""Crop classification: a class (top-k) for each detected box, one backend call per batch.
+
+Crops are stretched to the model input (objects fill the crop, so the usual resize-then-
+centre-crop of whole-image classifiers would cut them) in the ImageNet convention that
+ONNX-zoo and torchvision classifiers share: RGB, ImageNet mean/std. Scores are softmax
+probabilities over the model's logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from kubevision.api.worker_config import ModelConfig
+from kubevision.worker.backends.base import InferenceBackend
+from kubevision.worker.preprocess import IMAGENET_RGB, Frame, InputFormat, crops, to_tensor
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+IMAGENET_INPUT = InputFormat(color="rgb", normalization=IMAGENET_RGB)
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """Class names, one per line in class-id order (blank lines ignored)."""
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+class CropClassifier:
+    """A classification model applied to the boxes of a frame."""
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        backend: InferenceBackend,
+        top_k: int = 1,
+        *,
+        labels_file: Path | None = None,
+        input_format: InputFormat = IMAGENET_INPUT,
+    ) -> None:
+        """Check the configuration up front.
+
+        Args:
+            model: the resolved ModelVariant (task ``classify``).
+            backend: runs the model.
+            top_k: classes returned per crop, >= 1.
+            labels_file: class names (e.g. the model's ``imagenet_classes.txt``), used when
+                ``model.labels`` is empty; one of the two must name the classes.
+            input_format: the model's input convention (ImageNet's unless told otherwise).
+        """
+        if model.task != "classify":
+            raise ValueError(f"model {model.variant!r} is a {model.task} model, not classify")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if model.labels:
+            self.labels: tuple[str, ...] = tuple(model.labels)
+        elif labels_file is not None:
+            self.labels = read_labels(labels_file)
+        else:
+            raise ValueError(
+                f"model {model.variant!r} has no labels: set ModelConfig.labels or pass labels_file"
+            )
+        if top_k > len(self.labels):
+            raise ValueError(f"top_k {top_k} exceeds the model's {len(self.labels)} classes")
+        self._backend = backend
+        self._size = (model.input_size.width, model.input_size.height)
+        self._format = input_format
+        self.top_k = top_k
+
+    def __call__(self, frame: Frame, boxes: FloatArray) -> tuple[IntArray, FloatArray]:
+        """(class ids, scores), each (N, top_k) best first, for the (N, 4) frame-pixel boxes."""
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        if len(boxes) == 0:
+            return np.empty((0, self.top_k), np.int64), np.empty((0, self.top_k), np.float32)
+        (logits,) = self._backend.infer(to_tensor(crops(frame, boxes, *self._size), self._format))
+        if logits.shape[1] != len(self.labels):
+            raise ValueError(
+                f"the model outputs {logits.shape[1]} classes but has {len(self.labels)} labels"
+            )
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        top = np.argpartition(-probs, self.top_k - 1, axis=1)[:, : self.top_k]
+        order = np.argsort(-np.take_along_axis(probs, top, axis=1), axis=1, kind="stable")
+        class_ids = np.take_along_axis(top, order, axis=1).astype(np.int64)
+        return class_ids, np.take_along_axis(probs, class_ids, axis=1).astype(np.float32)
+
+    def names(self, class_ids: Sequence[int] | IntArray) -> list[str]:
+        """Label names of class ids (for sinks and logs)."""
+        return [self.labels[int(i)] for i in class_ids]
