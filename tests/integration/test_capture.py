@@ -1,0 +1,411 @@
+"""CameraStream against real sources: the sample video as a file, a corrupt file, a closed
+port, a socket that never answers, and a real RTSP server fed by ffmpeg that is frozen,
+killed and restarted under the reader. Metrics are read from the worker's registry."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from kubevision.api.camera import Sampling
+from kubevision.api.worker_config import CameraAssignment, CredentialEnv
+from kubevision.worker.capture import (
+    Backoff,
+    CameraStream,
+    CaptureOptions,
+    Frame,
+    Redactor,
+    StreamState,
+)
+from kubevision.worker.metrics import WorkerMetrics
+from tests.assets import require
+from tests.envtest.controlplane import free_port
+from tests.envtest.poll import wait_for
+from tests.envtest.rtsp import Credentials, RtspServer
+
+PIPELINE = "capture-test"
+CAR_FRAMES = 377  # car-detection.mp4: 768x432, 12.5 fps, a key frame every 60 frames
+CAR_SHAPE = (432, 768, 3)
+CAR_PTS_STEP = 2000  # 1/12.5 s in its 1/25000 time base
+FAST_RETRY = Backoff(base=0.05, cap=0.2, jitter=0.5)
+SLOW_RETRY = Backoff(base=30.0, cap=30.0, jitter=0.0)  # holds a failed camera in backoff
+
+
+@pytest.fixture
+def car_video() -> Path:
+    return require("videos/car-detection.mp4")
+
+
+@pytest.fixture
+def metrics() -> WorkerMetrics:
+    return WorkerMetrics(PIPELINE)
+
+
+@pytest.fixture
+def streams() -> Iterator[list[CameraStream]]:
+    """Streams a test starts; all stopped afterwards, whatever happened."""
+    started: list[CameraStream] = []
+    yield started
+    for stream in started:
+        stream.stop()
+
+
+@pytest.fixture
+def ffmpeg() -> str:
+    path = shutil.which("ffmpeg")
+    if path is None:
+        reason = "ffmpeg is not installed (apt-get install ffmpeg)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return path
+
+
+def open_stream(
+    streams: list[CameraStream],
+    metrics: WorkerMetrics,
+    name: str,
+    url: str,
+    *,
+    timeout_seconds: int = 5,
+    credentials: CredentialEnv | None = None,
+    **options: Any,
+) -> CameraStream:
+    camera = CameraAssignment(
+        name=name,
+        url=url,
+        timeout_seconds=timeout_seconds,
+        fps=12.5,
+        sampling=Sampling(),
+        priority=100,
+        credentials=credentials,
+    )
+    options.setdefault("backoff", FAST_RETRY)
+    stream = CameraStream(
+        camera, metrics.camera(name), CaptureOptions(**options), rng=random.Random(7)
+    )
+    streams.append(stream)
+    return stream.start()
+
+
+def sample(metrics: WorkerMetrics, name: str, camera: str) -> float:
+    value = metrics.registry.get_sample_value(name, {"pipeline": PIPELINE, "camera": camera})
+    return 0.0 if value is None else value
+
+
+def up(metrics: WorkerMetrics, camera: str) -> float:
+    return sample(metrics, "kubevision_camera_up", camera)
+
+
+def reconnects(metrics: WorkerMetrics, camera: str) -> float:
+    return sample(metrics, "kubevision_camera_reconnects_total", camera)
+
+
+def dropped(metrics: WorkerMetrics, camera: str) -> float:
+    return sample(metrics, "kubevision_frames_dropped_total", camera)
+
+
+def next_frame(stream: CameraStream, after: int = -1, timeout: float = 20.0) -> Frame:
+    """The first frame with an index above ``after`` (what a consumer sees next)."""
+
+    def newer() -> Frame | None:
+        frame = stream.get(timeout=0.5)
+        return frame if frame is not None and frame.index > after else None
+
+    return wait_for(newer, timeout=timeout, what=f"a frame of {stream.name} after #{after}")
+
+
+# -- policy pieces -----------------------------------------------------------------------------
+
+
+def test_backoff_doubles_up_to_the_cap_with_bounded_jitter() -> None:
+    policy = Backoff(base=0.5, cap=4.0, jitter=0.25)
+    rng = random.Random(1)
+    for attempt, expected in enumerate([0.5, 1.0, 2.0, 4.0, 4.0, 4.0]):
+        delays = [policy.delay(attempt, rng) for _ in range(200)]
+        assert expected <= min(delays)
+        assert max(delays) <= expected * 1.25
+        assert max(delays) - min(delays) > expected * 0.1, "jitter spreads retries"
+    assert policy.delay(10_000, rng) <= 5.0
+    with pytest.raises(ValueError, match="0 < base <= cap"):
+        Backoff(base=2, cap=1)
+    with pytest.raises(ValueError, match="jitter is a fraction"):
+        Backoff(jitter=2)
+
+
+def test_redactor_hides_userinfo_and_secret_values() -> None:
+    redact = Redactor(["kv-user", "p@ss:w/rd"])
+    text = f"failed: 'rtsp://kv-user:{quote('p@ss:w/rd', safe='')}@cam:554/x' p@ss:w/rd"
+    assert redact(text) == "failed: 'rtsp://***@cam:554/x' ***"
+
+
+# -- file sources ------------------------------------------------------------------------------
+
+
+def test_file_decodes_every_frame_then_finishes(
+    streams: list[CameraStream], metrics: WorkerMetrics, car_video: Path
+) -> None:
+    stream = open_stream(
+        streams, metrics, "car", f"file://{car_video}",
+        buffer_size=CAR_FRAMES + 10, loop=False, realtime=False,
+    )  # fmt: skip
+    wait_for(lambda: stream.state is StreamState.FINISHED, timeout=30, what="the file's end")
+    frames = []
+    while (frame := stream.get(timeout=0)) is not None:
+        frames.append(frame)
+
+    assert [f.index for f in frames] == list(range(CAR_FRAMES))
+    assert {f.image.shape for f in frames} == {CAR_SHAPE}
+    assert all(f.camera == "car" and f.image.dtype.name == "uint8" for f in frames)
+    assert [f.pts for f in frames] == [i * CAR_PTS_STEP for i in range(CAR_FRAMES)]
+    assert [f.index for f in frames if f.key_frame] == list(range(0, CAR_FRAMES, 60))
+    monos = [f.capture_mono for f in frames]
+    walls = [f.capture_wall for f in frames]
+    assert monos == sorted(monos)
+    assert monos[0] < monos[-1]
+    assert walls == sorted(walls)
+    assert abs(walls[0] - time.time()) < 60
+    assert stream.get(timeout=5) is None, "a finished stream returns None at once"
+    assert up(metrics, "car") == 0
+    assert dropped(metrics, "car") == 0
+    assert stream.last_error is None
+
+
+def test_file_loops_with_continuing_indexes(
+    streams: list[CameraStream], metrics: WorkerMetrics, car_video: Path
+) -> None:
+    stream = open_stream(streams, metrics, "car", f"file://{car_video}", realtime=False)
+    seen: list[Frame] = []
+
+    def third_pass() -> bool:
+        frame = stream.get(timeout=1)
+        if frame is not None:
+            seen.append(frame)
+        return bool(seen) and seen[-1].index >= 2 * CAR_FRAMES
+
+    wait_for(third_pass, timeout=30, what="the third pass over the file")
+    # the index keeps counting while pts start again at each pass
+    assert all(f.pts == (f.index % CAR_FRAMES) * CAR_PTS_STEP for f in seen)
+    assert stream.state is StreamState.STREAMING
+    assert up(metrics, "car") == 1
+    assert reconnects(metrics, "car") == 0, "a loop is not a reconnect"
+
+
+def test_slow_consumer_gets_the_newest_frame_and_drops_are_counted(
+    streams: list[CameraStream], metrics: WorkerMetrics, car_video: Path
+) -> None:
+    """A file plays at its own 12.5 fps (like a camera); the consumer takes a frame only after
+    at least three newer ones were decoded, so each one it gets replaced older ones."""
+    stream = open_stream(streams, metrics, "car", f"file://{car_video}", buffer_size=1)
+
+    def drops_reach(count: float) -> Callable[[], bool]:
+        return lambda: dropped(metrics, "car") >= count
+
+    consumed = [next_frame(stream)]
+    for _ in range(4):
+        wait_for(drops_reach(dropped(metrics, "car") + 3), timeout=10, what="3 more drops")
+        newest_decoded = stream.last_index
+        frame = stream.get(timeout=1)
+        assert frame is not None
+        assert frame.index >= newest_decoded, "buffer size 1 always holds the newest frame"
+        assert frame.index >= consumed[-1].index + 4, "the frames in between were dropped"
+        consumed.append(frame)
+
+    fps = wait_for(
+        lambda: (v := sample(metrics, "kubevision_stream_fps", "car")) > 11 and v,
+        timeout=10,
+        what="the fps moving average to settle",
+    )
+    assert fps == pytest.approx(12.5, abs=1.0)
+    stream.stop()
+    leftover = stream.pending
+    assert leftover <= 1
+    # every decoded frame was either consumed, dropped, or is still in the buffer
+    assert stream.last_index + 1 == len(consumed) + dropped(metrics, "car") + leftover
+
+
+def test_corrupt_files_fail_alone_with_a_clear_error(
+    streams: list[CameraStream], metrics: WorkerMetrics, car_video: Path, tmp_path: Path
+) -> None:
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(random.Random(0).randbytes(200_000))
+    truncated = tmp_path / "truncated.mp4"
+    data = car_video.read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    expected = {
+        "garbage": "open failed: [Errno 1094995529] Invalid data found when processing input",
+        "truncated": "the file ended after 136 of its 377 frames: truncated or corrupt",
+        "missing": "open failed: [Errno 2] No such file or directory",
+    }
+    bad = {
+        name: open_stream(
+            streams, metrics, name, f"file://{path}", realtime=False, backoff=SLOW_RETRY
+        )
+        for name, path in [
+            ("garbage", garbage),
+            ("truncated", truncated),
+            ("missing", tmp_path / "missing.mp4"),
+        ]
+    }
+    good = open_stream(streams, metrics, "good", f"file://{car_video}")
+
+    wait_for(
+        lambda: all(s.state is StreamState.BACKOFF for s in bad.values()),
+        timeout=15,
+        what="the bad files to fail",
+    )
+    for name, stream in bad.items():
+        assert expected[name] in str(stream.last_error)
+        assert up(metrics, name) == 0
+
+    frame = next_frame(good)
+    for _ in range(5):
+        frame = next_frame(good, after=frame.index)
+    assert frame.image.shape == CAR_SHAPE
+    assert good.state is StreamState.STREAMING
+    assert good.last_error is None
+    assert up(metrics, "good") == 1
+
+
+# -- network sources ---------------------------------------------------------------------------
+
+
+def test_unreachable_url_backs_off_and_counts_reconnects(
+    streams: list[CameraStream], metrics: WorkerMetrics
+) -> None:
+    stream = open_stream(streams, metrics, "gone", f"rtsp://127.0.0.1:{free_port()}/x")
+    wait_for(lambda: reconnects(metrics, "gone") >= 4, timeout=15, what="4 reconnect attempts")
+    assert stream.state.value in ("backoff", "connecting")  # retrying
+    assert "Connection refused" in str(stream.last_error)
+    assert up(metrics, "gone") == 0
+    assert stream.get(timeout=0.1) is None
+    started = time.monotonic()
+    stream.stop()
+    assert time.monotonic() - started < 1.0
+    assert stream.state is StreamState.STOPPED
+
+
+def test_silent_server_times_out_and_stop_does_not_hang(
+    streams: list[CameraStream], metrics: WorkerMetrics
+) -> None:
+    """A socket that accepts but never answers: only the timeout ends the open."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        stream = open_stream(
+            streams, metrics, "silent", f"rtsp://127.0.0.1:{port}/x", timeout_seconds=1
+        )
+        wait_for(lambda: stream.last_error, timeout=10, what="the open to time out")
+        assert stream.last_error is not None
+        assert stream.last_error.startswith("open timed out: no data for 1.")
+        wait_for(lambda: stream.state is StreamState.CONNECTING, timeout=5, what="a retry")
+        started = time.monotonic()
+        stream.stop()  # blocked inside av.open right now
+        assert time.monotonic() - started < 2.5
+        assert up(metrics, "silent") == 0
+
+
+@pytest.fixture
+def rtsp(tmp_path: Path, ffmpeg: str, car_video: Path) -> Iterator[RtspServer]:
+    """The RTSP server with ffmpeg publishing the car video on path ``cam``."""
+    with RtspServer(tmp_path) as server:
+        server.publish("cam", car_video)
+        yield server
+
+
+def test_rtsp_stream_survives_server_stop_and_restart(
+    rtsp: RtspServer, streams: list[CameraStream], metrics: WorkerMetrics
+) -> None:
+    stream = open_stream(streams, metrics, "rtsp", rtsp.url("cam"), timeout_seconds=3)
+    first = next_frame(stream)
+    assert first.image.shape == CAR_SHAPE
+    assert stream.state is StreamState.STREAMING
+    assert up(metrics, "rtsp") == 1
+
+    rtsp.stop()  # the server dies mid-stream
+    wait_for(lambda: up(metrics, "rtsp") == 0, timeout=10, what="camera_up to drop")
+    wait_for(lambda: reconnects(metrics, "rtsp") >= 2, timeout=10, what="reconnect attempts")
+    assert stream.last_error is not None
+    last_before = stream.last_index
+
+    rtsp.restart()  # server and publisher come back
+    again = next_frame(stream, after=last_before, timeout=30)
+    assert again.image.shape == CAR_SHAPE
+    wait_for(lambda: up(metrics, "rtsp") == 1, timeout=5, what="camera_up back to 1")
+    assert stream.state is StreamState.STREAMING
+    assert stream.last_error is None
+
+
+def test_rtsp_read_timeout_when_the_server_hangs(
+    rtsp: RtspServer, streams: list[CameraStream], metrics: WorkerMetrics
+) -> None:
+    stream = open_stream(streams, metrics, "rtsp", rtsp.url("cam"), timeout_seconds=2)
+    next_frame(stream)
+    rtsp.pause()  # the TCP connection stays open; no more data
+    try:
+        error = wait_for(lambda: stream.last_error, timeout=10, what="a read timeout")
+        assert "timed out: no data for 2." in error
+        assert up(metrics, "rtsp") == 0
+        last_before = stream.last_index
+    finally:
+        rtsp.resume()
+    next_frame(stream, after=last_before, timeout=30)
+    wait_for(lambda: up(metrics, "rtsp") == 1, timeout=5, what="camera_up back to 1")
+
+
+def test_rtsp_credentials_come_from_env_and_never_leak(
+    streams: list[CameraStream],
+    metrics: WorkerMetrics,
+    tmp_path: Path,
+    ffmpeg: str,
+    car_video: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    user, password = "kv-reader", "s3cr3t:P@ss/wörd"
+    reader = Credentials(user, password)
+    with RtspServer(tmp_path, read=reader, publish=Credentials("kv-pub", "pub-pass")) as server:
+        server.publish("cam", car_video)
+        monkeypatch.setenv("CAM_USER", user)
+        monkeypatch.setenv("CAM_PASS", password)
+        monkeypatch.setenv("CAM_WRONG_PASS", "not-it")
+        creds = CredentialEnv(username_env="CAM_USER", password_env="CAM_PASS")
+        wrong = CredentialEnv(username_env="CAM_USER", password_env="CAM_WRONG_PASS")
+        unset = CredentialEnv(username_env="CAM_USER", password_env="CAM_UNSET")
+        good = open_stream(streams, metrics, "good", server.url("cam"), credentials=creds)
+        no_path = open_stream(streams, metrics, "no-path", server.url("x"), credentials=creds)
+        denied = open_stream(streams, metrics, "denied", server.url("cam"), credentials=wrong)
+        no_env = open_stream(streams, metrics, "no-env", server.url("cam"), credentials=unset)
+
+        assert next_frame(good).image.shape == CAR_SHAPE
+        errors = {
+            no_path: "404 Not Found",
+            denied: "401 Unauthorized",
+            no_env: "credentials env var CAM_UNSET is not set",
+        }
+        wait_for(lambda: all(s.last_error for s in errors), timeout=15, what="the errors")
+        for stream, message in errors.items():
+            assert message in str(stream.last_error)
+        assert "rtsp://***@127.0.0.1" in (no_path.last_error or "")
+        assert "reading path=cam" in server.log_path.read_text()  # the server accepted them
+        for stream in streams:
+            stream.stop()
+
+    secrets = [password, quote(password, safe=""), quote(password), user]
+    exposed = [repr(s) + str(s.last_error) for s in streams] + [caplog.text]
+    assert "capture connected camera=good" in caplog.text
+    for text in exposed:
+        for secret in secrets:
+            assert secret not in text
