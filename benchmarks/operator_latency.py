@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import threading
@@ -28,6 +26,7 @@ from typing import Any
 
 from kubernetes import client, watch
 
+from benchmarks.common import machine
 from kubevision.api.worker_config import CONFIG_FILE
 from kubevision.operator.planner import group_name
 from tests.envtest.cluster import LocalCluster
@@ -177,18 +176,6 @@ def measure(cluster: LocalCluster, n: int) -> dict[str, Any]:
         replicasets.stop()
     replicas = apps.read_namespaced_stateful_set(GROUP, NAMESPACE).spec.replicas
     return {"ours": ours, "baseline": baseline, "final_replicas": replicas}
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
 def report(raw: dict[str, Any], n: int) -> dict[str, Any]:

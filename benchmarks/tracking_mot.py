@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from benchmarks.common import machine
 from kubevision.api.pipeline import TrackerStage
 from kubevision.worker.detections import Detections, FloatArray
 from kubevision.worker.trackers import Embedder, Tracker, create_tracker
@@ -254,24 +255,12 @@ def mot17_mini(
     return scores(accs, list(MOT17_SEQUENCES)), runs
 
 
-def hardware() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-
-
 def benchmark(assets: Path) -> dict[str, Any]:
     """Every figure the results files report."""
     import onnxruntime  # type: ignore[import-untyped]
 
     result: dict[str, Any] = {
-        "hardware": hardware(),
+        "hardware": machine(),
         "software": {
             "python": platform.python_version(),
             "numpy": np.__version__,

@@ -34,7 +34,7 @@ import av
 import numpy as np
 import onnx
 
-from benchmarks.operator_latency import machine
+from benchmarks.common import machine
 from kubevision.api.camera import Sampling
 from kubevision.api.modelvariant import Artifact, InputSize
 from kubevision.api.pipeline import Slo, TrackerStage

@@ -21,15 +21,7 @@ def desired_status(body: dict[str, Any]) -> dict[str, Any]:
     try:
         spec = CameraSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
-        ready = c.condition(
-            c.READY,
-            "False",
-            c.INVALID_SPEC,
-            str(exc.errors()[0]["msg"]),
-            generation,
-            current.conditions,
-        )
-        return {"observedGeneration": generation, "conditions": [ready.wire()]}
+        return c.invalid_spec_status(exc, generation, current.conditions)
     if spec.paused:
         ready = c.condition(
             c.READY, "False", "Paused", "spec.paused is true", generation, current.conditions

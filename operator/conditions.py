@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from typing import Any
+
+from pydantic import ValidationError
 
 from kubevision.api.common import Condition, ConditionStatus
 
@@ -28,6 +31,16 @@ ACCEPTED = "Accepted"
 NO_PIPELINE = "NoPipeline"
 ASSIGNED_TO_WORKER = "AssignedToWorker"
 AWAITING_WORKER = "AwaitingWorker"
+
+
+def invalid_spec_status(
+    exc: ValidationError, generation: int | None, previous: Iterable[Condition]
+) -> dict[str, Any]:
+    """Status for a spec the API accepted but the operator cannot parse: Ready=False, why."""
+    ready = condition(
+        READY, "False", INVALID_SPEC, str(exc.errors()[0]["msg"]), generation, previous
+    )
+    return {"observedGeneration": generation, "conditions": [ready.wire()]}
 
 
 def condition(

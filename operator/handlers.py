@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from types import ModuleType
 from typing import Any
 
 import kopf
@@ -22,7 +23,7 @@ from kubevision.api.modelvariant import ModelVariantSpec
 from kubevision.operator import cameras, modelvariants
 from kubevision.operator.builders import MANAGED_BY, PIPELINE_LABEL
 from kubevision.operator.hardware import NodeInfo, node_info
-from kubevision.operator.kube import CAMERAS, MODELVARIANTS, PIPELINES, Kube
+from kubevision.operator.kube import CAMERAS, MODELVARIANTS, PIPELINES, Kind, Kube
 from kubevision.operator.pipelines import (
     CameraRecord,
     Snapshot,
@@ -201,27 +202,26 @@ async def workload_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo,
 # -- status of Cameras and ModelVariants -------------------------------------------------------
 
 
-@kopf.on.event(GROUP, VERSION, "cameras")
-def camera_status(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
-    """Keep sourceHost, observedGeneration and Ready current (writes only on a difference)."""
-    if type == "DELETED":
-        return
+def _sync_status(kube: Kube, kind: Kind, body: kopf.Body, owner: ModuleType) -> None:
+    """Apply ``owner.desired_status`` when it differs from what is there (else no write, so
+    our own status updates, which come back as events, do not loop)."""
     obj = dict(body)
-    desired = cameras.desired_status(obj)
-    if desired != cameras.current_status(obj):
+    desired = owner.desired_status(obj)
+    if desired != owner.current_status(obj):
         meta = obj["metadata"]
-        memo.kube.apply_status(CAMERAS, meta["namespace"], meta["name"], desired)
+        kube.apply_status(kind, meta["namespace"], meta["name"], desired)
 
 
-@kopf.on.event(GROUP, VERSION, "modelvariants")
-def variant_status(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
-    if type == "DELETED":
-        return
-    obj = dict(body)
-    desired = modelvariants.desired_status(obj)
-    if desired != modelvariants.current_status(obj):
-        meta = obj["metadata"]
-        memo.kube.apply_status(MODELVARIANTS, meta["namespace"], meta["name"], desired)
+@kopf.on.event(GROUP, VERSION, "cameras", when=lambda type, **_: type != "DELETED")
+def camera_status(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Keep sourceHost, observedGeneration and Ready current."""
+    _sync_status(memo.kube, CAMERAS, body, cameras)
+
+
+@kopf.on.event(GROUP, VERSION, "modelvariants", when=lambda type, **_: type != "DELETED")
+def variant_status(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the hardware summary, observedGeneration and Ready current."""
+    _sync_status(memo.kube, MODELVARIANTS, body, modelvariants)
 
 
 @kopf.on.event(GROUP, VERSION, "pipelines", when=lambda type, **_: type == "DELETED")

@@ -16,15 +16,7 @@ def desired_status(body: dict[str, Any]) -> dict[str, Any]:
     try:
         spec = ModelVariantSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
-        ready = c.condition(
-            c.READY,
-            "False",
-            c.INVALID_SPEC,
-            str(exc.errors()[0]["msg"]),
-            generation,
-            current.conditions,
-        )
-        return {"observedGeneration": generation, "conditions": [ready.wire()]}
+        return c.invalid_spec_status(exc, generation, current.conditions)
     hardware = ",".join(h.accelerator for h in spec.hardware)
     ready = c.condition(
         c.READY, "True", c.ACCEPTED, f"usable on {hardware}", generation, current.conditions
