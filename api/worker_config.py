@@ -37,6 +37,13 @@ class CredentialEnv(StrictModel):
     password_env: str
 
 
+def output_credential_env(index: int) -> CredentialEnv:
+    """Env var names for the credentials of ``WorkerConfig.outputs[index]``: the operator sets
+    them from the output's Secret (secretKeyRef), the worker's sinks read them."""
+    base = f"KUBEVISION_OUTPUT_{index}"
+    return CredentialEnv(username_env=f"{base}_USERNAME", password_env=f"{base}_PASSWORD")
+
+
 class CameraAssignment(StrictModel):
     """One camera a replica opens."""
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from kubevision.api import API_VERSION
 from kubevision.api.camera import CameraSpec
+from kubevision.api.common import SecretKeyNames
 from kubevision.api.pipeline import PipelineSpec
 from kubevision.api.worker_config import (
     CONFIG_FILE,
@@ -25,6 +26,7 @@ from kubevision.api.worker_config import (
     DetectorConfig,
     ModelConfig,
     WorkerConfig,
+    output_credential_env,
 )
 from kubevision.operator.hardware import (
     ACCELERATOR_LABEL,
@@ -233,7 +235,18 @@ def _placement(spec: PipelineSpec, group: GroupPlan, settings: OperatorSettings)
     return {"pod": pod, "resources": resources}
 
 
-def _env(group: GroupPlan) -> list[dict[str, Any]]:
+def _secret_env(names: CredentialEnv, ref: SecretKeyNames) -> list[dict[str, Any]]:
+    """Two env vars read from a Secret by the kubelet: the operator never sees the values."""
+    return [
+        {"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}}
+        for var, key in (
+            (names.username_env, ref.username_key),
+            (names.password_env, ref.password_key),
+        )
+    ]
+
+
+def _env(spec: PipelineSpec, group: GroupPlan) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "KUBEVISION_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {
@@ -243,14 +256,11 @@ def _env(group: GroupPlan) -> list[dict[str, Any]]:
     ]
     for name in sorted(group.cameras):
         ref = group.cameras[name].spec.source.credentials_secret_ref
-        if ref is None:
-            continue
-        names = credential_env(name)
-        for var, key in (
-            (names.username_env, ref.username_key),
-            (names.password_env, ref.password_key),
-        ):
-            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}})
+        if ref is not None:
+            env += _secret_env(credential_env(name), ref)
+    for index, output in enumerate(spec.outputs):
+        if output.credentials_secret_ref is not None:
+            env += _secret_env(output_credential_env(index), output.credentials_secret_ref)
     return env
 
 
@@ -264,7 +274,7 @@ def build_statefulset(
         "name": "worker",
         "image": image,
         "args": ["serve", f"--config={CONFIG_DIR}/{CONFIG_FILE}"],
-        "env": _env(group),
+        "env": _env(spec, group),
         "ports": [{"name": "metrics", "containerPort": settings.metrics_port}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},
         "livenessProbe": {

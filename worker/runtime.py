@@ -105,7 +105,14 @@ class _Camera:
         self.stream = CameraStream(assignment, metrics, options)
         self.sampler: Sampler = build_sampler(assignment.sampling)
         self.tracker: Tracker = create_tracker(config.tracker, models.embedder)
-        self.events = EventBuilder(config.pipeline, assignment.name, models.detector.labels)
+        # trackers report only the tracks matched in this frame; a track stays alive (no
+        # track.ended) for as long as the tracker keeps it
+        self.events = EventBuilder(
+            config.pipeline,
+            assignment.name,
+            models.detector.labels,
+            grace_frames=config.tracker.max_age_frames,
+        )
         self.labels: dict[int, tuple[Classification, int]] = {}
         self.frames = 0
 

@@ -12,7 +12,7 @@ import pytest
 from kubevision.api.camera import CameraSpec
 from kubevision.api.modelvariant import HardwareClass
 from kubevision.api.pipeline import PipelineSpec
-from kubevision.api.worker_config import CONFIG_FILE, WorkerConfig
+from kubevision.api.worker_config import CONFIG_FILE, WorkerConfig, output_credential_env
 from kubevision.operator.builders import (
     GROUP_LABEL,
     PIPELINE_LABEL,
@@ -435,3 +435,22 @@ def test_building_twice_from_one_group_does_not_share_or_mutate_state() -> None:
     second = build_statefulset(body, spec, g, SETTINGS)
     assert {"key": "mutated"} not in pod_spec(second)["tolerations"]
     assert container(second)["resources"]["limits"]["memory"] == "4Gi"
+
+
+def test_output_credentials_come_from_their_secret_by_reference() -> None:
+    outputs = [
+        {"type": "stdout"},
+        {
+            "type": "mqtt",
+            "url": "mqtts://broker.example:8883",
+            "topic": "kv",
+            "credentialsSecretRef": {"name": "broker-login"},
+        },
+    ]
+    spec = pipeline_spec(outputs=outputs)
+    sts = build_statefulset(sample_pipeline_body(), spec, sample_group("nvidia-gpu"), SETTINGS)
+    env = {e["name"]: e["valueFrom"] for e in container(sts)["env"] if "valueFrom" in e}
+    names = output_credential_env(1)  # the mqtt output is outputs[1]
+    assert env[names.username_env] == {"secretKeyRef": {"name": "broker-login", "key": "username"}}
+    assert env[names.password_env] == {"secretKeyRef": {"name": "broker-login", "key": "password"}}
+    assert not any(k.startswith("KUBEVISION_OUTPUT_0_") for k in env), "stdout needs none"
