@@ -343,7 +343,10 @@ class CameraStream:
         try:
             for packet in container.demux(stream):
                 last_progress = time.monotonic()
-                for decoded in packet.decode():
+                started = time.perf_counter()
+                decoded_frames = packet.decode()
+                self._metrics.decode.observe(time.perf_counter() - started)
+                for decoded in decoded_frames:
                     if realtime and decoded.time is not None:
                         if pace_origin is None:
                             pace_origin = (decoded.time, time.monotonic())

@@ -113,6 +113,8 @@ class CameraMetrics:
         self.up = parent.camera_up.labels(*labels)
         self.reconnects = parent.reconnects.labels(*labels)
         self.fps = parent.stream_fps.labels(*labels)
+        self.decode = parent.stage("decode")
+        """Seconds FFmpeg spent decoding each packet (observed by the capture thread)."""
         self._detections = parent.detections
         self._labels = labels
 
