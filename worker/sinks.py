@@ -219,7 +219,44 @@ class FileSink(JsonLinesSink):
             self._stream.close()
 
 
-class WebhookSink:
+class _QueuedSink:
+    """What the sinks that send from a background thread share: ``publish`` only enqueues, and
+    a full queue drops its oldest events (counted, warned once per episode) rather than block
+    the pipeline."""
+
+    kind: str
+    counters: SinkCounters
+    _queue: deque[TrackEvent]
+    _cond: threading.Condition
+    _dropping: bool
+    _safe_url: str
+
+    def _is_closing(self) -> bool:
+        raise NotImplementedError
+
+    def publish(self, events: list[TrackEvent]) -> None:
+        """Enqueue without blocking; when full, the oldest queued events make room."""
+        with self._cond:
+            if self._is_closing():
+                overflow = len(events)
+            else:
+                overflow = _enqueue(self._queue, events)
+                self._cond.notify_all()
+            first_drop = overflow > 0 and not self._dropping
+            self._dropping = self._dropping or overflow > 0
+        if overflow:
+            self.counters.dropped.inc(overflow)
+        if first_drop:
+            log.warning(
+                "%s queue full, dropping the oldest events: sink=%s url=%s",
+                self.kind,
+                self.kind,
+                self._safe_url,
+                extra={"sink": self.kind, "url": self._safe_url},
+            )
+
+
+class WebhookSink(_QueuedSink):
     """POSTs JSON arrays of events from a background thread, retrying transient failures.
 
     Connection errors, timeouts, 408, 429 and 5xx are retried up to ``max_attempts`` times
@@ -282,24 +319,8 @@ class WebhookSink:
         with self._cond:
             return len(self._queue)
 
-    def publish(self, events: list[TrackEvent]) -> None:
-        """Enqueue without blocking; when full, the oldest queued events make room."""
-        with self._cond:
-            if self._closing.is_set():
-                overflow = len(events)
-            else:
-                overflow = _enqueue(self._queue, events)
-                self._cond.notify()
-            first_drop = overflow > 0 and not self._dropping
-            self._dropping = self._dropping or overflow > 0
-        if overflow:
-            self.counters.dropped.inc(overflow)
-        if first_drop:
-            log.warning(
-                "webhook queue full, dropping the oldest events: sink=webhook url=%s",
-                self._safe_url,
-                extra={"sink": self.kind, "url": self._safe_url},
-            )
+    def _is_closing(self) -> bool:
+        return self._closing.is_set()
 
     def close(self) -> None:
         with self._cond:
@@ -434,7 +455,7 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
-class MqttSink:
+class MqttSink(_QueuedSink):
     """Publishes one QoS 1 message per event on ``<topic>/<camera>`` through paho-mqtt.
 
     paho connects in its own thread and reconnects on its own. Events wait in a bounded queue
@@ -525,24 +546,8 @@ class MqttSink:
         """``<topic>/<camera>``; characters MQTT reserves in topics become ``_``."""
         return f"{self._topic}/{camera.translate(_TOPIC_UNSAFE)}"
 
-    def publish(self, events: list[TrackEvent]) -> None:
-        """Enqueue without blocking; when full, the oldest queued events make room."""
-        with self._cond:
-            if self._closing:
-                overflow = len(events)
-            else:
-                overflow = _enqueue(self._queue, events)
-                self._cond.notify_all()
-            first_drop = overflow > 0 and not self._dropping
-            self._dropping = self._dropping or overflow > 0
-        if overflow:
-            self.counters.dropped.inc(overflow)
-        if first_drop:
-            log.warning(
-                "MQTT queue full, dropping the oldest events: sink=mqtt url=%s",
-                self._safe_url,
-                extra={"sink": self.kind, "url": self._safe_url},
-            )
+    def _is_closing(self) -> bool:
+        return self._closing
 
     def close(self) -> None:
         """Wait up to ``drain_timeout`` for queued events to be acknowledged, then disconnect.
