@@ -376,7 +376,7 @@ def test_rtsp_credentials_come_from_env_and_never_leak(
     caplog.set_level(logging.DEBUG)
     user, password = "kv-reader", "s3cr3t:P@ss/wörd"
     reader = Credentials(user, password)
-    with RtspServer(tmp_path, read=reader, publish=Credentials("kv-pub", "pub-pass")) as server:
+    with RtspServer(tmp_path, read=reader) as server:
         server.publish("cam", car_video)
         monkeypatch.setenv("CAM_USER", user)
         monkeypatch.setenv("CAM_PASS", password)
