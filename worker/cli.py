@@ -56,7 +56,7 @@ def serve(args: argparse.Namespace) -> int:
     shard = shard_index(args.shard)
     metrics = WorkerMetrics(config.pipeline)
     health = Health()
-    server = HealthServer(metrics.registry, health, args.port)
+    server = HealthServer(metrics.registry, health, args.port, host=args.host)
     server.start()
     sink = build_sinks(config.outputs, config.pipeline, metrics.registry)
     runtime = WorkerRuntime(config, shard, metrics, health, sink, _runtime_options(args))
@@ -220,6 +220,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default="/etc/kubevision/worker.json")
     s.add_argument("--shard", type=int, help="default: KUBEVISION_SHARD (the pod index)")
     s.add_argument("--port", type=int, default=9090, help="metrics and probes")
+    s.add_argument(
+        "--host", default="0.0.0.0", help="address the metrics and probe server binds to"
+    )
 
     r = sub.add_parser("run", parents=[common], help="analyse sources from the command line")
     r.add_argument(

@@ -13,8 +13,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -24,6 +25,9 @@ log = logging.getLogger("envtest.nodes")
 LEASE_NAMESPACE = "kube-node-lease"
 LEASE_SECONDS = 40
 KUBERNETES_VERSION = "v1.36.3"
+
+PodOwner = Callable[[dict[str, Any]], bool]
+"""Says whether another stand-in kubelet runs this pod (plain JSON) and so finishes it."""
 
 
 @dataclass(frozen=True)
@@ -196,8 +200,34 @@ class NodeSimulator:
 
     It also does a kubelet's part of pod deletion: a pod bound to a node is only removed once
     its kubelet confirms the containers stopped, so without this, deleted pods (and their
-    namespaces) would stay Terminating forever.
+    namespaces) would stay Terminating forever. Pods that a registered owner (the pod runner,
+    which starts real processes) claims are left to that owner, which removes them only once
+    their processes stopped.
     """
+
+    # Class-wide: the session's cluster fixture holds the simulator instance, which a runner
+    # started by a test module cannot reach; every simulator must defer to it alike.
+    _pod_owners: ClassVar[list[PodOwner]] = []
+    _pod_owners_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def defer_pod_deletions(cls, owner: PodOwner) -> Callable[[], None]:
+        """Leave the deletion of pods ``owner`` claims to it; call the result to undo."""
+        with cls._pod_owners_lock:
+            cls._pod_owners.append(owner)
+
+        def undo() -> None:
+            with cls._pod_owners_lock:
+                if owner in cls._pod_owners:
+                    cls._pod_owners.remove(owner)
+
+        return undo
+
+    @classmethod
+    def _owned_elsewhere(cls, pod: dict[str, Any]) -> bool:
+        with cls._pod_owners_lock:
+            owners = list(cls._pod_owners)
+        return any(owns(pod) for owns in owners)
 
     def __init__(
         self,
@@ -239,7 +269,11 @@ class NodeSimulator:
         raw: Any = self._core.list_pod_for_all_namespaces(_preload_content=False)
         for pod in json.loads(raw.data)["items"]:
             meta = pod["metadata"]
-            if meta.get("deletionTimestamp") and pod["spec"].get("nodeName") in names:
+            if (
+                meta.get("deletionTimestamp")
+                and pod["spec"].get("nodeName") in names
+                and not self._owned_elsewhere(pod)
+            ):
                 try:
                     self._core.delete_namespaced_pod(
                         meta["name"], meta["namespace"], grace_period_seconds=0
