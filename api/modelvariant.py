@@ -146,6 +146,9 @@ class ModelVariantSpec(ApiModel):
     decoder: Literal["yolox", "yolov8", "nanodet"] | None = None
     """Output layout of a detector."""
     batch: BatchProfile = Field(default_factory=BatchProfile)
+    dynamic_input_size: bool = False
+    """The artifact accepts other square input sizes (multiples of 32); allows the
+    autoscaler's resolution degradation step."""
     gflops: float | None = Field(default=None, gt=0)
     """Compute per frame; orders variants from small to large for the degradation ladder."""
     labels: list[str] = Field(default_factory=list, max_length=10000)

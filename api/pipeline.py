@@ -129,6 +129,14 @@ class Autoscaling(ApiModel):
     """Seconds of past recommendations considered before scaling up; 0 acts at once."""
     scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=3600)
     """Seconds of past recommendations considered before scaling down (avoids flapping)."""
+    tolerance: float = Field(default=0.1, ge=0, le=0.9)
+    """Load within this fraction of the SLO target changes nothing (as the HPA's tolerance)."""
+    max_step: int = Field(default=4, ge=1, le=100)
+    """Most replicas added or removed by one decision."""
+    metrics_interval_seconds: int = Field(default=5, ge=1, le=300)
+    """How often the workers' metrics are read and a scaling decision taken."""
+    prometheus_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://.+$")
+    """Read the signals from this Prometheus HTTP API instead of scraping the workers."""
 
 
 DegradationStep = Literal["frameSkip", "resolution", "smallerVariant"]
@@ -267,6 +275,8 @@ class GroupStatus(ApiModel):
     """Worker replicas the group should run."""
     ready_replicas: int = 0
     """Worker replicas of the group that are ready."""
+    degradation: list[DegradationStep] = Field(default_factory=list)
+    """Degradation steps the autoscaler engaged for the group, in the order engaged."""
 
 
 class PipelineStatus(ApiModel):

@@ -15,8 +15,9 @@ import re
 from typing import Any
 
 from kubevision.api import API_VERSION
-from kubevision.api.camera import CameraSpec
+from kubevision.api.camera import CameraSpec, Sampling
 from kubevision.api.common import SecretKeyNames
+from kubevision.api.modelvariant import InputSize
 from kubevision.api.pipeline import PipelineSpec
 from kubevision.api.worker_config import (
     CONFIG_FILE,
@@ -98,7 +99,22 @@ def _model(choice: Choice) -> ModelConfig:
     )
 
 
-def _assignment(name: str, spec: CameraSpec) -> CameraAssignment:
+def _skip_frames(sampling: Sampling) -> Sampling:
+    """The ladder's frameSkip step: half the frames of every camera that samples by count."""
+    if sampling.mode == "all":
+        return Sampling(mode="everyN", every_n=2)
+    if sampling.mode == "everyN" and sampling.every_n:
+        return sampling.model_copy(update={"every_n": min(sampling.every_n * 2, 1000)})
+    return sampling  # motion/adaptive/keyframes already follow activity
+
+
+def _smaller_input(size: InputSize) -> InputSize:
+    """The ladder's resolution step: 3/4 of the input side, a multiple of 32, at least 160."""
+    side = max(160, int(min(size.width, size.height) * 0.75) // 32 * 32)
+    return InputSize(width=side, height=side)
+
+
+def _assignment(name: str, spec: CameraSpec, frame_skip: bool) -> CameraAssignment:
     source = spec.source
     return CameraAssignment(
         name=name,
@@ -106,7 +122,7 @@ def _assignment(name: str, spec: CameraSpec) -> CameraAssignment:
         transport=source.transport,
         timeout_seconds=source.timeout_seconds,
         fps=spec.fps,
-        sampling=spec.sampling,
+        sampling=_skip_frames(spec.sampling) if frame_skip else spec.sampling,
         priority=spec.priority,
         credentials=credential_env(name) if source.credentials_secret_ref else None,
         zones=spec.zones or [],
@@ -117,6 +133,10 @@ def _assignment(name: str, spec: CameraSpec) -> CameraAssignment:
 def build_worker_config(
     pipeline: str, namespace: str, spec: PipelineSpec, group: GroupPlan
 ) -> WorkerConfig:
+    frame_skip = "frameSkip" in group.degradation
+    detector = _model(group.detector)
+    if "resolution" in group.degradation and group.detector.variant.spec.dynamic_input_size:
+        detector = detector.model_copy(update={"input_size": _smaller_input(detector.input_size)})
     stages = spec.stages
     classifier = None
     if group.classifier is not None and stages.classifier is not None:
@@ -130,7 +150,7 @@ def build_worker_config(
         hardware_class=group.hardware,
         site=group.site,
         detector=DetectorConfig(
-            model=_model(group.detector),
+            model=detector,
             confidence=stages.detector.confidence,
             nms_iou=stages.detector.nms_iou,
             classes=stages.detector.classes,
@@ -142,7 +162,7 @@ def build_worker_config(
         slo=spec.slo,
         outputs=spec.outputs,
         shards=[
-            [_assignment(cam, group.cameras[cam].spec) for cam in shard]
+            [_assignment(cam, group.cameras[cam].spec, frame_skip) for cam in shard]
             for shard in group.shards.shards
         ],
     )

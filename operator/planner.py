@@ -10,10 +10,16 @@ from dataclasses import dataclass, field
 
 from kubevision.api.camera import CameraSpec
 from kubevision.api.modelvariant import HardwareClass, Task
-from kubevision.api.pipeline import ModelRef, PipelineSpec
+from kubevision.api.pipeline import DegradationStep, ModelRef, PipelineSpec
 from kubevision.operator import conditions
 from kubevision.operator.hardware import NodeInfo, nodes_for
-from kubevision.operator.selection import Choice, Variant, choose_variant, describe
+from kubevision.operator.selection import (
+    Choice,
+    Variant,
+    choose_variant,
+    describe,
+    smaller_variant,
+)
 from kubevision.operator.sharding import Demand, ShardPlan, plan_shards
 
 
@@ -35,6 +41,14 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class GroupScaling:
+    """The autoscaler's decision for a group: replicas and the degradation steps engaged."""
+
+    replicas: int
+    degradation: tuple[DegradationStep, ...] = ()
+
+
+@dataclass(frozen=True)
 class GroupPlan:
     """One worker workload: cameras of one site on one hardware class."""
 
@@ -47,6 +61,7 @@ class GroupPlan:
     reid: Choice | None = None
     classifier: Choice | None = None
     pose: Choice | None = None
+    degradation: tuple[DegradationStep, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,11 +91,13 @@ def plan_pipeline(
     variants: Iterable[Variant],
     nodes: Iterable[NodeInfo],
     previous: Mapping[str, Mapping[str, int]],
+    scaling: Mapping[str, GroupScaling] | None = None,
 ) -> PipelinePlan:
     """Group the selected cameras, pick variants per group and shard them.
 
     ``previous`` maps group name -> camera -> shard from the ConfigMaps already applied, so
-    cameras stay on their replica whenever they can.
+    cameras stay on their replica whenever they can; ``scaling`` holds the autoscaler's
+    decisions by group name (groups without one are sized from expected throughput).
     """
     variant_list, node_list = list(variants), list(nodes)
     selected = [c for c in cameras if not c.spec.paused and spec.camera_selector.matches(c.labels)]
@@ -109,6 +126,7 @@ def plan_pipeline(
             variant_list,
             node_list,
             previous,
+            (scaling or {}).get(group_name(pipeline, site, hardware)),
         )
         if isinstance(group, Problem):
             problems.setdefault(group.reason, []).append(group.message)
@@ -168,6 +186,7 @@ def _plan_group(
     variants: list[Variant],
     nodes: list[NodeInfo],
     previous: Mapping[str, Mapping[str, int]],
+    scaling: GroupScaling | None,
 ) -> GroupPlan | Problem:
     name = group_name(pipeline, site, hardware)
     group_nodes = [
@@ -191,6 +210,12 @@ def _plan_group(
                 f"group {name}: no {stage} variant of {describe(ref)} runs on {hardware}",
             )
         helpers[stage] = choice
+    degradation = scaling.degradation if scaling else ()
+    if "smallerVariant" in degradation:
+        detector = (
+            smaller_variant(spec.stages.detector, hardware, group_nodes, variants, detector)
+            or detector
+        )
     autoscaling = spec.autoscaling
     shards = plan_shards(
         [Demand(c.name, c.spec.effective_fps) for c in cams],
@@ -199,6 +224,7 @@ def _plan_group(
         max_replicas=autoscaling.max_replicas,
         previous=previous.get(name, {}),
         streams_per_replica=autoscaling.streams_per_replica,
+        fixed_replicas=scaling.replicas if scaling else None,
     )
     return GroupPlan(
         name=name,
@@ -207,5 +233,6 @@ def _plan_group(
         detector=detector,
         cameras={c.name: c for c in cams},
         shards=shards,
+        degradation=degradation,
         **helpers,
     )

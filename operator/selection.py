@@ -62,6 +62,34 @@ def choose_variant(
     return max(candidates, key=_rank)
 
 
+def smaller_variant(
+    ref: ModelRef,
+    hardware: HardwareClass,
+    nodes: Iterable[NodeInfo],
+    variants: Iterable[Variant],
+    current: Choice,
+) -> Choice | None:
+    """The degradation ladder's last step: the largest detector smaller than ``current``
+    (fewer GFLOPs) that ``ref`` names and that runs on ``hardware``; None if there is none."""
+    size = current.variant.spec.gflops
+    if size is None:
+        return None
+    node_list = list(nodes)
+    smaller = [
+        Choice(v, t)
+        for v in variants
+        if v.spec.task == "detect"
+        and _named_by(ref, v)
+        and v.spec.gflops is not None
+        and v.spec.gflops < size
+        and (t := v.spec.target(hardware)) is not None
+        and any(n.matches(t.node_selector) for n in node_list)
+    ]
+    return max(
+        smaller, key=lambda c: (c.variant.spec.gflops or 0.0, c.target.expected_fps), default=None
+    )
+
+
 def _named_by(ref: ModelRef, variant: Variant) -> bool:
     if ref.variant is not None:
         return variant.name == ref.variant

@@ -44,8 +44,12 @@ def plan_shards(
     max_replicas: int,
     previous: Mapping[str, int],
     streams_per_replica: int | None = None,
+    fixed_replicas: int | None = None,
 ) -> ShardPlan:
     """Assign every camera to a shard; see the module docstring for the rules.
+
+    ``fixed_replicas`` (the autoscaler's decision, from measured load) replaces the estimate
+    from expected throughput; cameras are still placed sticky and by capacity.
 
     The replica count is what a fresh first-fit-decreasing packing needs, so it depends only
     on the cameras (not on where they were): reconciling the same cameras twice gives the same
@@ -60,6 +64,10 @@ def plan_shards(
         return min(raw_cost(d), 1.0)  # a camera larger than a replica gets one of its own
 
     fresh = _fresh_packing_size(demands, cost)
+    if fixed_replicas is not None:
+        replicas = max(1, min_replicas, min(fixed_replicas, max_replicas))
+        shards, placed_all = _place(demands, replicas, previous, cost)
+        return ShardPlan(shards=[sorted(s) for s in shards], overloaded=too_big or not placed_all)
     replicas = max(1, min_replicas, min(fresh, max_replicas))
     while True:
         shards, placed_all = _place(demands, replicas, previous, cost)
