@@ -277,6 +277,8 @@ class GroupStatus(ApiModel):
     """Worker replicas of the group that are ready."""
     degradation: list[DegradationStep] = Field(default_factory=list)
     """Degradation steps the autoscaler engaged for the group, in the order engaged."""
+    scaled_by: Literal["capacity", "metrics"] = "capacity"
+    """What set the replicas: the variant's expected throughput, or measured load."""
 
 
 class PipelineStatus(ApiModel):

@@ -16,6 +16,7 @@ READY = "Ready"
 DEGRADED = "Degraded"
 CONNECTED = "Connected"
 ASSIGNED = "Assigned"
+AUTOSCALING = "Autoscaling"
 
 # reasons
 WORKERS_READY = "WorkersReady"
@@ -31,6 +32,9 @@ ACCEPTED = "Accepted"
 NO_PIPELINE = "NoPipeline"
 ASSIGNED_TO_WORKER = "AssignedToWorker"
 AWAITING_WORKER = "AwaitingWorker"
+SCALING_ACTIVE = "ScalingActive"
+METRICS_UNAVAILABLE = "MetricsUnavailable"
+AWAITING_METRICS = "AwaitingMetrics"
 
 
 def invalid_spec_status(

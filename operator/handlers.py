@@ -10,28 +10,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from types import ModuleType
 from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import REGISTRY, start_http_server
 from pydantic import ValidationError
 
 from kubevision.api import GROUP, VERSION
 from kubevision.api.camera import CameraSpec
 from kubevision.api.modelvariant import ModelVariantSpec
+from kubevision.api.pipeline import PipelineSpec, PipelineStatus
 from kubevision.operator import cameras, modelvariants
 from kubevision.operator.builders import MANAGED_BY, PIPELINE_LABEL
 from kubevision.operator.hardware import NodeInfo, node_info
 from kubevision.operator.kube import CAMERAS, MODELVARIANTS, PIPELINES, Kind, Kube
 from kubevision.operator.pipelines import (
     CameraRecord,
+    Event,
+    ScalingView,
     Snapshot,
     apply_camera_assignment,
     camera_field_manager,
     reconcile_pipeline,
 )
 from kubevision.operator.planner import Camera
+from kubevision.operator.scaling import OperatorMetrics, PipelineScaler
 from kubevision.operator.selection import Variant
 from kubevision.operator.settings import OperatorSettings
 from kubevision.operator.triggers import Triggers, pipeline_key
@@ -59,6 +65,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.kube = Kube.connect(operator_settings.field_manager)
     memo.triggers = Triggers()
     memo.node_facts = {}
+    memo.operator_metrics = OperatorMetrics(REGISTRY)
+    if operator_settings.operator_metrics_port:
+        start_http_server(operator_settings.operator_metrics_port)
 
 
 # -- indexes: the actual state, kept current by kopf's watches -------------------------------
@@ -121,11 +130,12 @@ async def pipeline_reconciler(
     triggers: Triggers = memo.triggers
     kube: Kube = memo.kube
     settings: OperatorSettings = memo.settings
+    scaler = PipelineScaler()
     triggers.register(key)
-    backoff = 1.0
+    backoff, interval = 1.0, settings.resync_seconds
     try:
         while not stopped:
-            await triggers.wait(key, timeout=settings.resync_seconds if backoff == 1.0 else backoff)
+            await triggers.wait(key, timeout=interval if backoff == 1.0 else backoff)
             snapshot = Snapshot(
                 cameras=list(camera_index.get(namespace, [])),
                 variants=list(variant_index.get(namespace, [])),
@@ -135,8 +145,11 @@ async def pipeline_reconciler(
                 body = await asyncio.to_thread(kube.get, PIPELINES, namespace, name)
                 if body is None:
                     return  # deleted; kopf stops this daemon too
+                view, scaled = await asyncio.to_thread(
+                    _autoscale, kube, settings, scaler, body, snapshot, memo.operator_metrics
+                )
                 outcome = await asyncio.to_thread(
-                    reconcile_pipeline, kube, settings, body, snapshot
+                    reconcile_pipeline, kube, settings, body, snapshot, view
                 )
             except (ApiException, OSError) as exc:
                 backoff = min(backoff * 2, _MAX_BACKOFF)
@@ -147,10 +160,58 @@ async def pipeline_reconciler(
                 logger.exception("reconcile crashed; retrying in %.0fs", backoff)
                 continue
             backoff = 1.0
-            for event in outcome.events:
+            interval = min(settings.resync_seconds, _metrics_interval(body))
+            for event in [*scaled, *outcome.events]:
                 kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     finally:
         triggers.unregister(key)
+
+
+def _metrics_interval(body: dict[str, Any]) -> float:
+    autoscaling = (body.get("spec") or {}).get("autoscaling") or {}
+    return float(autoscaling.get("metricsIntervalSeconds", 5))
+
+
+def _autoscale(
+    kube: Kube,
+    settings: OperatorSettings,
+    scaler: PipelineScaler,
+    body: dict[str, Any],
+    snapshot: Snapshot,
+    metrics: OperatorMetrics,
+) -> tuple[ScalingView, list[Event]]:
+    """One autoscaling step when due; the decisions so far otherwise (runs in a thread)."""
+    try:
+        spec = PipelineSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return ScalingView(), []  # the reconcile reports the invalid spec
+    status = PipelineStatus.model_validate(body.get("status") or {})
+    scaler.restore(status.groups)
+    events = []
+    if status.groups and scaler.due(spec, time.monotonic()):
+        meta = body["metadata"]
+        for change in scaler.step(
+            kube,
+            meta["namespace"],
+            meta["name"],
+            spec,
+            status.groups,
+            snapshot.nodes,
+            metrics,
+            settings.prometheus_url,
+        ):
+            kind = (
+                "Degraded" if change.decision.degradation != change.before.degradation else "Scaled"
+            )
+            events.append(Event("Normal", kind, f"group {change.group}: {change.decision.reason}"))
+    view = ScalingView(
+        decisions=dict(scaler.decisions),
+        reasons=dict(scaler.reasons),
+        held_reason=scaler.held_reason,
+        p99_ms=scaler.p99_ms,
+        queue_depth=scaler.queue_depth,
+    )
+    return view, events
 
 
 # -- triggers: changes that can alter a Pipeline's plan ---------------------------------------

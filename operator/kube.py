@@ -43,6 +43,7 @@ class Kind:
 CONFIGMAPS = Kind("v1", "configmaps", "ConfigMap")
 SERVICES = Kind("v1", "services", "Service")
 STATEFULSETS = Kind("apps/v1", "statefulsets", "StatefulSet")
+PODS = Kind("v1", "pods", "Pod")
 PIPELINES = Kind(API_VERSION, "pipelines", "Pipeline")
 CAMERAS = Kind(API_VERSION, "cameras", "Camera")
 MODELVARIANTS = Kind(API_VERSION, "modelvariants", "ModelVariant")
@@ -124,8 +125,17 @@ class Kube:
         }
         self.apply(kind, obj, subresource="status", field_manager=field_manager)
 
-    def list(self, kind: Kind, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    def list_labeled(self, kind: Kind, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         result = self._call("GET", kind.path(namespace), query=[("labelSelector", label_selector)])
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    def list_all(self, kind: Kind, field_selector: str) -> list[dict[str, Any]]:
+        """Objects of ``kind`` in every namespace matching a field selector."""
+        prefix = "/api/v1" if kind.api_version == "v1" else f"/apis/{kind.api_version}"
+        result = self._call(
+            "GET", f"{prefix}/{kind.plural}", query=[("fieldSelector", field_selector)]
+        )
         items: list[dict[str, Any]] = result.get("items", [])
         return items
 

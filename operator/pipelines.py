@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,13 @@ from kubevision.operator.kube import (
     Kind,
     Kube,
 )
-from kubevision.operator.planner import Camera, PipelinePlan, Problem, plan_pipeline
+from kubevision.operator.planner import (
+    Camera,
+    GroupScaling,
+    PipelinePlan,
+    Problem,
+    plan_pipeline,
+)
 from kubevision.operator.selection import Variant
 from kubevision.operator.settings import OperatorSettings
 
@@ -66,6 +73,18 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class ScalingView:
+    """What the autoscaler decided and measured, for the plan and the status."""
+
+    decisions: Mapping[str, GroupScaling] = field(default_factory=dict)
+    reasons: Mapping[str, str] = field(default_factory=dict)
+    held_reason: str | None = None
+    """Why decisions are on hold (signals missing); None when they are not."""
+    p99_ms: float | None = None
+    queue_depth: float | None = None
+
+
+@dataclass(frozen=True)
 class Event:
     type: str
     reason: str
@@ -85,7 +104,11 @@ def camera_field_manager(settings: OperatorSettings, pipeline: str) -> str:
 
 
 def reconcile_pipeline(
-    kube: Kube, settings: OperatorSettings, body: dict[str, Any], snapshot: Snapshot
+    kube: Kube,
+    settings: OperatorSettings,
+    body: dict[str, Any],
+    snapshot: Snapshot,
+    scaling: ScalingView | None = None,
 ) -> Outcome:
     meta = body["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
@@ -94,7 +117,9 @@ def reconcile_pipeline(
         spec = PipelineSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         return _reject(kube, body, previous_status, exc)
-    owned = {kind: kube.list(kind, namespace, f"{PIPELINE_LABEL}={name}") for kind in OWNED_KINDS}
+    owned = {
+        kind: kube.list_labeled(kind, namespace, f"{PIPELINE_LABEL}={name}") for kind in OWNED_KINDS
+    }
     plan = plan_pipeline(
         name,
         spec,
@@ -102,11 +127,12 @@ def reconcile_pipeline(
         snapshot.variants,
         snapshot.nodes,
         previous=_previous_assignments(owned[CONFIGMAPS]),
+        scaling=(scaling or ScalingView()).decisions,
     )
     ready = _apply_groups(kube, settings, body, spec, plan)
     _prune(kube, namespace, meta["uid"], owned, {g.name for g in plan.groups})
     _update_camera_assignments(kube, settings, namespace, name, plan, snapshot.cameras)
-    status = _status(plan, ready, generation, previous_status)
+    status = _status(plan, ready, generation, previous_status, scaling or ScalingView())
     kube.apply_status(PIPELINES, namespace, name, status.wire())
     return Outcome(events=_decisions(previous_status, status))
 
@@ -203,7 +229,11 @@ def apply_camera_assignment(
 
 
 def _status(
-    plan: PipelinePlan, ready: dict[str, int], generation: int | None, previous: PipelineStatus
+    plan: PipelinePlan,
+    ready: dict[str, int],
+    generation: int | None,
+    previous: PipelineStatus,
+    scaling: ScalingView,
 ) -> PipelineStatus:
     groups = [
         GroupStatus(
@@ -214,6 +244,8 @@ def _status(
             cameras=len(g.cameras),
             replicas=g.shards.replicas,
             ready_replicas=ready.get(g.name, 0),
+            degradation=list(g.degradation),
+            scaled_by="metrics" if g.scaled_by_metrics else "capacity",
         )
         for g in plan.groups
     ]
@@ -225,12 +257,15 @@ def _status(
         desired_replicas=desired,
         ready_replicas=ready_total,
         groups=groups,
-        p99_latency_ms=previous.p99_latency_ms,
-        queue_depth=previous.queue_depth,
-        last_scaling_decision=_scaling_decision(previous, groups),
+        p99_latency_ms=scaling.p99_ms if scaling.p99_ms is not None else previous.p99_latency_ms,
+        queue_depth=(
+            scaling.queue_depth if scaling.queue_depth is not None else previous.queue_depth
+        ),
+        last_scaling_decision=_scaling_decision(previous, groups, scaling.reasons),
         conditions=[
             _ready_condition(plan, desired, ready_total, generation, previous.conditions),
             _degraded_condition(plan, generation, previous.conditions),
+            _autoscaling_condition(scaling, generation, previous.conditions),
         ],
     )
 
@@ -302,19 +337,47 @@ def _leading_problem(plan: PipelinePlan) -> Problem | None:
 
 
 def _scaling_decision(
-    previous: PipelineStatus, groups: list[GroupStatus]
+    previous: PipelineStatus, groups: list[GroupStatus], reasons: Mapping[str, str]
 ) -> ScalingDecision | None:
-    before = {g.name: g.replicas for g in previous.groups}
+    before = {g.name: (g.replicas, g.degradation) for g in previous.groups}
     for g in groups:
-        if before.get(g.name, 0) != g.replicas:
+        old_replicas, old_steps = before.get(g.name, (0, []))
+        if (old_replicas, old_steps) != (g.replicas, g.degradation):
+            capacity = f"capacity: {g.cameras} cameras on {g.variant} ({g.hardware_class})"
             return ScalingDecision(
                 time=dt.datetime.now(dt.UTC).replace(microsecond=0),
                 group=g.name,
-                from_replicas=before.get(g.name, 0),
+                from_replicas=old_replicas,
                 to_replicas=g.replicas,
-                reason=f"capacity: {g.cameras} cameras on {g.variant} ({g.hardware_class})",
+                reason=reasons.get(g.name, capacity),
             )
     return previous.last_scaling_decision
+
+
+def _autoscaling_condition(
+    scaling: ScalingView, generation: int | None, previous: list[Condition]
+) -> Condition:
+    if scaling.held_reason:
+        return c.condition(
+            c.AUTOSCALING, "False", c.METRICS_UNAVAILABLE, scaling.held_reason, generation, previous
+        )
+    if scaling.decisions:
+        return c.condition(
+            c.AUTOSCALING,
+            "True",
+            c.SCALING_ACTIVE,
+            "replicas follow the workers' measured load",
+            generation,
+            previous,
+        )
+    return c.condition(
+        c.AUTOSCALING,
+        "Unknown",
+        c.AWAITING_METRICS,
+        "no worker measurements yet; replicas sized from expected throughput",
+        generation,
+        previous,
+    )
 
 
 def _decisions(previous: PipelineStatus, status: PipelineStatus) -> list[Event]:

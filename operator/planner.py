@@ -46,6 +46,8 @@ class GroupScaling:
 
     replicas: int
     degradation: tuple[DegradationStep, ...] = ()
+    scaled_by_metrics: bool = False
+    """The autoscaler's decision raised replicas above the throughput estimate."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class GroupPlan:
     classifier: Choice | None = None
     pose: Choice | None = None
     degradation: tuple[DegradationStep, ...] = ()
+    scaled_by_metrics: bool = False
+    """The autoscaler's decision raised replicas above the throughput estimate."""
 
 
 @dataclass(frozen=True)
@@ -234,5 +238,6 @@ def _plan_group(
         cameras={c.name: c for c in cams},
         shards=shards,
         degradation=degradation,
+        scaled_by_metrics=scaling is not None and scaling.replicas > shards.estimated_replicas,
         **helpers,
     )

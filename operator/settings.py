@@ -28,6 +28,12 @@ class OperatorSettings(BaseModel):
     resync_seconds: float = Field(default=60, gt=0)
     """Reconcile every Pipeline at least this often, even without a change."""
     metrics_port: int = 9090
+    """Port of the workers' metrics endpoint (what the autoscaler scrapes)."""
+    operator_metrics_port: int | None = 8081
+    """Where the operator serves its own metrics (None: not at all)."""
+    prometheus_url: str | None = None
+    """Read workers' signals from this Prometheus instead of scraping them (a Pipeline's
+    spec.autoscaling.prometheusUrl wins)."""
     jetson_runtime_class: str = "nvidia"
 
     @classmethod
@@ -41,4 +47,10 @@ class OperatorSettings(BaseModel):
             if os.environ.get(var):
                 images[hardware] = os.environ[var]  # type: ignore[index]
         resync = float(os.environ.get("KUBEVISION_RESYNC_SECONDS", "60"))
-        return cls(worker_images=images, resync_seconds=resync)
+        port = os.environ.get("KUBEVISION_OPERATOR_METRICS_PORT", "8081")
+        return cls(
+            worker_images=images,
+            resync_seconds=resync,
+            operator_metrics_port=int(port) if port else None,
+            prometheus_url=os.environ.get("KUBEVISION_PROMETHEUS_URL") or None,
+        )

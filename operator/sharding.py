@@ -31,6 +31,8 @@ class ShardPlan:
     """Camera names per replica ordinal, each sorted."""
     overloaded: bool
     """True when max replicas cannot carry the cameras at the planned utilisation."""
+    estimated_replicas: int = 0
+    """What the expected throughput alone asks for (before any autoscaler decision)."""
 
     @property
     def replicas(self) -> int:
@@ -48,15 +50,20 @@ def plan_shards(
 ) -> ShardPlan:
     """Assign every camera to a shard; see the module docstring for the rules.
 
-    ``fixed_replicas`` (the autoscaler's decision, from measured load) replaces the estimate
-    from expected throughput; cameras are still placed sticky and by capacity.
+    ``fixed_replicas`` (the autoscaler's decision, from measured load) can raise the count
+    above the estimate from expected throughput, never lower it: the variant's expected
+    throughput is the plan, measurements add replicas where reality falls short of it.
 
     The replica count is what a fresh first-fit-decreasing packing needs, so it depends only
     on the cameras (not on where they were): reconciling the same cameras twice gives the same
     count, and every camera then finds its previous shard again.
     """
     if not demands:
-        return ShardPlan(shards=[[] for _ in range(min_replicas)], overloaded=False)
+        return ShardPlan(
+            shards=[[] for _ in range(min_replicas)],
+            overloaded=False,
+            estimated_replicas=min_replicas,
+        )
     raw_cost = _cost_function(replica_fps, streams_per_replica)
     too_big = any(raw_cost(d) > _FULL for d in demands)
 
@@ -64,11 +71,7 @@ def plan_shards(
         return min(raw_cost(d), 1.0)  # a camera larger than a replica gets one of its own
 
     fresh = _fresh_packing_size(demands, cost)
-    if fixed_replicas is not None:
-        replicas = max(1, min_replicas, min(fixed_replicas, max_replicas))
-        shards, placed_all = _place(demands, replicas, previous, cost)
-        return ShardPlan(shards=[sorted(s) for s in shards], overloaded=too_big or not placed_all)
-    replicas = max(1, min_replicas, min(fresh, max_replicas))
+    replicas = max(1, min_replicas, min(max(fresh, fixed_replicas or 0), max_replicas))
     while True:
         shards, placed_all = _place(demands, replicas, previous, cost)
         if placed_all or replicas >= max_replicas:
@@ -77,6 +80,7 @@ def plan_shards(
     return ShardPlan(
         shards=[sorted(s) for s in shards],
         overloaded=too_big or not placed_all or fresh > max_replicas,
+        estimated_replicas=max(1, min_replicas, min(fresh, max_replicas)),
     )
 
 

@@ -57,10 +57,12 @@ class OperatorProcess:
 
     def start(self, timeout: float = 60) -> None:
         port = free_port()
+        self.metrics_port = free_port()
         env = {
             **os.environ,
             "KUBECONFIG": str(self._cluster.kubeconfig("operator")),
             "KUBEVISION_RESYNC_SECONDS": str(self._resync),
+            "KUBEVISION_OPERATOR_METRICS_PORT": str(self.metrics_port),
         }
         script = Path(sys.executable).parent / "kubevision-operator"
         with self.log_path.open("ab") as out:
