@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from tests.assets import require
 from tests.envtest.cluster import LocalCluster
 from tests.envtest.operator import OperatorProcess, install_chart
+from tests.envtest.podrunner import PodRunner
 
 _STATE_DIR = pytest.StashKey[Path]()
 
@@ -49,6 +51,23 @@ def operator(cluster: LocalCluster, chart: str) -> Iterator[OperatorProcess]:
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def runner(
+    cluster: LocalCluster, operator: OperatorProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PodRunner]:
+    """The stand-in kubelet for worker pods (real worker processes), per test module."""
+    models = require("models/yolox_nano_416.onnx").parent
+    pod_runner = PodRunner(
+        cluster.api_client(),
+        tmp_path_factory.mktemp("pods"),
+        model_dir=models,
+        log_dir=cluster.state_dir / "logs" / "pods",
+    )
+    pod_runner.start()
+    yield pod_runner
+    pod_runner.stop()
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -4,15 +4,12 @@ manifests applied with kubectl become worker workloads bound to the right simula
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from kubevision.api.camera import CameraSpec
 from kubevision.api.modelvariant import ModelVariantSpec
-from kubevision.api.worker_config import CONFIG_FILE, WorkerConfig
 from kubevision.operator.cameras import assignments
 from kubevision.operator.hardware import node_info
 from kubevision.operator.kube import Kube
@@ -25,54 +22,13 @@ from tests.envtest.controlplane import REPO_ROOT
 from tests.envtest.nodes import CPU_NODE, GPU_SERVER, JETSON_ORIN, NodeSimulator, SimulatedNode
 from tests.envtest.operator import OperatorProcess
 from tests.envtest.poll import wait_for
+from tests.integration.helpers import Namespace
 
 SAMPLES = REPO_ROOT / "crds" / "samples"
 CATALOG = REPO_ROOT / "model_catalog" / "variants"
 SAMPLE_PASSWORD = "change-me"  # the sample Secret's password: must never leak
 
 pytestmark = pytest.mark.usefixtures("operator")
-
-
-class Namespace:
-    """kubectl in one test namespace, plus readers for what the operator produced."""
-
-    def __init__(self, cluster: LocalCluster, name: str) -> None:
-        self.cluster = cluster
-        self.name = name
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
-        out = self.cluster.control_plane.kubectl("-n", self.name, *args, input=input, check=False)
-        if check and out.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed: {out.stderr}")
-        return out.stdout
-
-    def apply(self, *paths: Path, docs: list[dict[str, Any]] | None = None) -> None:
-        for path in paths:
-            self.kubectl("apply", "-f", str(path))
-        if docs:
-            self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
-
-    def get(self, kind: str, name: str | None = None, selector: str | None = None) -> Any:
-        args = ["get", kind, *([name] if name else []), "-o", "json"]
-        if selector:
-            args.append(f"-l={selector}")
-        out = self.kubectl(*args, check=False)
-        return json.loads(out) if out else None
-
-    def items(self, kind: str, selector: str | None = None) -> list[dict[str, Any]]:
-        result = self.get(kind, selector=selector)
-        return list(result["items"]) if result else []
-
-    def condition(self, kind: str, name: str, type_: str) -> dict[str, Any] | None:
-        obj = self.get(kind, name)
-        for cond in ((obj or {}).get("status") or {}).get("conditions", []):
-            if cond["type"] == type_:
-                return dict(cond)
-        return None
-
-    def worker_config(self, name: str) -> WorkerConfig:
-        cm = self.get("configmap", name)
-        return WorkerConfig.model_validate(json.loads(cm["data"][CONFIG_FILE]))
 
 
 @pytest.fixture

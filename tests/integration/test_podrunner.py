@@ -8,12 +8,10 @@ import json
 import os
 import signal
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubevision.operator.planner import group_name
@@ -22,60 +20,14 @@ from tests.assets import require
 from tests.envtest.cluster import LocalCluster
 from tests.envtest.controlplane import REPO_ROOT
 from tests.envtest.nodes import CPU_NODE
-from tests.envtest.operator import OperatorProcess
 from tests.envtest.podrunner import POD_NETWORK, PodRunner
 from tests.envtest.poll import wait_for
+from tests.integration.helpers import Namespace
 
 CATALOG = REPO_ROOT / "model_catalog" / "variants"
 GROUP = group_name("p", "site-a", "cpu")
 POD = f"{GROUP}-0"
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-@pytest.fixture(scope="module")
-def runner(
-    cluster: LocalCluster, operator: OperatorProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PodRunner]:
-    """The stand-in kubelet for worker pods, for this module's tests."""
-    models = require("models/yolox_nano_416.onnx").parent
-    pod_runner = PodRunner(
-        cluster.api_client(),
-        tmp_path_factory.mktemp("pods"),
-        model_dir=models,
-        log_dir=cluster.state_dir / "logs" / "pods",
-    )
-    pod_runner.start()
-    yield pod_runner
-    pod_runner.stop()
-
-
-class Namespace:
-    """kubectl in one test namespace."""
-
-    def __init__(self, cluster: LocalCluster, name: str) -> None:
-        self.cluster = cluster
-        self.name = name
-
-    def kubectl(self, *args: str, input: str | None = None) -> str:
-        out = self.cluster.control_plane.kubectl("-n", self.name, *args, input=input, check=False)
-        if out.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed: {out.stderr}")
-        return out.stdout
-
-    def apply(self, *paths: Path, docs: list[dict[str, Any]] | None = None) -> None:
-        for path in paths:
-            self.kubectl("apply", "-f", str(path))
-        if docs:
-            self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
-
-    def get(self, kind: str, name: str) -> Any:
-        out = self.cluster.control_plane.kubectl(
-            "-n", self.name, "get", kind, name, "-o", "json", check=False
-        )
-        return json.loads(out.stdout) if out.returncode == 0 else None
-
-    def items(self, kind: str, selector: str) -> list[dict[str, Any]]:
-        return list(json.loads(self.kubectl("get", kind, f"-l={selector}", "-o", "json"))["items"])
 
 
 @pytest.fixture
