@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TYPECHECK_ROOT := .kubevision/typecheck
 
-.PHONY: bench bench-operator bench-worker bench-tracking help install toolchain lint format crds test test-unit demo cluster-up cluster-down cluster-status clean
+.PHONY: bench bench-operator bench-worker bench-tracking bench-autoscaling help install toolchain lint format crds test test-unit demo cluster-up cluster-down cluster-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -49,7 +49,7 @@ test: lint toolchain ## lint, type-check and run the whole test suite (unit + re
 test-unit: $(STAMP) ## only the tests that need no cluster
 	$(PY) -m pytest -m "not cluster"
 
-bench: bench-operator bench-worker bench-tracking ## run every benchmark; results go to benchmarks/results/
+bench: bench-operator bench-worker bench-tracking bench-autoscaling ## run every benchmark; results go to benchmarks/results/
 
 bench-operator: $(STAMP) toolchain ## apply -> workload latency of the operator vs the Deployment controller
 	$(PY) -m benchmarks.operator_latency
@@ -59,6 +59,9 @@ bench-worker: $(STAMP) ## one 30 FPS stream: worker latency per stage and throug
 
 bench-tracking: $(STAMP) ## SORT / ByteTrack / DeepSORT quality and speed on MOT data
 	$(PY) -m benchmarks.tracking_mot
+
+bench-autoscaling: $(STAMP) toolchain ## SLO breach -> replicas patched, with real worker processes
+	$(PY) -m benchmarks.autoscaling_reaction
 
 demo: $(STAMP) toolchain ## local control plane + operator; apply the samples and show the workers they became
 	$(PY) -m tests.envtest demo

@@ -183,7 +183,13 @@ class PipelineScaler:
             scraped = dict(zip(urls, pool.map(scrape, urls.values()), strict=True))
         current = {pod: s for pod, s in scraped.items() if s is not None}
         previous = self.scrapes.get(group.name, {})
-        self.scrapes[group.name] = current
+        # each ready pod keeps its last good scrape as its baseline, so one missed scrape does
+        # not turn a long-running pod's whole lifetime into "the last window"
+        self.scrapes[group.name] = {
+            pod: current.get(pod) or previous[pod]
+            for pod in urls
+            if pod in current or pod in previous
+        }
         if not previous:
             return None  # the first look only sets the baseline for the next window
         return combine(previous, current)

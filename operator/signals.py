@@ -8,6 +8,7 @@ says so (``None``) rather than guessing: the autoscaler then holds its last deci
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import math
@@ -75,11 +76,16 @@ def parse_metrics(text: str, at: float) -> Scrape:
 
 
 def quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
-    """Prometheus' ``histogram_quantile`` over cumulative (bound, count) pairs."""
+    """Prometheus' ``histogram_quantile`` over cumulative (bound, count) pairs; None where it
+    answers NaN (no observations)."""
     pairs = list(buckets)
     if not pairs or pairs[-1][1] <= 0:
         return None
+    if q < 0 or q > 1:
+        return -math.inf if q < 0 else math.inf
     rank = q * pairs[-1][1]
+    if rank == 0 and pairs[0][1] == 0:
+        return None  # Prometheus: NaN, no observation at or below the lowest bound
     lower_bound, lower_count = 0.0, 0.0
     for bound, count in pairs:
         if count >= rank:
@@ -131,11 +137,11 @@ def scrape(url: str, timeout: float = 2.0) -> Scrape | None:
     """One worker's metrics, or None if it does not answer (logged, never raised)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            text = resp.read().decode()
-    except OSError as exc:
-        log.info("scrape failed url=%s error=%s", url, exc)
+            return parse_metrics(resp.read().decode(), time.monotonic())
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        # unreachable, cut off mid-answer (a pod killed on scale-down), or not metrics text
+        log.info("scrape failed url=%s error=%r", url, exc)
         return None
-    return parse_metrics(text, time.monotonic())
 
 
 class PrometheusSource:
@@ -162,7 +168,7 @@ class PrometheusSource:
         for key, query in queries.items():
             try:
                 values[key] = self._instant(query)
-            except (OSError, ValueError, KeyError) as exc:
+            except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
                 log.warning("prometheus query failed url=%s error=%s", self._base, exc)
                 return None
         if values["processed"] is None:

@@ -3,13 +3,12 @@ by ``operator.signals.scrape`` directly and through a real Prometheus server, an
 paths (worker gone, Prometheus gone or answering errors) ending in a held decision.
 
 Everything here is real: ``kubevision-worker serve``, the Debian ``prometheus`` binary, HTTP
-over loopback sockets. The worker and Prometheus are started once for the module (about 25 s
+over loopback sockets. The worker and Prometheus are started once for the module (about 30 s
 in all, most of it Prometheus' 5 s target discovery and a 10 s measurement window).
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import math
 import os
@@ -60,9 +59,11 @@ WINDOW_S = 10
 # extrapolates ``rate`` to the window's edges: fps within 20 %. The p99 of ~300 frames is
 # decided by its ~3 slowest; a slow frame inside one window and not the other can move it to
 # the neighbouring latency bucket, and neighbouring bounds of the worker's buckets differ by at
-# most 2x: p99 within a factor of 2. (Measured here: fps within 1 %, p99 within 6 %.)
+# most 2x: p99 within a factor of 2. Drop rates are fractions of the same frames: within 0.1.
+# (Measured here, 4 runs: fps within 1 %, p99 within 7 %, drop rates within 0.3 points.)
 FPS_REL_TOLERANCE = 0.2
 P99_FACTOR = 2.0
+DROP_RATE_TOLERANCE = 0.1
 
 
 def _policy() -> Policy:
@@ -305,13 +306,6 @@ def test_quantile_matches_prometheus_histogram_quantile(
     _compare_quantile(prometheus, histograms, q, case)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="operator/signals.py quantile(): for q=0 with an empty first bucket it returns that "
-    "bucket's bound where Prometheus returns NaN, and for q<0 a negative interpolation where "
-    "Prometheus returns -Inf (harmless for the autoscaler, which asks only for 0.99)",
-)
 @pytest.mark.parametrize(("q", "case"), [(0.0, "first-bucket-empty"), (-0.5, "spread")])
 def test_quantile_edge_cases_match_prometheus(
     prometheus: Prometheus, histograms: StaticHistograms, q: float, case: str
@@ -375,7 +369,6 @@ def test_prometheus_agrees_with_direct_scrapes(
     direct = combine({"worker-0": first}, {"worker-0": second})
     assert direct is not None
     assert via_prometheus is not None
-    print('\nAGREE direct', direct, 'window', second.at-first.at, '\nAGREE prom  ', via_prometheus)
     assert via_prometheus.pods == 1
     assert via_prometheus.fps == pytest.approx(direct.fps, rel=FPS_REL_TOLERANCE)
     assert direct.p99_ms is not None
@@ -383,7 +376,7 @@ def test_prometheus_agrees_with_direct_scrapes(
     ratio = via_prometheus.p99_ms / direct.p99_ms
     assert 1 / P99_FACTOR <= ratio <= P99_FACTOR, (via_prometheus, direct)
     assert 0.0 <= via_prometheus.drop_rate <= 1.0
-    assert abs(via_prometheus.drop_rate - direct.drop_rate) <= 0.1
+    assert abs(via_prometheus.drop_rate - direct.drop_rate) <= DROP_RATE_TOLERANCE
 
 
 def test_prometheus_without_data_for_the_group_gives_no_signals(
@@ -475,7 +468,7 @@ def test_prometheus_query_error_gives_none_and_the_autoscaler_holds(
     _assert_holds(signals)
 
 
-# --- answers that are not a worker's or Prometheus' (bugs, see the xfail reasons) -----------
+# --- answers that are not a worker's or Prometheus': None, and the decision holds ------------
 
 
 class RawServer:
@@ -522,32 +515,13 @@ def raw_server(request: pytest.FixtureRequest) -> Iterator[RawServer]:
     server.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(http.client.HTTPException, ValueError),
-    reason="operator/signals.py scrape() catches only OSError: a response cut mid-body "
-    "(http.client.IncompleteRead), a non-HTTP answer (BadStatusLine) and a 200 page that is not "
-    "the exposition format (ValueError from the parser) raise instead of returning None",
-)
 def test_scrape_of_a_broken_answer_gives_none(raw_server: RawServer) -> None:
     assert scrape(f"{raw_server.url}/metrics", timeout=2.0) is None
 
 
 @pytest.mark.parametrize(
     "payload",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=http.client.HTTPException,
-                reason="operator/signals.py PrometheusSource.signals() catches OSError, "
-                "ValueError and KeyError only: http.client.IncompleteRead (response cut "
-                "mid-body) and BadStatusLine (non-HTTP answer) escape, so it raises",
-            ),
-        )
-        for name in PAYLOADS
-    ],
+    [name for name in PAYLOADS],
 )
 def test_prometheus_broken_answer_gives_none(payload: str) -> None:
     server = RawServer(PAYLOADS[payload])
