@@ -57,6 +57,9 @@ class CameraAssignment(StrictModel):
     credentials: CredentialEnv | None = None
     zones: list[Zone] = Field(default_factory=list)
     lines: list[Line] = Field(default_factory=list)
+    handover: bool = False
+    """A copy kept on the camera's previous replica while its new replica is not serving
+    yet (make-before-break); the camera's home is the shard where this is False."""
 
 
 class ModelConfig(StrictModel):
@@ -106,4 +109,6 @@ class WorkerConfig(StrictModel):
 
     def assignments(self) -> dict[str, int]:
         """camera name -> shard index (the operator keeps these sticky across reconciles)."""
-        return {cam.name: i for i, shard in enumerate(self.shards) for cam in shard}
+        return {
+            cam.name: i for i, shard in enumerate(self.shards) for cam in shard if not cam.handover
+        }

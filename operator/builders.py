@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from kubevision.api import API_VERSION
@@ -131,8 +132,14 @@ def _assignment(name: str, spec: CameraSpec, frame_skip: bool) -> CameraAssignme
 
 
 def build_worker_config(
-    pipeline: str, namespace: str, spec: PipelineSpec, group: GroupPlan
+    pipeline: str,
+    namespace: str,
+    spec: PipelineSpec,
+    group: GroupPlan,
+    handover: Sequence[Sequence[str]] = (),
 ) -> WorkerConfig:
+    """The group's worker config; ``handover[i]`` are cameras replica ``i`` keeps serving as
+    handover copies (:mod:`.handover`), shards past the plan's replicas included."""
     frame_skip = "frameSkip" in group.degradation
     detector = _model(group.detector)
     if "resolution" in group.degradation and group.detector.variant.spec.dynamic_input_size:
@@ -162,10 +169,22 @@ def build_worker_config(
         slo=spec.slo,
         outputs=spec.outputs,
         shards=[
-            [_assignment(cam, group.cameras[cam].spec, frame_skip) for cam in shard]
-            for shard in group.shards.shards
+            [_assignment(cam, group.cameras[cam].spec, frame_skip) for cam in home]
+            + [
+                _assignment(cam, group.cameras[cam].spec, frame_skip).model_copy(
+                    update={"handover": True}
+                )
+                for cam in (handover[i] if i < len(handover) else ())
+                if cam in group.cameras
+            ]
+            for i, home in enumerate(_padded(group.shards.shards, len(handover)))
         ],
     )
+
+
+def _padded(shards: list[list[str]], length: int) -> list[list[str]]:
+    """Shards, extended with empty ones up to ``length`` (retiring replicas during handover)."""
+    return shards + [[] for _ in range(length - len(shards))]
 
 
 def _metadata(pipeline: dict[str, Any], group: GroupPlan) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,18 +23,22 @@ from kubevision.api.pipeline import GroupStatus, PipelineSpec, PipelineStatus, S
 from kubevision.api.worker_config import CONFIG_FILE, WorkerConfig
 from kubevision.operator import conditions as c
 from kubevision.operator.builders import (
+    GROUP_LABEL,
     PIPELINE_LABEL,
+    POD_INDEX_LABEL,
     build_configmap,
     build_service,
     build_statefulset,
     build_worker_config,
 )
+from kubevision.operator.handover import plan_handover
 from kubevision.operator.hardware import NodeInfo
 from kubevision.operator.kube import (
     CAMERAS,
     CONFIGMAPS,
     OWNED_KINDS,
     PIPELINES,
+    PODS,
     SERVICES,
     STATEFULSETS,
     Kind,
@@ -41,6 +46,7 @@ from kubevision.operator.kube import (
 )
 from kubevision.operator.planner import (
     Camera,
+    GroupPlan,
     GroupScaling,
     PipelinePlan,
     Problem,
@@ -120,16 +126,17 @@ def reconcile_pipeline(
     owned = {
         kind: kube.list_labeled(kind, namespace, f"{PIPELINE_LABEL}={name}") for kind in OWNED_KINDS
     }
+    previous = _previous_assignments(owned[CONFIGMAPS])
     plan = plan_pipeline(
         name,
         spec,
         [r.camera for r in snapshot.cameras],
         snapshot.variants,
         snapshot.nodes,
-        previous=_previous_assignments(owned[CONFIGMAPS]),
+        previous=previous,
         scaling=(scaling or ScalingView()).decisions,
     )
-    ready = _apply_groups(kube, settings, body, spec, plan)
+    ready = _apply_groups(kube, settings, body, spec, plan, owned, previous)
     _prune(kube, namespace, meta["uid"], owned, {g.name for g in plan.groups})
     _update_camera_assignments(kube, settings, namespace, name, plan, snapshot.cameras)
     status = _status(plan, ready, generation, previous_status, scaling or ScalingView())
@@ -159,19 +166,67 @@ def _apply_groups(
     body: dict[str, Any],
     spec: PipelineSpec,
     plan: PipelinePlan,
+    owned: dict[Kind, list[dict[str, Any]]],
+    previous: Mapping[str, Mapping[str, int]],
 ) -> dict[str, int]:
     """Apply each group's ConfigMap, Service and StatefulSet; return ready replicas per group.
 
-    The ConfigMap goes first so a StatefulSet never scales onto shards its workers cannot read.
+    The ConfigMap goes first so a StatefulSet never scales onto shards its workers cannot
+    read, and moves are make-before-break (:mod:`.handover`).
     """
     meta = body["metadata"]
+    configmaps = {o["metadata"]["name"]: o for o in owned[CONFIGMAPS]}
+    statefulsets = {o["metadata"]["name"]: o for o in owned[STATEFULSETS]}
     ready = {}
     for group in plan.groups:
-        config = build_worker_config(meta["name"], meta["namespace"], spec, group)
-        kube.apply(CONFIGMAPS, build_configmap(body, config, group))
+        homes = previous.get(group.name, {})
+        changed_at = _homes_changed_at(configmaps.get(group.name), homes, group)
+        running = int(((statefulsets.get(group.name) or {}).get("spec") or {}).get("replicas", 0))
+        handover = plan_handover(
+            group.shards.shards,
+            homes,
+            _ready_ordinals(kube, meta, group),
+            running,
+            time.time() - changed_at,
+            settings.handover_seconds,
+        )
+        config = build_worker_config(meta["name"], meta["namespace"], spec, group, handover.copies)
+        configmap = build_configmap(body, config, group)
+        configmap["metadata"]["annotations"] = {HOMES_CHANGED_AT: f"{changed_at:.0f}"}
+        kube.apply(CONFIGMAPS, configmap)
         kube.apply(SERVICES, build_service(body, group, settings))
-        applied = kube.apply(STATEFULSETS, build_statefulset(body, spec, group, settings))
+        statefulset = build_statefulset(body, spec, group, settings)
+        statefulset["spec"]["replicas"] = handover.replicas
+        applied = kube.apply(STATEFULSETS, statefulset)
         ready[group.name] = int((applied.get("status") or {}).get("readyReplicas") or 0)
+    return ready
+
+
+HOMES_CHANGED_AT = "kubevision.io/homes-changed-at"
+"""ConfigMap annotation: when (Unix seconds) the group's cameras last changed replica."""
+
+
+def _homes_changed_at(
+    configmap: dict[str, Any] | None, homes: Mapping[str, int], group: GroupPlan
+) -> float:
+    new = {cam: i for i, shard in enumerate(group.shards.shards) for cam in shard}
+    annotations = ((configmap or {}).get("metadata") or {}).get("annotations") or {}
+    if configmap is None or dict(homes) != new or HOMES_CHANGED_AT not in annotations:
+        return time.time() if configmap is not None and dict(homes) != new else 0.0
+    return float(annotations[HOMES_CHANGED_AT])
+
+
+def _ready_ordinals(kube: Kube, meta: dict[str, Any], group: GroupPlan) -> set[int]:
+    """Ordinals of the group's pods that report Ready (they serve their shard)."""
+    pods = kube.list_labeled(PODS, meta["namespace"], f"{GROUP_LABEL}={group.name}")
+    ready = set()
+    for pod in pods:
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        index = pod["metadata"].get("labels", {}).get(POD_INDEX_LABEL)
+        if index is not None and any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
+        ):
+            ready.add(int(index))
     return ready
 
 

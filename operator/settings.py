@@ -31,6 +31,9 @@ class OperatorSettings(BaseModel):
     """Port of the workers' metrics endpoint (what the autoscaler scrapes)."""
     operator_metrics_port: int | None = 8081
     """Where the operator serves its own metrics (None: not at all)."""
+    handover_seconds: float = Field(default=90, ge=0)
+    """How long retiring replicas keep serving after their cameras got new homes: a worker's
+    config poll plus the kubelet's ConfigMap refresh (about a minute by default)."""
     prometheus_url: str | None = None
     """Read workers' signals from this Prometheus instead of scraping them (a Pipeline's
     spec.autoscaling.prometheusUrl wins)."""
@@ -53,4 +56,5 @@ class OperatorSettings(BaseModel):
             resync_seconds=resync,
             operator_metrics_port=int(port) if port else None,
             prometheus_url=os.environ.get("KUBEVISION_PROMETHEUS_URL") or None,
+            handover_seconds=float(os.environ.get("KUBEVISION_HANDOVER_SECONDS", "90")),
         )

@@ -63,6 +63,8 @@ class OperatorProcess:
             "KUBECONFIG": str(self._cluster.kubeconfig("operator")),
             "KUBEVISION_RESYNC_SECONDS": str(self._resync),
             "KUBEVISION_OPERATOR_METRICS_PORT": str(self.metrics_port),
+            # real kubelets refresh ConfigMaps in ~1 min; the PodRunner does it in 0.5 s
+            "KUBEVISION_HANDOVER_SECONDS": "5",
         }
         script = Path(sys.executable).parent / "kubevision-operator"
         with self.log_path.open("ab") as out:

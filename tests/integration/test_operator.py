@@ -265,7 +265,12 @@ def test_replicas_and_shards_follow_cameras_and_cameras_move_only_when_they_must
     ns.kubectl("delete", "camera", *[f"cam-{i:02d}" for i in range(3, 20)])
     wait_for(lambda: len(shards(ns, group)) == 3, timeout=60, what="3 cameras in the config")
     after_3 = shards(ns, group)
-    assert ns.get("statefulset", group)["spec"]["replicas"] == 1
+    # make-before-break: retiring replicas serve out the (test's 5 s) handover window first
+    wait_for(
+        lambda: ns.get("statefulset", group)["spec"]["replicas"] == 1,
+        timeout=30,
+        what="the StatefulSet to shrink after the handover window",
+    )
     for cam, shard in after_3.items():
         if after_20[cam] == 0:
             assert shard == 0, f"{cam} was on a shard that still exists and must stay"
