@@ -46,6 +46,7 @@ log = logging.getLogger("kubevision.operator")
 NODES = "nodes"
 """The single key of the node index: placement looks at every node."""
 _MAX_BACKOFF = 60.0
+_MIN_WAKE_SECONDS = 0.2
 
 
 @kopf.on.startup()
@@ -160,7 +161,9 @@ async def pipeline_reconciler(
                 logger.exception("reconcile crashed; retrying in %.0fs", backoff)
                 continue
             backoff = 1.0
-            interval = min(settings.resync_seconds, _metrics_interval(body))
+            # wake exactly when the next autoscaling step is due (never later)
+            until_due = _metrics_interval(body) - (time.monotonic() - scaler.last_run)
+            interval = min(settings.resync_seconds, max(_MIN_WAKE_SECONDS, until_due))
             for event in [*scaled, *outcome.events]:
                 kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     finally:
