@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from kubevision.api.worker_config import CONFIG_FILE, WorkerConfig
+from kubevision.worker.models import sha256_of
 from tests.envtest.cluster import LocalCluster
 
 
@@ -53,3 +54,53 @@ class Namespace:
     def worker_config(self, name: str) -> WorkerConfig:
         cm = self.get("configmap", name)
         return WorkerConfig.model_validate(json.loads(cm["data"][CONFIG_FILE]))
+
+
+def file_camera(name: str, path: Path) -> dict[str, Any]:
+    """A worker-config camera reading a video file (wire format)."""
+    return {
+        "name": name,
+        "url": f"file://{path}",
+        "timeoutSeconds": 5,
+        "fps": 30,
+        "sampling": {"mode": "all"},
+        "priority": 100,
+    }
+
+
+def yolox_worker_config(
+    pipeline: str,
+    group: str,
+    shards: list[list[dict[str, Any]]],
+    model: Path,
+    outputs: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A worker config (wire format) running the shared YOLOX-nano ONNX file with ByteTrack."""
+    return {
+        "pipeline": pipeline,
+        "namespace": "ns",
+        "group": group,
+        "hardwareClass": "cpu",
+        "detector": {
+            "model": {
+                "variant": "yolox-nano-416-onnx-fp32",
+                "family": "yolox-nano",
+                "task": "detect",
+                "format": "onnx",
+                "precision": "fp32",
+                "inputSize": {"width": 416, "height": 416},
+                "decoder": "yolox",
+                "batchMax": 1,
+                "artifact": {
+                    "uri": "file:///models/yolox_nano_416.onnx",
+                    "sha256": sha256_of(model),
+                },
+            },
+            "confidence": 0.3,
+            "nmsIou": 0.45,
+        },
+        "tracker": {"type": "bytetrack"},
+        "slo": {"p99LatencyMs": 100, "minFps": 5},
+        "outputs": outputs or [],
+        "shards": shards,
+    }

@@ -15,14 +15,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubevision.operator.planner import group_name
-from kubevision.worker.models import sha256_of
 from tests.assets import require
 from tests.envtest.cluster import LocalCluster
 from tests.envtest.controlplane import REPO_ROOT
 from tests.envtest.nodes import CPU_NODE
 from tests.envtest.podrunner import POD_NETWORK, PodRunner
 from tests.envtest.poll import wait_for
-from tests.integration.helpers import Namespace
+from tests.integration.helpers import Namespace, yolox_worker_config
 
 CATALOG = REPO_ROOT / "model_catalog" / "variants"
 GROUP = group_name("p", "site-a", "cpu")
@@ -106,33 +105,7 @@ def bare_worker(name: str) -> list[dict[str, Any]]:
     """A worker pod bound straight to the CPU node (no operator, no scheduler), its ConfigMap
     (a valid config with no cameras) and env of every kind a kubelet resolves."""
     model = require("models/yolox_nano_416.onnx")
-    config = {
-        "pipeline": name,
-        "namespace": "n",
-        "group": name,
-        "hardwareClass": "cpu",
-        "detector": {
-            "model": {
-                "variant": "yolox-nano-416-onnx-fp32",
-                "family": "yolox-nano",
-                "task": "detect",
-                "format": "onnx",
-                "precision": "fp32",
-                "inputSize": {"width": 416, "height": 416},
-                "decoder": "yolox",
-                "batchMax": 1,
-                "artifact": {
-                    "uri": "file:///models/yolox_nano_416.onnx",
-                    "sha256": sha256_of(model),
-                },
-            },
-            "confidence": 0.3,
-            "nmsIou": 0.45,
-        },
-        "tracker": {"type": "bytetrack"},
-        "slo": {"p99LatencyMs": 100, "minFps": 5},
-        "shards": [[]],
-    }
+    config = yolox_worker_config(name, name, [[]], model)
     field = {
         "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}
     }

@@ -41,11 +41,11 @@ from kubevision.operator.signals import (
 )
 from kubevision.worker.health import Health, HealthServer
 from kubevision.worker.metrics import WorkerMetrics
-from kubevision.worker.models import sha256_of
 from tests.assets import require
 from tests.envtest.controlplane import free_port
 from tests.envtest.poll import wait_for
 from tests.envtest.prometheus import Prometheus, find_binaries
+from tests.integration.helpers import file_camera, yolox_worker_config
 
 WORKER = Path(sys.executable).parent / "kubevision-worker"
 PIPELINE, CAMERA = "signals", "belt"
@@ -86,44 +86,7 @@ def _assert_holds(signals: GroupSignals | None) -> None:
 def _worker_config(video: Path, model: Path) -> WorkerConfig:
     """One camera on the looping bottle video, through the API model the operator renders."""
     return WorkerConfig.model_validate(
-        {
-            "pipeline": PIPELINE,
-            "namespace": "ns",
-            "group": "g",
-            "hardwareClass": "cpu",
-            "detector": {
-                "model": {
-                    "variant": "yolox-nano-416-onnx-fp32",
-                    "family": "yolox-nano",
-                    "task": "detect",
-                    "format": "onnx",
-                    "precision": "fp32",
-                    "inputSize": {"width": 416, "height": 416},
-                    "decoder": "yolox",
-                    "batchMax": 1,
-                    "artifact": {
-                        "uri": "file:///models/yolox_nano_416.onnx",
-                        "sha256": sha256_of(model),
-                    },
-                },
-                "confidence": 0.3,
-                "nmsIou": 0.45,
-            },
-            "tracker": {"type": "bytetrack"},
-            "slo": {"p99LatencyMs": 100, "minFps": 5},
-            "shards": [
-                [
-                    {
-                        "name": CAMERA,
-                        "url": f"file://{video}",
-                        "timeoutSeconds": 5,
-                        "fps": 30,
-                        "sampling": {"mode": "all"},
-                        "priority": 100,
-                    }
-                ]
-            ],
-        }
+        yolox_worker_config(PIPELINE, "g", [[file_camera(CAMERA, video)]], model)
     )
 
 

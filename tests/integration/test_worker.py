@@ -17,55 +17,26 @@ import av
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kubevision.worker.models import sha256_of
 from tests.assets import require
 from tests.envtest.controlplane import free_port
 from tests.envtest.poll import wait_for
+from tests.integration.helpers import file_camera, yolox_worker_config
 
 WORKER = Path(sys.executable).parent / "kubevision-worker"
 
 
 def camera(name: str, path: Path) -> dict[str, Any]:
-    return {
-        "name": name,
-        "url": f"file://{path}",
-        "timeoutSeconds": 5,
-        "fps": 30,
-        "sampling": {"mode": "all"},
-        "priority": 100,
-    }
+    return file_camera(name, path)
 
 
 def worker_config(cameras: list[dict[str, Any]], events: Path) -> dict[str, Any]:
-    model = require("models/yolox_nano_416.onnx")
-    return {
-        "pipeline": "p",
-        "namespace": "ns",
-        "group": "g",
-        "hardwareClass": "cpu",
-        "detector": {
-            "model": {
-                "variant": "yolox-nano-416-onnx-fp32",
-                "family": "yolox-nano",
-                "task": "detect",
-                "format": "onnx",
-                "precision": "fp32",
-                "inputSize": {"width": 416, "height": 416},
-                "decoder": "yolox",
-                "batchMax": 1,
-                "artifact": {
-                    "uri": "file:///models/yolox_nano_416.onnx",
-                    "sha256": sha256_of(model),
-                },
-            },
-            "confidence": 0.3,
-            "nmsIou": 0.45,
-        },
-        "tracker": {"type": "bytetrack"},
-        "slo": {"p99LatencyMs": 100, "minFps": 5},
-        "outputs": [{"type": "file", "path": str(events)}],
-        "shards": [cameras, []],
-    }
+    return yolox_worker_config(
+        "p",
+        "g",
+        [cameras, []],
+        require("models/yolox_nano_416.onnx"),
+        outputs=[{"type": "file", "path": str(events)}],
+    )
 
 
 class Worker:
