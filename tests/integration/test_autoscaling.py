@@ -89,25 +89,33 @@ def pipeline(p99_ms: float) -> dict[str, Any]:
 
 
 class Watch:
-    """Reads the group's state and checks, at every look, that no camera is unassigned."""
+    """Reads the group's state and records, at every look, any camera left unassigned once all
+    were assigned (``wait_for`` retries on errors, so violations are kept, not raised)."""
 
     def __init__(self, ns: Namespace, cameras: set[str]) -> None:
         self.ns = ns
         self.cameras = cameras
         self.looks = 0
+        self.settled = False
+        self.violations: list[set[str]] = []
 
     def group(self) -> dict[str, Any]:
         status = (self.ns.get("pipeline", "p") or {}).get("status") or {}
         groups = {g["name"]: g for g in status.get("groups", [])}
-        config = self.ns.worker_config(GROUP)
-        assigned = set(config.assignments())
-        assert assigned == self.cameras, f"unassigned: {self.cameras - assigned}"
+        assigned = set(self.ns.worker_config(GROUP).assignments())
+        missing = self.cameras - assigned
+        self.settled = self.settled or not missing
+        if self.settled and missing:
+            self.violations.append(missing)
         self.looks += 1
         return dict(groups.get(GROUP, {}))
 
     def until(self, check: Any, what: str, timeout: float = 60) -> dict[str, Any]:
         result: dict[str, Any] = wait_for(
-            lambda: (g := self.group()) and check(g) and g, timeout=timeout, what=what, interval=0.5
+            lambda: (g := self.group()) and check(g) and g,
+            timeout=timeout,
+            what=what,
+            interval=0.5,
         )
         return result
 
@@ -147,6 +155,7 @@ def test_slo_breach_scales_up_then_degrades_then_recovers(ns: Namespace) -> None
     assert autoscaling is not None
     assert autoscaling["status"] == "True"
     assert watch.looks > 10
+    assert watch.violations == [], "a camera was unassigned while replicas changed"
 
 
 def test_unreachable_workers_hold_the_decision(ns: Namespace, runner: PodRunner) -> None:
