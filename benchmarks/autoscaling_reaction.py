@@ -34,6 +34,7 @@ from tests.envtest.operator import OperatorProcess, install_chart
 from tests.envtest.podrunner import PodRunner
 from tests.envtest.poll import wait_for
 from tests.integration.test_autoscaling import camera, variant
+from tests.integration.test_autoscaling import pipeline as loop_pipeline
 
 RESULTS = Path(__file__).parent / "results"
 NAMESPACE = "bench"
@@ -46,24 +47,12 @@ def pipeline_patch(p99_ms: float) -> dict[str, Any]:
 
 
 def pipeline() -> dict[str, Any]:
-    return {
-        "apiVersion": "kubevision.io/v1alpha1",
-        "kind": "Pipeline",
-        "metadata": {"name": "p"},
-        "spec": {
-            "cameraSelector": {"matchLabels": {"app": "loop"}},
-            "stages": {"detector": {"variant": "yolox-nano-cpu", "confidence": 0.3}},
-            "slo": {"p99LatencyMs": 10_000, "minFps": 1},
-            "placement": {"hardwareClasses": ["cpu"]},
-            "autoscaling": {
-                "minReplicas": 1,
-                "maxReplicas": 2,
-                "metricsIntervalSeconds": 5,
-                "scaleUpStabilizationSeconds": 0,
-                "scaleDownStabilizationSeconds": 0,
-            },
-        },
-    }
+    """The closed-loop test's Pipeline, relaxed, at the default 5 s metrics interval, with no
+    ladder and no scale-down window (each trial returns to one replica quickly)."""
+    doc = loop_pipeline(p99_ms=10_000)
+    doc["spec"]["autoscaling"].update(metricsIntervalSeconds=5, scaleDownStabilizationSeconds=0)
+    doc["spec"].pop("degradation")
+    return doc
 
 
 def statefulset(apps: client.AppsV1Api) -> dict[str, Any]:
