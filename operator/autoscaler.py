@@ -23,10 +23,11 @@ from collections import deque
 from dataclasses import dataclass
 
 from kubevision.api.pipeline import DegradationStep
+from kubevision.operator.conditions import METRICS_UNAVAILABLE
 from kubevision.operator.signals import GroupSignals
 
-HOLD_NO_METRICS = "MetricsUnavailable"
-"""Reason of a decision taken without signals."""
+HOLD_NO_METRICS = METRICS_UNAVAILABLE
+"""Reason of a decision taken without signals (also the Autoscaling condition's reason)."""
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,13 @@ class Kind:
     plural: str
     kind: str
 
+    @property
+    def prefix(self) -> str:
+        """The REST root of the kind's API group: /api/v1 for core, /apis/<group/version>."""
+        return "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+
     def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
-        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
-        path = f"{prefix}/namespaces/{namespace}/{self.plural}"
+        path = f"{self.prefix}/namespaces/{namespace}/{self.plural}"
         if name:
             path += f"/{name}"
         if subresource:
@@ -132,9 +136,8 @@ class Kube:
 
     def list_all(self, kind: Kind, field_selector: str) -> list[dict[str, Any]]:
         """Objects of ``kind`` in every namespace matching a field selector."""
-        prefix = "/api/v1" if kind.api_version == "v1" else f"/apis/{kind.api_version}"
         result = self._call(
-            "GET", f"{prefix}/{kind.plural}", query=[("fieldSelector", field_selector)]
+            "GET", f"{kind.prefix}/{kind.plural}", query=[("fieldSelector", field_selector)]
         )
         items: list[dict[str, Any]] = result.get("items", [])
         return items

@@ -209,11 +209,15 @@ HOMES_CHANGED_AT = "kubevision.io/homes-changed-at"
 def _homes_changed_at(
     configmap: dict[str, Any] | None, homes: Mapping[str, int], group: GroupPlan
 ) -> float:
+    """When the group's cameras last changed replica: now if this plan moves any; else what
+    the ConfigMap recorded; 0 (long ago) for a new group or a ConfigMap without the record."""
+    if configmap is None:
+        return 0.0
     new = {cam: i for i, shard in enumerate(group.shards.shards) for cam in shard}
-    annotations = ((configmap or {}).get("metadata") or {}).get("annotations") or {}
-    if configmap is None or dict(homes) != new or HOMES_CHANGED_AT not in annotations:
-        return time.time() if configmap is not None and dict(homes) != new else 0.0
-    return float(annotations[HOMES_CHANGED_AT])
+    if dict(homes) != new:
+        return time.time()
+    annotations = configmap["metadata"].get("annotations") or {}
+    return float(annotations.get(HOMES_CHANGED_AT, 0.0))
 
 
 def _ready_ordinals(kube: Kube, meta: dict[str, Any], group: GroupPlan) -> set[int]:
