@@ -9,6 +9,11 @@ others.
 
 Credentials are read from the environment variables the worker config names, put into the
 URL only when opening it, and redacted from every log line, error message and repr.
+
+PyAV demuxes every source; the packets are decoded by FFmpeg on the CPU or, where the machine
+has it, by NVDEC on a GPU (:mod:`kubevision.worker.nvdec`): frames then stay in GPU memory
+until a consumer asks for a host copy (:attr:`Frame.image`). Both decoders share the session,
+reconnect and buffering logic above, so they behave the same apart from where pixels live.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cache, cached_property
 from types import TracebackType
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import av
@@ -33,6 +39,21 @@ import numpy.typing as npt
 
 from kubevision.api.worker_config import CameraAssignment
 from kubevision.worker.metrics import CameraMetrics
+from kubevision.worker.nvdec import (
+    DECODER_CHOICES,
+    DecoderChoice,
+    DecoderDecision,
+    DecoderName,
+    NvdecDecoder,
+    NvdecError,
+    Picture,
+    Pixels,
+    VideoPacket,
+    decide_decoder,
+)
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +85,27 @@ class Frame:
     """
 
     camera: str
-    image: npt.NDArray[np.uint8] = field(repr=False)
-    """(H, W, 3) BGR."""
+    pixels: Pixels = field(repr=False)
+    """(H, W, 3) uint8 BGR where the decoder left it: host memory (CPU) or GPU (NVDEC)."""
     index: int
     pts: int | None
     capture_wall: float
     capture_mono: float
     key_frame: bool = False
+
+    @cached_property
+    def image(self) -> npt.NDArray[np.uint8]:
+        """(H, W, 3) uint8 BGR in host memory; a GPU frame is copied down on first use only,
+        so frames that are dropped or consumed on the GPU never cost a copy."""
+        if isinstance(self.pixels, np.ndarray):
+            return self.pixels
+        return cast("npt.NDArray[np.uint8]", self.pixels.cpu().numpy())
+
+    @property
+    def device_image(self) -> torch.Tensor | None:
+        """The frame as a CUDA tensor when NVDEC decoded it (None for CPU-decoded frames);
+        see :class:`~kubevision.worker.nvdec.NvdecDecoder` for using it on another stream."""
+        return None if isinstance(self.pixels, np.ndarray) else self.pixels
 
 
 @dataclass(frozen=True)
@@ -109,16 +144,73 @@ class CaptureOptions:
     """FFmpeg decoder threading; FRAME/AUTO add up to a frame per thread of latency."""
     fps_window: int = 25
     """Frames in the moving average behind ``kubevision_stream_fps``."""
+    decoder: DecoderChoice = "auto"
+    """Who decodes: ``auto`` picks NVDEC where the machine has it (see
+    ``nvdec_unavailable_reason``), else the CPU; ``nvdec`` the same, but a fallback to the CPU
+    is logged as a warning; ``cpu`` is FFmpeg only."""
+    gpu: int = 0
+    """CUDA device index NVDEC decodes on."""
 
     def __post_init__(self) -> None:
         if self.buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
         if self.fps_window < 2:
             raise ValueError(f"fps_window must be >= 2, got {self.fps_window}")
+        if self.decoder not in DECODER_CHOICES:
+            raise ValueError(f"decoder must be one of {DECODER_CHOICES}, got {self.decoder!r}")
+        if self.gpu < 0:
+            raise ValueError(f"gpu must be a device index >= 0, got {self.gpu}")
 
 
 class CaptureError(Exception):
     """Why a camera stopped delivering frames; the message is already redacted."""
+
+
+class PacketDecoder(Protocol):
+    """Turns one stream's packets into BGR pictures (FFmpeg on the CPU, or NVDEC)."""
+
+    def decode(self, packet: VideoPacket) -> list[Picture]:
+        """Pictures this packet completes; the demuxer's final empty packet flushes."""
+        ...
+
+    def restart(self) -> None:
+        """The container was sought back to the start: the next packet begins a new pass."""
+        ...
+
+    def close(self) -> None:
+        """Release the decoder's resources."""
+        ...
+
+
+class CpuDecoder:
+    """FFmpeg through PyAV, converting each frame to host BGR (swscale)."""
+
+    def __init__(self, stream: av.VideoStream, thread_type: ThreadType) -> None:
+        stream.codec_context.thread_type = thread_type
+
+    def decode(self, packet: VideoPacket) -> list[Picture]:
+        return [
+            Picture(
+                pixels=cast("npt.NDArray[np.uint8]", frame.to_ndarray(format="bgr24")),
+                pts=frame.pts,
+                time=frame.time,
+                key_frame=bool(frame.key_frame),
+            )
+            for frame in packet.decode()
+        ]
+
+    def restart(self) -> None:
+        """Nothing to do: seeking the container flushes FFmpeg's decoder."""
+
+    def close(self) -> None:
+        """Nothing to do: the codec context closes with its container."""
+
+
+@cache
+def _announce_fallback(requested: DecoderChoice, gpu: int, reason: str, level: int) -> None:
+    """Log why cameras decode on the CPU once per process, not once per camera."""
+    log.log(level, "decoding on CPU: NVDEC unavailable decoder=%s gpu=%d reason=%s",
+            requested, gpu, reason)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -181,6 +273,11 @@ class CameraStream:
         self._next_index = 0
         self._session_frames = 0
         self._arrivals: deque[float] = deque(maxlen=self.options.fps_window)
+        self._decision = decide_decoder(self.options.decoder, self.options.gpu)
+        if (level := self._decision.log_level) is not None:
+            reason = str(self._decision.fallback_reason)
+            _announce_fallback(self.options.decoder, self.options.gpu, reason, level)
+        self._metrics.set_decoder(self._decision.decoder)
 
     # -- consumer side ----------------------------------------------------------------------
 
@@ -201,6 +298,16 @@ class CameraStream:
     def pending(self) -> int:
         """Frames buffered for the consumer right now (for ``kubevision_queue_depth``)."""
         return len(self._buffer)
+
+    @property
+    def decoder(self) -> DecoderName:
+        """Which decoder this camera uses now: "nvdec" or "cpu"."""
+        return self._decision.decoder
+
+    @property
+    def decoder_fallback_reason(self) -> str | None:
+        """Why it decodes on the CPU although NVDEC was asked for ("auto" or "nvdec")."""
+        return self._decision.fallback_reason
 
     @property
     def last_index(self) -> int:
@@ -235,6 +342,7 @@ class CameraStream:
                 log.warning("capture thread still blocked in a read camera=%s", self.name)
         self._set_state(StreamState.STOPPED)
         self._mark_down()
+        self._metrics.set_decoder(None)
 
     def __enter__(self) -> CameraStream:
         return self.start()
@@ -302,41 +410,78 @@ class CameraStream:
             if not container.streams.video:
                 raise CaptureError("the source has no video stream")
             stream = container.streams.video[0]
-            stream.codec_context.thread_type = self.options.thread_type
-            log.info(
-                "capture connected camera=%s url=%s codec=%s size=%dx%d",
-                self.name, self._redact(self.camera.url), stream.codec_context.name,
-                stream.codec_context.width, stream.codec_context.height,
-            )  # fmt: skip
-            realtime = target.is_file if self.options.realtime is None else self.options.realtime
-            while True:
-                frames = self._read_until_eof(container, stream, realtime, timeout)
-                if self._stop.is_set():
-                    return
-                if not target.is_file:
-                    raise CaptureError("stream ended (EOF)")
-                if frames == 0:
-                    raise CaptureError("the file has no decodable video frames")
-                # Frame-threaded decoding swallows the error of a cut-off last packet, so a
-                # truncated file would just look short: compare with what the container says.
-                declared = stream.frames
-                if declared and frames + max(2, declared // 100) < declared:
-                    raise CaptureError(
-                        f"the file ended after {frames} of its {declared} frames: "
-                        "truncated or corrupt"
-                    )
-                if not self.options.loop:
-                    return
-                container.seek(0)  # cheaper than reopening, and the decoder is flushed
+            decoder = self._open_decoder(stream)
+            try:
+                self._stream_session(container, stream, decoder, target, timeout)
+            finally:
+                decoder.close()
+
+    def _open_decoder(self, stream: av.VideoStream) -> PacketDecoder:
+        """NVDEC when chosen and it takes this stream; else, for good, FFmpeg on the CPU."""
+        if self._decision.decoder == "nvdec":
+            try:
+                return NvdecDecoder(stream, self.options.gpu)
+            except NvdecError as exc:
+                self._use_cpu(str(exc))
+        return CpuDecoder(stream, self.options.thread_type)
+
+    def _use_cpu(self, reason: str) -> None:
+        """NVDEC failed on this camera's stream (codec, profile, GPU): decode it on the CPU
+        from now on rather than fail the same way at every reconnect."""
+        reason = self._redact(reason)
+        log.warning("nvdec cannot decode camera=%s, using the CPU: %s", self.name, reason)
+        self._decision = DecoderDecision(self._decision.requested, "cpu", reason)
+        self._metrics.set_decoder("cpu")
+
+    def _stream_session(
+        self,
+        container: av.container.InputContainer,
+        stream: av.VideoStream,
+        decoder: PacketDecoder,
+        target: _Target,
+        timeout: float,
+    ) -> None:
+        log.info(
+            "capture connected camera=%s url=%s codec=%s size=%dx%d decoder=%s",
+            self.name, self._redact(self.camera.url), stream.codec_context.name,
+            stream.codec_context.width, stream.codec_context.height, self.decoder,
+        )  # fmt: skip
+        realtime = target.is_file if self.options.realtime is None else self.options.realtime
+        while True:
+            frames = self._read_until_eof(container, stream, decoder, realtime, timeout)
+            if self._stop.is_set():
+                return
+            if not target.is_file:
+                raise CaptureError("stream ended (EOF)")
+            if frames == 0:
+                raise CaptureError("the file has no decodable video frames")
+            # Frame-threaded decoding swallows the error of a cut-off last packet, so a
+            # truncated file would just look short: compare with what the container says.
+            declared = stream.frames
+            if declared and frames + max(2, declared // 100) < declared:
+                raise CaptureError(
+                    f"the file ended after {frames} of its {declared} frames: truncated or corrupt"
+                )
+            if not self.options.loop:
+                return
+            container.seek(0)  # cheaper than reopening
+            try:
+                decoder.restart()
+            except NvdecError as exc:
+                raise CaptureError(self._redact(str(exc))) from None
 
     def _read_until_eof(
         self,
         container: av.container.InputContainer,
         stream: av.VideoStream,
+        decoder: PacketDecoder,
         realtime: bool,
         timeout: float,
     ) -> int:
-        """Demux and decode one pass; returns the frames delivered (early on stop)."""
+        """Demux and decode one pass; returns the frames delivered (early on stop).
+
+        ``kubevision_stage_latency_seconds{stage="decode"}`` times each packet to BGR frames
+        (decode and colour conversion) on either decoder."""
         frames = 0
         pace_origin: tuple[float, float] | None = None  # (stream time, monotonic)
         last_progress = time.monotonic()
@@ -344,9 +489,9 @@ class CameraStream:
             for packet in container.demux(stream):
                 last_progress = time.monotonic()
                 started = time.perf_counter()
-                decoded_frames = packet.decode()
+                pictures = decoder.decode(packet)
                 self._metrics.decode.observe(time.perf_counter() - started)
-                for decoded in decoded_frames:
+                for decoded in pictures:
                     if realtime and decoded.time is not None:
                         if pace_origin is None:
                             pace_origin = (decoded.time, time.monotonic())
@@ -357,23 +502,25 @@ class CameraStream:
                     self._deliver(decoded, first=self._session_frames == 0)
                     frames += 1
                     self._session_frames += 1
-        except (av.FFmpegError, OSError) as exc:
+        except (av.FFmpegError, OSError, NvdecError) as exc:
+            if isinstance(exc, NvdecError) and self._session_frames == 0:
+                self._use_cpu(str(exc))  # the stream is one NVDEC cannot decode at all
             stalled = time.monotonic() - last_progress
             raise self._error(
                 f"read after {self._session_frames} frames", exc, stalled, timeout
             ) from None
         return frames
 
-    def _deliver(self, decoded: av.VideoFrame, *, first: bool) -> None:
+    def _deliver(self, decoded: Picture, *, first: bool) -> None:
         wall, mono = time.time(), time.monotonic()
         frame = Frame(
             camera=self.name,
-            image=cast("npt.NDArray[np.uint8]", decoded.to_ndarray(format="bgr24")),
+            pixels=decoded.pixels,
             index=self._next_index,
             pts=decoded.pts,
             capture_wall=wall,
             capture_mono=mono,
-            key_frame=bool(decoded.key_frame),
+            key_frame=decoded.key_frame,
         )
         self._next_index += 1
         with self._cond:

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from kubevision.api.worker_config import ModelConfig
 from kubevision.worker.backends.base import InferenceBackend
+from kubevision.worker.nvdec import Pixels
 from kubevision.worker.preprocess import IMAGENET_RGB, Frame, InputFormat, crops, to_tensor
 
 FloatArray = npt.NDArray[np.float32]
@@ -70,12 +71,12 @@ class CropClassifier:
         self._format = input_format
         self.top_k = top_k
 
-    def __call__(self, frame: Frame, boxes: FloatArray) -> tuple[IntArray, FloatArray]:
+    def __call__(self, frame: Pixels, boxes: FloatArray) -> tuple[IntArray, FloatArray]:
         """(class ids, scores), each (N, top_k) best first, for the (N, 4) frame-pixel boxes."""
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         if len(boxes) == 0:
             return np.empty((0, self.top_k), np.int64), np.empty((0, self.top_k), np.float32)
-        (logits,) = self._backend.infer(to_tensor(crops(frame, boxes, *self._size), self._format))
+        (logits,) = self._backend.infer(to_tensor(self._crops(frame, boxes), self._format))
         if logits.shape[1] != len(self.labels):
             raise ValueError(
                 f"the model outputs {logits.shape[1]} classes but has {len(self.labels)} labels"
@@ -86,6 +87,14 @@ class CropClassifier:
         order = np.argsort(-np.take_along_axis(probs, top, axis=1), axis=1, kind="stable")
         class_ids = np.take_along_axis(top, order, axis=1).astype(np.int64)
         return class_ids, np.take_along_axis(probs, class_ids, axis=1).astype(np.float32)
+
+    def _crops(self, frame: Pixels, boxes: FloatArray) -> Frame:
+        """Host crops; a device frame (NVDEC) is cropped on the device, never downloaded whole."""
+        if isinstance(frame, np.ndarray):
+            return crops(frame, boxes, *self._size)
+        from kubevision.worker.gpu.preprocess import device_crops
+
+        return device_crops(frame, boxes, *self._size)
 
     def names(self, class_ids: Sequence[int] | IntArray) -> list[str]:
         """Label names of class ids (for sinks and logs)."""

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +22,7 @@ from kubevision.api.worker_config import DetectorConfig, ModelConfig
 from kubevision.worker.backends.base import InferenceBackend
 from kubevision.worker.decoders import decoder_for, nms
 from kubevision.worker.detections import Detections
+from kubevision.worker.nvdec import Pixels
 from kubevision.worker.preprocess import (
     Frame,
     InvalidFrameError,
@@ -138,30 +140,53 @@ class Detector:
             on_stage=on_stage,
         )
 
-    def __call__(self, frames: Sequence[Frame]) -> list[Detections]:
-        """Detections per frame, in frame pixels, best first; empty for rejected frames."""
+    @property
+    def backend_name(self) -> str:
+        """The runtime running the model (for logs)."""
+        return self._backend.name
+
+    def __call__(self, frames: Sequence[Pixels]) -> list[Detections]:
+        """Detections per frame, in frame pixels, best first; empty for rejected frames.
+
+        The host pipeline takes host frames only (a GPU frame is rejected); the device
+        detector (:mod:`kubevision.worker.gpu.detector`) takes both.
+        """
         results = [Detections.empty() for _ in frames]
         valid = [i for i, frame in enumerate(frames) if self._accept(i, frame)]
         if not valid:
             self.last_timings = None
             return results
-        start = time.perf_counter()
-        tensor, placements = preprocess([frames[i] for i in valid], *self._size, self._format)
-        prepared = time.perf_counter()
-        outputs = self._backend.infer(tensor)
-        inferred = time.perf_counter()
-        candidates = self._decode(outputs, self._size, self._confidence, self._class_mask)
-        for i, found, placement in zip(valid, candidates, placements, strict=True):
-            results[i] = self._finish(found.xyxy, found.scores, found.class_ids, placement)
-        done = time.perf_counter()
-        self.last_timings = StageTimings(prepared - start, inferred - prepared, done - inferred)
+        found, self.last_timings = self._detect([frames[i] for i in valid])
+        for i, detections in zip(valid, found, strict=True):
+            results[i] = detections
         if self._on_stage is not None:
             self._on_stage("preprocess", self.last_timings.preprocess)
             self._on_stage("infer", self.last_timings.infer)
             self._on_stage("postprocess", self.last_timings.postprocess)
         return results
 
-    def _accept(self, index: int, frame: Frame) -> bool:
+    def _detect(self, frames: Sequence[Pixels]) -> tuple[list[Detections], StageTimings]:
+        """The valid frames' detections and stage timings (the host path; see gpu.detector)."""
+        start = time.perf_counter()
+        host = [cast("Frame", frame) for frame in frames]  # _accept let only host frames in
+        tensor, placements = preprocess(host, *self._size, self._format)
+        prepared = time.perf_counter()
+        outputs = self._backend.infer(tensor)
+        inferred = time.perf_counter()
+        found = self._decode_on_host(outputs, placements)
+        done = time.perf_counter()
+        return found, StageTimings(prepared - start, inferred - prepared, done - inferred)
+
+    def _decode_on_host(
+        self, outputs: Sequence[npt.NDArray[np.float32]], placements: Sequence[Letterbox]
+    ) -> list[Detections]:
+        candidates = self._decode(outputs, self._size, self._confidence, self._class_mask)
+        return [
+            self._finish(found.xyxy, found.scores, found.class_ids, placement)
+            for found, placement in zip(candidates, placements, strict=True)
+        ]
+
+    def _accept(self, index: int, frame: Pixels) -> bool:
         try:
             check_frame(frame)
         except InvalidFrameError as error:
@@ -184,3 +209,21 @@ class Detector:
         boxes = placement.to_frame(xyxy[keep])
         has_area = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         return Detections(boxes[has_area], scores[keep][has_area], class_ids[keep][has_area])
+
+
+def build_detector(
+    config: DetectorConfig,
+    backend: InferenceBackend,
+    *,
+    max_det: int = DEFAULT_MAX_DET,
+    on_stage: StageCallback | None = None,
+) -> Detector:
+    """The detector for ``backend``: all on the device for the torch backend, else the host
+    pipeline (CPU letterbox and NMS around the backend call)."""
+    if backend.name == "torch":
+        from kubevision.worker.backends.pytorch import TorchBackend
+        from kubevision.worker.gpu.detector import DeviceDetector
+
+        if isinstance(backend, TorchBackend):
+            return DeviceDetector(config, backend, max_det=max_det, on_stage=on_stage)
+    return Detector.from_config(config, backend, max_det=max_det, on_stage=on_stage)

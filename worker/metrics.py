@@ -1,8 +1,9 @@
 """Prometheus metrics of a worker: the contract the autoscaler, dashboards and alerts read.
 
-Names carry the ``kubevision_`` prefix; labels are only ``pipeline``, ``camera``, ``stage`` and
-``class`` (all bounded: cameras per worker and detector classes are finite). Each worker owns
-one :class:`WorkerMetrics` with its own registry, so tests can run several side by side.
+Names carry the ``kubevision_`` prefix; labels are only ``pipeline``, ``camera``, ``stage``,
+``class`` and ``decoder`` (all bounded: cameras per worker and detector classes are finite,
+decoders are ``cpu`` or ``nvdec``). Each worker owns one :class:`WorkerMetrics` with its own
+registry, so tests can run several side by side.
 """
 
 from __future__ import annotations
@@ -90,6 +91,12 @@ class WorkerMetrics:
             cam,
             registry=r,
         )
+        self.camera_decoder = Gauge(
+            "kubevision_camera_decoder",
+            "1 for the decoder the camera uses (cpu: FFmpeg, nvdec: the GPU's video decoder).",
+            [*cam, "decoder"],
+            registry=r,
+        )
 
     def camera(self, camera: str) -> CameraMetrics:
         """The metrics of one camera, labels bound once."""
@@ -114,9 +121,21 @@ class CameraMetrics:
         self.reconnects = parent.reconnects.labels(*labels)
         self.fps = parent.stream_fps.labels(*labels)
         self.decode = parent.stage("decode")
-        """Seconds FFmpeg spent decoding each packet (observed by the capture thread)."""
+        """Seconds from each packet to BGR frames, decode and colour conversion (observed by
+        the capture thread)."""
         self._detections = parent.detections
+        self._decoder_info = parent.camera_decoder
+        self._decoder: str | None = None
         self._labels = labels
 
     def detected(self, class_name: str, count: int) -> None:
         self._detections.labels(*self._labels, class_name).inc(count)
+
+    def set_decoder(self, decoder: str | None) -> None:
+        """Show ``decoder`` in ``kubevision_camera_decoder`` (one series per camera, as an
+        info metric); None removes the camera's series."""
+        if self._decoder is not None and self._decoder != decoder:
+            self._decoder_info.remove(*self._labels, self._decoder)
+        if decoder is not None:
+            self._decoder_info.labels(*self._labels, decoder).set(1)
+        self._decoder = decoder

@@ -1,11 +1,14 @@
 """The worker's processing loop: cameras → sampler → cross-camera batch → detector → per-camera
 tracker → classifier → events → sinks, with metrics and health at every step.
 
-One loop thread does the inference work; each camera decodes in its own capture thread into a
-latest-frame buffer, so a slow model drops old frames instead of building latency. Each batch
-takes at most one frame per camera, starting from a rotating camera so none starves. A new
-config (cameras added/removed, models changed) is applied without a restart: new cameras start
-before removed ones stop, so no camera goes unwatched during a handover.
+Each camera decodes in its own capture thread into a latest-frame buffer, so a slow model drops
+old frames instead of building latency. Inference runs in one *lane* per device (one on a CPU
+node, one per GPU on a GPU server): cameras are spread over the lanes by load
+(:mod:`.placement`), and each lane's :class:`~.batching.DynamicBatcher` turns its cameras'
+freshest frames into cross-camera batches (at most one frame per camera, longest-waiting
+first). Detections go back to each camera's own tracker. A new config (cameras added/removed,
+models changed) is applied without a restart: new cameras start before removed ones stop, so no
+camera goes unwatched during a handover.
 """
 
 from __future__ import annotations
@@ -17,20 +20,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from kubevision.api.worker_config import CameraAssignment, ModelConfig, WorkerConfig
-from kubevision.worker.backends.base import InferenceBackend, create_backend
+from kubevision.worker.backends.base import BackendChoice, InferenceBackend, create_backend
+from kubevision.worker.batching import DynamicBatcher, Item
 from kubevision.worker.capture import CameraStream, CaptureOptions, Frame
 from kubevision.worker.classifier import CropClassifier
 from kubevision.worker.config import my_cameras
 from kubevision.worker.detections import NO_TRACK, Detections
-from kubevision.worker.detector import Detector
+from kubevision.worker.detector import Detector, build_detector
 from kubevision.worker.events import Classification, EventBuilder, TrackEvent
 from kubevision.worker.health import Health
 from kubevision.worker.metrics import CameraMetrics, WorkerMetrics
 from kubevision.worker.models import resolve_artifact
+from kubevision.worker.placement import place_streams
 from kubevision.worker.sampling import Sampler, build_sampler
 from kubevision.worker.sinks import FanOut
 from kubevision.worker.trackers import Tracker, create_tracker
@@ -44,6 +50,23 @@ _IDLE_POLL_SECONDS = 0.002
 """How long the loop waits when no camera has a new frame (bounds added latency to 2 ms)."""
 
 
+class FrameSource(Protocol):
+    """What the loop needs of a camera: :class:`CameraStream`, or frames from memory in
+    benchmarks (``RuntimeOptions.source_factory``)."""
+
+    def start(self) -> object: ...
+
+    def stop(self, timeout: float | None = None) -> None: ...
+
+    def get(self, timeout: float | None = None) -> Frame | None: ...
+
+    @property
+    def pending(self) -> int: ...
+
+
+SourceFactory = Callable[[CameraAssignment, CameraMetrics, CaptureOptions], FrameSource]
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
     """How this process runs its config (the config says what, these say where and how)."""
@@ -52,16 +75,23 @@ class RuntimeOptions:
     model_search: tuple[Path, ...] = ()
     """Folders to find model files in (besides KUBEVISION_MODEL_DIR and /models)."""
     device: str = "cpu"
+    """``cpu``, ``cuda:N`` (one GPU) or ``cuda`` (every visible GPU, one lane each)."""
+    backend: BackendChoice = "auto"
+    """Runtime for ONNX models: ``auto`` picks torch on a GPU when installed, else ORT."""
     threads: int | None = None
     """Inference threads; set it to the pod's CPU limit."""
     max_batch: int | None = None
     """Frames per inference call; default the detector variant's batch max."""
     max_wait_seconds: float = 0.005
     """How long a partly filled batch waits for more cameras' frames."""
+    triton_url: str | None = None
+    """Triton gRPC address for ``triton://<model>`` variants (default: KUBEVISION_TRITON_URL)."""
     classifier_labels: Path | None = None
     """Class names for a classifier whose ModelVariant carries none (e.g. ImageNet's)."""
     on_stage: Callable[[str, float], None] | None = None
     """Also receives every stage timing (benchmarks want exact values, not histogram buckets)."""
+    source_factory: SourceFactory = CameraStream
+    """Opens a camera; the default decodes its URL (benchmarks replay frames from memory)."""
 
 
 @dataclass(frozen=True)
@@ -99,10 +129,11 @@ class _Camera:
         models: _Models,
         metrics: CameraMetrics,
         options: CaptureOptions,
+        open_source: SourceFactory,
     ) -> None:
         self.assignment = assignment
         self.metrics = metrics
-        self.stream = CameraStream(assignment, metrics, options)
+        self.stream = open_source(assignment, metrics, options)
         self.sampler: Sampler = build_sampler(assignment.sampling)
         self.tracker: Tracker = create_tracker(config.tracker, models.embedder)
         # trackers report only the tracks matched in this frame; a track stays alive (no
@@ -137,7 +168,7 @@ class _Camera:
             dtype=bool,
         )
         if due.any():
-            class_ids, scores = models.classifier(frame.image, tracked.xyxy[due])
+            class_ids, scores = models.classifier(frame.pixels, tracked.xyxy[due])
             names = models.classifier.names(class_ids[:, 0] if class_ids.ndim == 2 else class_ids)
             top = scores[:, 0] if scores.ndim == 2 else scores
             for track_id, name, score in zip(tracked.track_ids[due], names, top, strict=True):
@@ -146,6 +177,17 @@ class _Camera:
                     self.frames,
                 )
         return {t: v[0] for t, v in self.labels.items()}
+
+
+@dataclass
+class _Lane:
+    """One device's inference: its models, its batcher and the thread that drains it."""
+
+    index: int
+    device: str
+    models: _Models
+    batcher: DynamicBatcher[str, Frame]
+    thread: threading.Thread | None = None
 
 
 class WorkerRuntime:
@@ -169,30 +211,40 @@ class WorkerRuntime:
         self._on_result = on_result
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self._config = config
-        self._models = self._load_models(config)
+        self._lanes = [
+            self._new_lane(i, device, config)
+            for i, device in enumerate(resolve_devices(self._options.device))
+        ]
         self._cameras: dict[str, _Camera] = {}
-        self._next = 0
+        self._placement: dict[str, int] = {}
         self._apply_cameras(config)
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread.start()
+        for lane in self._lanes:
+            lane.thread = threading.Thread(
+                target=self._loop, args=(lane,), name=f"inference-{lane.device}", daemon=True
+            )
+            lane.thread.start()
         self._health.set_ready(True)
         log.info(
-            "worker started pipeline=%s group=%s shard=%d cameras=%d",
+            "worker started pipeline=%s group=%s shard=%d cameras=%d devices=%s backend=%s",
             self._config.pipeline,
             self._config.group,
             self._shard,
             len(self._cameras),
+            ",".join(lane.device for lane in self._lanes),
+            self._lanes[0].models.detector.backend_name,
         )
 
     def stop(self) -> None:
         self._health.set_ready(False)
         self._stop.set()
-        self._thread.join(timeout=10)
+        for lane in self._lanes:
+            if lane.thread is not None:
+                lane.thread.join(timeout=10)
         with self._lock:
             for cam in self._cameras.values():
                 self._sink.publish(cam.events.end_all())
@@ -202,28 +254,54 @@ class WorkerRuntime:
 
     def apply(self, config: WorkerConfig) -> None:
         """Take a new config without a restart (models reload only if they changed)."""
-        models = self._models
-        if _models_key(config) != models.key:
-            models = self._load_models(config)
+        reload = _models_key(config) != self._lanes[0].models.key
+        models = [
+            self._load_models(config, lane.device) if reload else lane.models
+            for lane in self._lanes
+        ]
         with self._lock:
-            self._config, self._models = config, models
+            self._config = config
+            for lane, lane_models in zip(self._lanes, models, strict=True):
+                lane.models = lane_models
             self._apply_cameras(config)
 
     @property
-    def cameras(self) -> dict[str, CameraStream]:
+    def cameras(self) -> dict[str, FrameSource]:
         with self._lock:
             return {name: cam.stream for name, cam in self._cameras.items()}
 
+    @property
+    def placement(self) -> dict[str, str]:
+        """The device each camera's frames are detected on."""
+        with self._lock:
+            return {name: self._lanes[lane].device for name, lane in self._placement.items()}
+
     # -- setup ------------------------------------------------------------------------------
 
-    def _load_models(self, config: WorkerConfig) -> _Models:
+    def _new_lane(self, index: int, device: str, config: WorkerConfig) -> _Lane:
+        models = self._load_models(config, device)
+        limit = self._options.max_batch or models.batch_max
+        return _Lane(index, device, models, DynamicBatcher(limit, self._options.max_wait_seconds))
+
+    def _load_models(self, config: WorkerConfig, device: str) -> _Models:
         opts = self._options
 
         def backend(model: ModelConfig) -> InferenceBackend:
-            path = resolve_artifact(model.artifact, opts.model_search)
-            return create_backend(model, path, opts.device, intra_op_threads=opts.threads)
+            path = (
+                None
+                if model.format == "triton"
+                else resolve_artifact(model.artifact, opts.model_search)
+            )
+            return create_backend(
+                model,
+                path,
+                device,
+                intra_op_threads=opts.threads,
+                choice=opts.backend,
+                triton_url=opts.triton_url,
+            )
 
-        detector = Detector.from_config(
+        detector = build_detector(
             config.detector, backend(config.detector.model), on_stage=self._observe_stage
         )
         classifier = None
@@ -246,14 +324,20 @@ class WorkerRuntime:
         )
 
     def _apply_cameras(self, config: WorkerConfig) -> None:
-        """Start new/changed cameras first, then stop the ones no longer assigned."""
+        """Start new/changed cameras first, then stop the ones no longer assigned; re-place."""
         wanted = {a.name: a for a in my_cameras(config, self._shard)}
+        models = self._lanes[0].models
         for name, assignment in wanted.items():
             current = self._cameras.get(name)
             if current is not None and current.assignment == assignment:
                 continue
             cam = _Camera(
-                assignment, config, self._models, self._metrics.camera(name), self._options.capture
+                assignment,
+                config,
+                models,
+                self._metrics.camera(name),
+                self._options.capture,
+                self._options.source_factory,
             )
             cam.stream.start()
             self._cameras[name] = cam
@@ -261,6 +345,12 @@ class WorkerRuntime:
                 self._retire(current)
         for name in [n for n in self._cameras if n not in wanted]:
             self._retire(self._cameras.pop(name))
+        loads = {name: cam.assignment.fps for name, cam in self._cameras.items()}
+        placement = place_streams(loads, len(self._lanes), self._placement)
+        for name, lane in self._placement.items():
+            if placement.get(name) != lane:
+                self._lanes[lane].batcher.discard(name)
+        self._placement = placement
 
     def _retire(self, cam: _Camera) -> None:
         self._sink.publish(cam.events.end_all())
@@ -268,63 +358,58 @@ class WorkerRuntime:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _loop(self, lane: _Lane) -> None:
         while not self._stop.is_set():
             try:
-                batch = self._collect()
+                self._gather(lane)
+                batch = lane.batcher.take(time.monotonic())
                 if batch:
-                    self._process(batch)
+                    self._process(lane, batch)
                 else:
-                    self._stop.wait(_IDLE_POLL_SECONDS)
+                    due = lane.batcher.due_in(time.monotonic())
+                    self._stop.wait(
+                        min(due if due is not None else _IDLE_POLL_SECONDS, _IDLE_POLL_SECONDS)
+                    )
             except Exception:  # one bad batch must not stop the worker; the error is logged
-                log.exception("processing a batch failed; continuing after a pause")
+                log.exception(
+                    "processing a batch failed on %s; continuing after a pause", lane.device
+                )
                 self._stop.wait(_ERROR_PAUSE_SECONDS)  # a persistent fault must not spin or flood
             self._health.beat()
 
-    def _collect(self) -> list[Frame]:
-        """At most one sampled frame per camera, up to max_batch, waiting max_wait for more."""
+    def _gather(self, lane: _Lane) -> None:
+        """Move this lane's cameras' new sampled frames into its batcher (freshest wins)."""
         with self._lock:
-            cams = list(self._cameras.values())
-            models = self._models
-        if not cams:
-            return []
-        limit = self._options.max_batch or models.batch_max
-        deadline = time.monotonic() + self._options.max_wait_seconds
-        batch: dict[str, Frame] = {}
-        start, self._next = self._next % len(cams), self._next + 1
-        order = cams[start:] + cams[:start]
-        while True:
-            for cam in order:
-                if len(batch) >= limit:
-                    break
-                if cam.assignment.name in batch:
-                    continue
-                frame = cam.stream.get(timeout=0)
-                if frame is None:
-                    continue
-                if cam.sampler(frame):
-                    batch[cam.assignment.name] = frame
-                else:
-                    cam.metrics.skipped.inc()
-            if not batch or len(batch) >= min(limit, len(cams)) or time.monotonic() >= deadline:
-                break
-            self._stop.wait(_IDLE_POLL_SECONDS / 4)
+            cams = [c for n, c in self._cameras.items() if self._placement.get(n) == lane.index]
+        now = time.monotonic()
+        for cam in cams:
+            frame = cam.stream.get(timeout=0)
+            if frame is None:
+                continue
+            if not cam.sampler(frame):
+                cam.metrics.skipped.inc()
+            elif lane.batcher.put(cam.assignment.name, frame, frame.capture_mono, now):
+                cam.metrics.dropped.inc()  # superseded while waiting for a batch
         self._metrics.queue_depth.labels(self._metrics.pipeline).set(
-            sum(c.stream.pending for c in cams)
+            sum(c.stream.pending for c in cams) + lane.batcher.pending
         )
-        return list(batch.values())
 
-    def _process(self, frames: list[Frame]) -> None:
+    def _process(self, lane: _Lane, batch: list[Item[str, Frame]]) -> None:
         with self._lock:
-            models, cams = self._models, dict(self._cameras)
+            models, cams = lane.models, dict(self._cameras)
+        frames = [item.payload for item in batch]
         self._metrics.batch_size.labels(self._metrics.pipeline).observe(len(frames))
-        detections = models.detector([f.image for f in frames])
+        # NVDEC frames stay on the GPU: the device detector takes them as they are
+        detections = models.detector([f.pixels for f in frames])
         for frame, found in zip(frames, detections, strict=True):
             cam = cams.get(frame.camera)
             if cam is None:  # reassigned away while the batch ran
                 continue
             with self._stage("track"):
-                tracked = cam.tracker.update(found, frame.image)
+                # only appearance trackers (DeepSORT) look at pixels; a GPU frame is not copied
+                # down for the others
+                image = frame.image if models.embedder is not None else None
+                tracked = cam.tracker.update(found, image)
             with self._stage("classify"):
                 labels = cam.classify(models, frame, tracked)
             events = cam.events.update(tracked, frame.capture_wall, labels)
@@ -356,6 +441,18 @@ class WorkerRuntime:
         start = time.perf_counter()
         yield
         self._observe_stage(stage, time.perf_counter() - start)
+
+
+def resolve_devices(device: str) -> list[str]:
+    """The lanes for ``--device``: ``cuda`` means every GPU this process can see."""
+    if device != "cuda":
+        return [device]
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise RuntimeError("device 'cuda' asked for, but this process sees no CUDA GPU")
+    return [f"cuda:{i}" for i in range(count)]
 
 
 def _models_key(config: WorkerConfig) -> tuple[object, ...]:

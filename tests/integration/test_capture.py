@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import pytest
+import torch
 
 from kubevision.api.camera import Sampling
 from kubevision.api.worker_config import CameraAssignment, CredentialEnv
+from kubevision.worker import capture as capture_module
 from kubevision.worker.capture import (
     Backoff,
     CameraStream,
@@ -28,6 +31,7 @@ from kubevision.worker.capture import (
     StreamState,
 )
 from kubevision.worker.metrics import WorkerMetrics
+from kubevision.worker.nvdec import nvdec_unavailable_reason
 from tests.assets import require
 from tests.envtest.controlplane import free_port
 from tests.envtest.poll import wait_for
@@ -409,3 +413,111 @@ def test_rtsp_credentials_come_from_env_and_never_leak(
     for text in exposed:
         for secret in secrets:
             assert secret not in text
+
+
+# -- decoders ----------------------------------------------------------------------------------
+
+
+def decoder_series(metrics: WorkerMetrics, camera: str) -> dict[str, float]:
+    """kubevision_camera_decoder's series of one camera: {decoder: value}."""
+    return {
+        sample.labels["decoder"]: sample.value
+        for family in metrics.registry.collect()
+        if family.name == "kubevision_camera_decoder"
+        for sample in family.samples
+        if sample.labels["camera"] == camera
+    }
+
+
+def test_auto_decoder_without_nvdec_decodes_on_cpu_and_says_so(
+    streams: list[CameraStream],
+    metrics: WorkerMetrics,
+    car_video: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reason = nvdec_unavailable_reason(0)
+    if reason is None:
+        pytest.skip("this machine has NVDEC: auto picks it (see the nvdec test below)")
+    caplog.set_level(logging.INFO, logger="kubevision.worker.capture")
+    capture_module._announce_fallback.cache_clear()
+    auto = [
+        open_stream(streams, metrics, name, f"file://{car_video}", realtime=False)
+        for name in ("car-a", "car-b")
+    ]
+    explicit = open_stream(streams, metrics, "car-nvdec", f"file://{car_video}", decoder="nvdec")
+
+    for stream in [*auto, explicit]:
+        frame = next_frame(stream)
+        assert stream.decoder == "cpu"
+        assert stream.decoder_fallback_reason == reason
+        assert isinstance(frame.pixels, np.ndarray)
+        assert frame.device_image is None
+        assert frame.image is frame.pixels
+        assert frame.image.shape == CAR_SHAPE
+        assert decoder_series(metrics, stream.name) == {"cpu": 1.0}
+    fallbacks = [r for r in caplog.records if r.getMessage().startswith("decoding on CPU")]
+    assert [(r.levelno, reason in r.getMessage()) for r in fallbacks] == [
+        (logging.INFO, True),  # once for both "auto" cameras
+        (logging.WARNING, True),  # "nvdec" was asked for explicitly
+    ]
+    auto[0].stop()
+    assert decoder_series(metrics, "car-a") == {}, "a stopped camera leaves no decoder series"
+
+
+def test_cpu_decoder_is_taken_as_asked(
+    streams: list[CameraStream], metrics: WorkerMetrics, car_video: Path
+) -> None:
+    stream = open_stream(streams, metrics, "car", f"file://{car_video}", decoder="cpu")
+    assert next_frame(stream).image.shape == CAR_SHAPE
+    assert (stream.decoder, stream.decoder_fallback_reason) == ("cpu", None)
+    assert decoder_series(metrics, "car") == {"cpu": 1.0}
+
+
+def test_a_frame_copies_gpu_pixels_to_the_host_once_on_demand() -> None:
+    """``Frame.image`` is the host copy of a tensor frame, made on first use and kept."""
+    pixels = torch.arange(2 * 3 * 3, dtype=torch.uint8).reshape(2, 3, 3)
+    frame = Frame("cam", pixels, 0, pts=0, capture_wall=0.0, capture_mono=0.0)
+    assert frame.device_image is pixels
+    image = frame.image
+    assert isinstance(image, np.ndarray)
+    assert np.array_equal(image, pixels.numpy())
+    assert frame.image is image
+
+
+@pytest.fixture
+def gpu() -> int:
+    reason = nvdec_unavailable_reason(0)
+    if reason is not None:
+        pytest.skip(f"NVDEC unavailable: {reason}")
+    return 0
+
+
+def test_nvdec_camera_loops_a_file_with_frames_in_gpu_memory(
+    gpu: int, streams: list[CameraStream], metrics: WorkerMetrics, car_video: Path
+) -> None:
+    """The CPU tests' semantics (every frame, pts, key frames, loops with continuing
+    indexes, no reconnects) with frames staying on the GPU until a host copy is asked for."""
+    passes = 2 * CAR_FRAMES
+    stream = open_stream(
+        streams, metrics, "car", f"file://{car_video}",
+        buffer_size=4 * passes, realtime=False, decoder="nvdec", gpu=gpu,
+    )  # fmt: skip
+    wait_for(lambda: stream.last_index >= passes, timeout=60, what="two passes over the file")
+    assert stream.decoder == "nvdec"
+    assert decoder_series(metrics, "car") == {"nvdec": 1.0}
+    stream.stop()
+    frames: list[Frame] = []
+    while len(frames) < passes and (frame := stream.get(timeout=0)) is not None:
+        frames.append(frame)
+
+    assert [f.index for f in frames] == list(range(passes))
+    assert [f.pts for f in frames] == [(i % CAR_FRAMES) * CAR_PTS_STEP for i in range(passes)]
+    assert [f.index for f in frames if f.key_frame] == [
+        i for i in range(passes) if i % CAR_FRAMES % 60 == 0
+    ]
+    device_image = frames[0].device_image
+    assert device_image is not None
+    assert device_image.device == torch.device("cuda", gpu)
+    assert device_image.shape == CAR_SHAPE
+    assert frames[0].image.shape == CAR_SHAPE
+    assert reconnects(metrics, "car") == 0

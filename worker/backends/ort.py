@@ -37,30 +37,118 @@ _INPUT_DTYPES: dict[str, type[np.floating[Any]]] = {
 log = logging.getLogger(__name__)
 
 
-def default_providers(device: str, fp16: bool = False) -> list[Provider]:
+def default_providers(
+    device: str,
+    fp16: bool = False,
+    *,
+    int8: bool = False,
+    cache_dir: Path | None = None,
+    int8_calibration_table: str | None = None,
+) -> list[Provider]:
     """Execution providers for ``cpu``, ``cuda`` or ``cuda:N``, best first, CPU as fallback.
 
-    On a GPU, TensorRT (FP16 when the variant is FP16) and CUDA are used when this onnxruntime
-    build has them; a GPU device with neither is an error, not a silent fall back to CPU.
+    On a GPU, TensorRT and CUDA are used when this onnxruntime build has them; a GPU device
+    with neither is an error, not a silent fall back to CPU. TensorRT builds an engine for
+    every new model and shape range, which takes seconds to minutes: with ``cache_dir`` its
+    engines and timing cache persist there, so a restarted worker loads them instead.
+
+    Args:
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        fp16: let TensorRT pick FP16 kernels.
+        int8: let TensorRT pick INT8 kernels: for a QDQ (explicitly quantized) model, or with
+            ``int8_calibration_table``.
+        cache_dir: where TensorRT keeps engines, timing cache and calibration table; created
+            when TensorRT is used.
+        int8_calibration_table: file name, inside ``cache_dir``, of a TensorRT calibration
+            cache (as :class:`..tensorrt.TensorRTBackend` writes it) for a model without QDQ.
     """
     if device == "cpu":
         return [CPU]
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    device_id = int(index or 0)
+    device_id = _cuda_device_id(device)
     available = set(ort.get_available_providers())
     providers: list[Provider] = []
     if TENSORRT in available:
-        providers.append((TENSORRT, {"device_id": device_id, "trt_fp16_enable": fp16}))
+        options = tensorrt_options(
+            device_id,
+            fp16=fp16,
+            int8=int8,
+            cache_dir=cache_dir,
+            int8_calibration_table=int8_calibration_table,
+        )
+        if cache_dir is not None:
+            # the provider is not documented to create missing parent folders
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        providers.append((TENSORRT, options))
     if CUDA in available:
-        providers.append((CUDA, {"device_id": device_id}))
+        providers.append((CUDA, cuda_options(device_id)))
     if not providers:
         raise RuntimeError(
             f"device {device!r} needs the CUDA or TensorRT execution provider, but this "
             f"onnxruntime build has only {sorted(available)} (install onnxruntime-gpu)"
         )
     return [*providers, CPU]
+
+
+def tensorrt_options(
+    device_id: int,
+    *,
+    fp16: bool = False,
+    int8: bool = False,
+    cache_dir: Path | None = None,
+    int8_calibration_table: str | None = None,
+) -> dict[str, Any]:
+    """TensorRT execution provider options (see :func:`default_providers` for the arguments)."""
+    if int8_calibration_table is not None:
+        if not int8:
+            raise ValueError("int8_calibration_table needs int8=True")
+        if cache_dir is None:
+            raise ValueError(
+                "int8_calibration_table needs cache_dir: TensorRT reads the table from there"
+            )
+        if Path(int8_calibration_table).name != int8_calibration_table:
+            raise ValueError(
+                f"int8_calibration_table must be a file name inside cache_dir, "
+                f"got {int8_calibration_table!r}"
+            )
+    options: dict[str, Any] = {
+        "device_id": device_id,
+        "trt_fp16_enable": fp16,
+        "trt_int8_enable": int8,
+    }
+    if int8_calibration_table is not None:
+        options["trt_int8_calibration_table_name"] = int8_calibration_table
+        options["trt_int8_use_native_calibration_table"] = True
+    if cache_dir is not None:
+        options |= {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache_dir),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache_dir),
+        }
+    return options
+
+
+def cuda_options(device_id: int) -> dict[str, Any]:
+    """CUDA execution provider options.
+
+    cuDNN's exhaustive search (the provider's default) benchmarks every convolution again for
+    each new input shape, and a worker's batches change size with the number of cameras that
+    have a frame ready; the heuristic choice costs nothing per shape. Copies stay on the
+    compute stream, as the provider advises against separate copy streams (data races).
+    """
+    return {
+        "device_id": device_id,
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "do_copy_in_default_stream": True,
+    }
+
+
+def _cuda_device_id(device: str) -> int:
+    """The N of ``cuda:N`` (0 for ``cuda``); anything else is an error naming the forms."""
+    kind, separator, index = device.partition(":")
+    if kind != "cuda" or (separator and not index.isdigit()):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return int(index or 0)
 
 
 class OrtBackend:

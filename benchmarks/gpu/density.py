@@ -1,0 +1,531 @@
+"""Benchmark: how many live 30 FPS 1080p streams one GPU carries end to end at p99 <= 100 ms.
+
+Every stream replays 1080p frames from memory as a live camera: frame *k* of a stream exists at
+``start + phase + k / 30`` and is stamped with that time, so latency is counted from the
+moment the camera produced the frame (waiting for a batch included). A stream is carried
+when its frames are processed, not dropped: with latest-frame buffers an overloaded worker
+drops frames instead of building latency, so a run passes only when p99 <= 100 ms **and** at
+least 97 % of the offered frames were processed. The pipeline is the worker's own
+(:class:`~kubevision.worker.runtime.WorkerRuntime`): cross-stream batcher -> detector ->
+ByteTrack per stream -> MobileNetV2 classifier per new track -> events (to no sink).
+
+Configurations, each searched for its largest N:
+
+* ``kubevision-gpu-frames``: frames already in GPU memory, as NVDEC delivers them; torch
+  backend FP16, CUDA graphs, device letterbox + NMS, batches up to 64 across streams.
+* ``kubevision-host-frames``: the same with frames in host memory (a CPU decoder's output),
+  uploaded as uint8.
+* ``baseline-per-stream-batch1``: the obvious loop: for each stream's new frame, CPU
+  letterbox, the same ONNX model in PyTorch FP32 eager at batch 1 on the GPU, CPU decode + NMS,
+  ByteTrack, classifier; host frames.
+
+``--processes K`` runs K worker processes sharing the GPU (K pods on one node, each with N/K
+streams), which is how a node is filled when one Python process is the limit.
+
+    python -m benchmarks.gpu.density --model M.onnx --classifier C.onnx --labels L.txt --clip V.mp4
+
+writes benchmarks/results/gpu_density.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import platform
+import queue
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from benchmarks.common import machine
+from kubevision.api.camera import Sampling
+from kubevision.api.modelvariant import Artifact, InputSize
+from kubevision.api.pipeline import Slo, TrackerStage
+from kubevision.api.worker_config import (
+    CameraAssignment,
+    ClassifierConfig,
+    DetectorConfig,
+    ModelConfig,
+    WorkerConfig,
+)
+from kubevision.worker.backends.base import create_backend
+from kubevision.worker.backends.pytorch import TorchBackend
+from kubevision.worker.capture import CaptureOptions, Frame
+from kubevision.worker.classifier import CropClassifier
+from kubevision.worker.detections import NO_TRACK
+from kubevision.worker.detector import Detector
+from kubevision.worker.health import Health
+from kubevision.worker.metrics import CameraMetrics, WorkerMetrics
+from kubevision.worker.models import sha256_of
+from kubevision.worker.runtime import FrameResult, RuntimeOptions, WorkerRuntime
+from kubevision.worker.sinks import FanOut
+from kubevision.worker.trackers import create_tracker
+
+FPS = 30.0
+SLO_P99_MS = 100.0
+MIN_DELIVERED = 0.97
+CONFIDENCE, NMS_IOU = 0.3, 0.45
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+class ReplayStream:
+    """A live camera replaying frames from memory; needs no thread (frames are due by time)."""
+
+    def __init__(self, name: str, frames: Sequence[Any], offset: int, phase: float) -> None:
+        self.name = name
+        self._frames = frames
+        self._offset = offset
+        self._phase = phase
+        self._t0 = 0.0
+        self._wall_minus_mono = 0.0
+        self._last = -1
+        self.offered = 0
+
+    def start(self) -> ReplayStream:
+        self._t0 = time.monotonic() + self._phase
+        self._wall_minus_mono = time.time() - time.monotonic()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        del timeout
+
+    @property
+    def pending(self) -> int:
+        return int(self._due() > self._last)
+
+    def _due(self) -> int:
+        return math.floor((time.monotonic() - self._t0) * FPS)
+
+    def get(self, timeout: float | None = None) -> Frame | None:
+        del timeout
+        due = self._due()
+        if due <= self._last or due < 0:
+            return None
+        self.offered += due - self._last
+        self._last = due
+        captured = self._t0 + due / FPS
+        image = self._frames[(due + self._offset) % len(self._frames)]
+        return Frame(self.name, image, due, None, captured + self._wall_minus_mono, captured)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What one worker process runs."""
+
+    mode: str
+    model: Path
+    classifier: Path
+    labels: Path
+    clip: Path
+    frames: int
+    max_batch: int
+    device: str = "cuda:0"
+
+
+def load_clip(clip: Path, count: int) -> list[np.ndarray]:
+    """The first ``count`` frames of the clip, BGR uint8 in host memory."""
+    capture = cv2.VideoCapture(str(clip))
+    frames: list[np.ndarray] = []
+    while len(frames) < count:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    if not frames:
+        raise RuntimeError(f"no frames decoded from {clip}")
+    return frames
+
+
+def model_config(path: Path, precision: str, batch_max: int, task: str = "detect") -> ModelConfig:
+    size = 416 if task == "detect" else 224
+    return ModelConfig(
+        variant=path.stem,
+        family=path.stem,
+        task=task,  # type: ignore[arg-type]
+        format="onnx",
+        precision=precision,  # type: ignore[arg-type]
+        input_size=InputSize(width=size, height=size),
+        decoder="yolox" if task == "detect" else None,
+        batch_max=batch_max,
+        artifact=Artifact(uri=f"file://{path.resolve()}", sha256=sha256_of(path)),
+    )
+
+
+def worker_config(setup: Setup, streams: int, precision: str) -> WorkerConfig:
+    cameras = [
+        CameraAssignment(
+            name=f"cam-{i:03d}",
+            url="memory://replay",
+            timeout_seconds=10,
+            fps=FPS,
+            sampling=Sampling(),
+            priority=100,
+        )
+        for i in range(streams)
+    ]
+    return WorkerConfig(
+        pipeline="density",
+        namespace="bench",
+        group="gpu",
+        hardware_class="nvidia-gpu",
+        detector=DetectorConfig(
+            model=model_config(setup.model, precision, setup.max_batch),
+            confidence=CONFIDENCE,
+            nms_iou=NMS_IOU,
+        ),
+        tracker=TrackerStage(type="bytetrack"),
+        classifier=ClassifierConfig(
+            model=model_config(setup.classifier, "int8", 16, task="classify"), refresh_frames=30
+        ),
+        slo=Slo(),
+        shards=[cameras],
+    )
+
+
+class Collector:
+    """Latencies of frames processed after the warm-up."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.counting = False
+        self._lock = threading.Lock()
+
+    def __call__(self, result: FrameResult) -> None:
+        if self.counting:
+            with self._lock:
+                self.latencies.append(result.latency_seconds)
+
+
+def _frames_for(setup: Setup) -> list[Any]:
+    frames: list[Any] = load_clip(setup.clip, setup.frames)
+    if setup.mode == "kubevision-gpu-frames":
+        frames = [torch.from_numpy(f).to(setup.device) for f in frames]
+    return frames
+
+
+class KubeVisionWorker:
+    """The worker runtime, loaded once; each trial applies a config with N replayed cameras."""
+
+    def __init__(self, setup: Setup) -> None:
+        self._setup = setup
+        self._frames = _frames_for(setup)
+        self._sources: dict[str, ReplayStream] = {}
+        self._collector = Collector()
+        options = RuntimeOptions(
+            device=setup.device,
+            backend="auto" if setup.device.startswith("cuda") else "torch",
+            max_batch=setup.max_batch,
+            max_wait_seconds=0.004,
+            source_factory=self._open,
+            classifier_labels=setup.labels,
+            threads=2,
+        )
+        self._runtime = WorkerRuntime(
+            worker_config(setup, 0, "fp16"),
+            0,
+            WorkerMetrics("density"),
+            Health(),
+            FanOut([], "density"),
+            options,
+            self._collector,
+        )
+        self._runtime.start()
+
+    def _open(
+        self, assignment: CameraAssignment, metrics: CameraMetrics, options: CaptureOptions
+    ) -> ReplayStream:
+        del metrics, options
+        index = int(assignment.name.split("-")[1])
+        stream = ReplayStream(assignment.name, self._frames, index * 7, (index % 30) / FPS / 30)
+        self._sources[assignment.name] = stream
+        return stream
+
+    def close(self) -> None:
+        self._runtime.stop()
+
+    def measure(self, streams: int, seconds: float, warmup: float) -> dict[str, Any]:
+        self._runtime.apply(worker_config(self._setup, streams, "fp16"))
+        live = [self._sources[f"cam-{i:03d}"] for i in range(streams)]
+        time.sleep(warmup)  # a benchmark's measuring window, not synchronisation
+        offered_before = sum(s.offered for s in live)
+        self._collector.latencies = []
+        self._collector.counting = True
+        time.sleep(seconds)
+        self._collector.counting = False
+        return {
+            "offered": sum(s.offered for s in live) - offered_before,
+            "latencies": list(self._collector.latencies),
+        }
+
+
+class BaselineLoop:
+    """One loop, one frame at a time: CPU letterbox, FP32 eager batch 1, CPU NMS, tracker."""
+
+    def __init__(self, setup: Setup) -> None:
+        self._frames = _frames_for(setup)
+        self._config = worker_config(setup, 0, "fp32")
+        backend = TorchBackend.from_onnx(
+            setup.model, input_shape=(3, 416, 416), device=setup.device, precision="fp32",
+            max_batch=1, cuda_graphs=False,
+        )  # fmt: skip
+        self._detector = Detector.from_config(self._config.detector, backend)
+        assert self._config.classifier is not None
+        model = self._config.classifier.model
+        self._classifier = CropClassifier(
+            model,
+            create_backend(model, setup.classifier, "cpu", intra_op_threads=2),
+            labels_file=setup.labels,
+        )
+
+    def close(self) -> None:
+        """Nothing runs in the background."""
+
+    def measure(self, streams: int, seconds: float, warmup: float) -> dict[str, Any]:
+        sources = [
+            ReplayStream(f"cam-{i:03d}", self._frames, i * 7, (i % 30) / FPS / 30).start()
+            for i in range(streams)
+        ]
+        trackers = [create_tracker(self._config.tracker, None) for _ in sources]
+        seen: list[set[int]] = [set() for _ in sources]
+        latencies: list[float] = []
+        start = time.monotonic()
+        offered_before: int | None = None
+        while time.monotonic() - start < warmup + seconds:
+            counting = time.monotonic() - start >= warmup
+            if counting and offered_before is None:
+                offered_before = sum(s.offered for s in sources)
+            for i, source in enumerate(sources):
+                frame = source.get(0)
+                if frame is None:
+                    continue
+                found = self._detector([frame.image])[0]
+                tracked = trackers[i].update(found, frame.image)
+                ids = tracked.track_ids.tolist()
+                new = np.array([t != NO_TRACK and t not in seen[i] for t in ids], dtype=bool)
+                if new.any():
+                    self._classifier(frame.image, tracked.xyxy[new])
+                    seen[i].update(ids)
+                if counting:
+                    latencies.append(time.time() - frame.capture_wall)
+        return {
+            "offered": sum(s.offered for s in sources) - (offered_before or 0),
+            "latencies": latencies,
+        }
+
+
+def _child(setup: Setup, commands: Any, results: Any) -> None:
+    """A worker process: load once, then measure each (streams, seconds, warmup) it is sent."""
+    worker = BaselineLoop(setup) if setup.mode.startswith("baseline") else KubeVisionWorker(setup)
+    results.put("ready")
+    while (command := commands.get()) is not None:
+        results.put(worker.measure(*command))
+    worker.close()
+
+
+class Fleet:
+    """K worker processes sharing the GPU (K pods on one node)."""
+
+    def __init__(self, setup: Setup, processes: int) -> None:
+        ctx = mp.get_context("spawn")
+        self._results = ctx.Queue()
+        self._commands = [ctx.Queue() for _ in range(processes)]
+        self._children = [
+            ctx.Process(target=_child, args=(setup, commands, self._results), daemon=True)
+            for commands in self._commands
+        ]
+        for child in self._children:
+            child.start()
+        for _ in self._children:
+            self._receive()
+
+    def _receive(self) -> Any:
+        """The next message; fails at once when a child died instead of waiting it out."""
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                return self._results.get(timeout=1)
+            except queue.Empty:
+                dead = [c.exitcode for c in self._children if c.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"a worker process died (exit codes {dead})") from None
+        raise TimeoutError("no answer from the worker processes in 600 s")
+
+    def close(self) -> None:
+        for commands in self._commands:
+            commands.put(None)
+        for child in self._children:
+            child.join(timeout=30)
+            if child.is_alive():
+                child.kill()
+
+    def trial(self, streams: int, seconds: float, warmup: float) -> dict[str, Any]:
+        """N streams split over the processes; pooled latencies and delivery."""
+        count = len(self._children)
+        shares = [streams // count + (i < streams % count) for i in range(count)]
+        for commands, share in zip(self._commands, shares, strict=True):
+            commands.put((share, seconds, warmup))
+        parts = [self._receive() for _ in shares]
+        latencies = np.array([v for p in parts for v in p["latencies"]])
+        offered = sum(p["offered"] for p in parts)
+        processed = len(latencies)
+        p99 = float(np.percentile(latencies, 99) * 1000) if processed else float("inf")
+        delivered = processed / offered if offered else 0.0
+        return {
+            "streams": streams,
+            "processes": count,
+            "offered_frames": offered,
+            "processed_frames": processed,
+            "processed_fps": round(processed / seconds, 1),
+            "delivered": round(delivered, 4),
+            "p50_ms": round(float(np.percentile(latencies, 50) * 1000), 1) if processed else None,
+            "p99_ms": round(p99, 1),
+            "passed": p99 <= SLO_P99_MS and delivered >= MIN_DELIVERED,
+        }
+
+
+def search(
+    fleet: Fleet, name: str, start: int, limit: int, seconds: float, warmup: float
+) -> tuple[int, list[dict[str, Any]]]:
+    """Largest passing N: double from ``start`` until a failure, then bisect to a step of 4."""
+    trials: list[dict[str, Any]] = []
+    best, low, high = 0, 0, None
+    n = start
+    while n <= limit:
+        result = fleet.trial(n, seconds, warmup)
+        trials.append(result)
+        print(name, json.dumps(result), flush=True)
+        if not result["passed"]:
+            high = n
+            break
+        best = low = n
+        n *= 2
+    while high is not None and high - low > 4:
+        mid = (low + high) // 2
+        result = fleet.trial(mid, seconds, warmup)
+        trials.append(result)
+        print(name, json.dumps(result), flush=True)
+        if result["passed"]:
+            best = low = mid
+        else:
+            high = mid
+    return best, trials
+
+
+def gpu_name() -> str:
+    if not torch.cuda.is_available():
+        return "none (CPU smoke run)"
+    props = torch.cuda.get_device_properties(0)
+    try:
+        driver = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        driver = "unknown"
+    return f"{props.name}, {props.total_memory // 2**30} GiB, driver {driver}"
+
+
+def report(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_density.json").write_text(json.dumps(results, indent=2) + "\n")
+    baseline = results["configs"].get("baseline-per-stream-batch1", {}).get("max_streams")
+    lines = [
+        "# End-to-end density on one GPU (30 FPS 1080p streams, p99 <= 100 ms)",
+        "",
+        f"GPU: {results['gpu']}. Host: {results['host']}. torch {results['torch']}.",
+        f"Streams replay `{results['clip']}` (1920x1080) from memory at 30 FPS; pipeline "
+        "YOLOX-nano 416 -> ByteTrack -> MobileNetV2-INT8 classifier (ORT CPU) per new track "
+        "(refresh 30 frames). Latency: frame capture time -> tracked + classified + events. "
+        f"Pass: p99 <= {SLO_P99_MS:.0f} ms and >= {MIN_DELIVERED:.0%} of offered frames "
+        f"processed; {results['seconds']} s measured after {results['warmup']} s warm-up.",
+        "",
+        "| configuration | processes | max streams | frames/s at max | p50 / p99 ms | x baseline |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, config in results["configs"].items():
+        best = next((t for t in config["trials"] if t["streams"] == config["max_streams"]), None)
+        fps = best["processed_fps"] if best else 0
+        lat = f"{best['p50_ms']} / {best['p99_ms']}" if best else "-"
+        ratio = f"{config['max_streams'] / baseline:.1f}x" if baseline else "n/a"
+        lines.append(
+            f"| {name} | {config['processes']} | {config['max_streams']} | {fps} | {lat} | "
+            f"{ratio} |"
+        )
+    lines += [
+        "",
+        "Every trial:",
+        "",
+        "| configuration | streams | processes | frames/s | delivered | p50 ms | p99 ms | pass |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, config in results["configs"].items():
+        for t in config["trials"]:
+            lines.append(
+                f"| {name} | {t['streams']} | {t['processes']} | {t['processed_fps']} | "
+                f"{t['delivered']:.1%} | {t['p50_ms']} | {t['p99_ms']} | {t['passed']} |"
+            )
+    (out / "gpu_density.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="dynamic-batch YOLOX-nano ONNX")
+    parser.add_argument("--classifier", type=Path, required=True)
+    parser.add_argument("--labels", type=Path, required=True)
+    parser.add_argument("--clip", type=Path, required=True, help="1080p video to replay")
+    parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--processes", type=int, default=1, help="worker processes (pods)")
+    parser.add_argument("--limit", type=int, default=512)
+    parser.add_argument("--start", type=int, default=32, help="first N for KubeVision modes")
+    parser.add_argument("--device", default="cuda:0", help="cpu only for a smoke test")
+    parser.add_argument(
+        "--modes", default="baseline-per-stream-batch1,kubevision-gpu-frames,kubevision-host-frames"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    configs: dict[str, Any] = {}
+    for mode in args.modes.split(","):
+        setup = Setup(
+            mode, args.model, args.classifier, args.labels, args.clip, args.frames,
+            args.max_batch, args.device,
+        )  # fmt: skip
+        processes = 1 if mode.startswith("baseline") else args.processes
+        start = 4 if mode.startswith("baseline") else args.start
+        fleet = Fleet(setup, processes)
+        try:
+            best, trials = search(fleet, mode, start, args.limit, args.seconds, args.warmup)
+        finally:
+            fleet.close()
+        configs[mode] = {"processes": processes, "max_streams": best, "trials": trials}
+    results = {
+        "gpu": gpu_name(),
+        "host": machine(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "clip": args.clip.name,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "max_batch": args.max_batch,
+        "configs": configs,
+    }
+    report(results, args.out)
+    print((args.out / "gpu_density.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

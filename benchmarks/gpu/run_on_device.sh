@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# How the committed GPU results were produced: on the GPU machine (no network; Python 3.12 with
+# torch, torchvision, onnx, onnxruntime, opencv), from the repository root, with the missing
+# wheels in .whl/ (pydantic + deps, onnx2torch, filterpy, paho-mqtt, av) and the inputs in
+# .gpu/ (yolox_nano_dynamic.onnx from `python -m model_catalog.tools.prepare dynamic`, the 1080p
+# clip from benchmarks/gpu/make_clip.sh or any 1080p H.264 file, assets/ as KUBEVISION_ASSETS)
+# and .gpu_cls/ (mobilenetv2_12_int8.onnx + imagenet_classes.txt). Results go to $OUT.
+set -uo pipefail
+OUT=${OUT:-benchmarks/results}
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+mkdir -p /tmp/kv/kubevision
+for d in api worker operator; do ln -sfn "$PWD/$d" "/tmp/kv/kubevision/$d"; done
+export PYTHONPATH=/tmp/site:/tmp/kv:$PWD PYTHONUNBUFFERED=1 KUBEVISION_ASSETS=$PWD/.gpu/assets
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+python3 -m pytest -q -p no:cacheprovider --noconftest tests/unit/test_gpu_path.py 2>&1 | tail -8 | tee "$OUT/gpu_tests.log"
+density() {
+  python3 -m benchmarks.gpu.density --model .gpu/yolox_nano_dynamic.onnx \
+    --classifier .gpu_cls/mobilenetv2_12_int8.onnx --labels .gpu_cls/imagenet_classes.txt \
+    --clip .gpu/street_1080p.mp4 --seconds 5 --warmup 2 "$@" 2>&1 | grep -v pos_axes
+}
+mkdir -p "$OUT/p1" "$OUT/p4"
+density --out "$OUT/p1" | tee "$OUT/density_p1.log"
+density --out "$OUT/p4" --processes 4 --modes kubevision-gpu-frames --start 64 | tee "$OUT/density_p4.log"

@@ -1,0 +1,71 @@
+"""The torch path on a real CUDA GPU: graphs captured, FP32/FP16 agree with ONNX Runtime, and
+device frames (NVDEC's) give the detections host frames give. Skipped without a GPU (CI);
+run on the GPU machine by benchmarks/gpu/run_on_device.sh."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from kubevision.api.worker_config import DetectorConfig
+from kubevision.worker.backends.ort import OrtBackend
+from kubevision.worker.backends.pytorch import TorchBackend
+from kubevision.worker.detector import Detector
+from kubevision.worker.gpu.detector import DeviceDetector
+from model_catalog.tools.prepare import make_dynamic
+from tests.assets import require
+from tests.unit.test_decoders import model_config
+from tests.unit.test_torch_backend import video_frames  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def yolox(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "yolox_nano_dynamic.onnx"
+    onnx.save(make_dynamic(onnx.load(str(require("models/yolox_nano_416.onnx")))), str(path))
+    return path
+
+
+@pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 0.05), ("fp16", 1.5)])
+def test_cuda_graph_outputs_match_onnx_runtime(
+    yolox: Path, precision: str, tolerance: float
+) -> None:
+    backend = TorchBackend.from_onnx(
+        yolox,
+        input_shape=(3, 416, 416),
+        device="cuda",
+        precision=precision,
+        max_batch=8,
+    )
+    assert backend.graph_buckets == (1, 2, 4, 8)  # onnx2torch's shape constants stayed on the host
+    batch = np.random.default_rng(0).uniform(0, 255, (5, 3, 416, 416)).astype(np.float32)
+    (ours,) = backend.infer(batch)
+    (reference,) = OrtBackend(yolox, max_batch=8).infer(batch)
+    assert np.abs(ours - reference).max() <= tolerance
+
+
+def test_device_frames_and_host_frames_find_the_same_objects(
+    yolox: Path,
+    video_frames: list[np.ndarray],  # noqa: F811
+) -> None:
+    config = DetectorConfig(
+        model=model_config("yolox", size=416, batch_max=8), confidence=0.3, nms_iou=0.45
+    )
+    reference = Detector.from_config(config, OrtBackend(yolox, max_batch=8))(video_frames)
+    backend = TorchBackend.from_onnx(
+        yolox, input_shape=(3, 416, 416), device="cuda", precision="fp16"
+    )
+    detector = DeviceDetector(config, backend)
+    on_host = detector(video_frames)
+    on_device = detector([torch.from_numpy(f).cuda() for f in video_frames])
+    for want, host, device in zip(reference, on_host, on_device, strict=True):
+        assert host.class_ids.tolist() == device.class_ids.tolist() == want.class_ids.tolist()
+        np.testing.assert_allclose(host.xyxy, device.xyxy, atol=1e-3)
+        np.testing.assert_allclose(host.xyxy, want.xyxy, atol=2.0)  # FP16 vs FP32
+    assert detector.last_timings is not None
+    assert detector.last_timings.infer > 0

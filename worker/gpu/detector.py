@@ -1,0 +1,109 @@
+"""The detector on the GPU: device letterbox -> torch model (CUDA graphs) -> device NMS.
+
+Same contract and validation as :class:`kubevision.worker.detector.Detector` (it is one, with
+the three stages moved to the device); it also accepts device frames from NVDEC. Stage times
+are measured with CUDA events, since host timestamps around asynchronous launches would
+only measure the launches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+
+import torch
+
+from kubevision.api.worker_config import DetectorConfig
+from kubevision.worker.backends.pytorch import TorchBackend
+from kubevision.worker.detections import Detections
+from kubevision.worker.detector import DEFAULT_MAX_DET, Detector, StageCallback, StageTimings
+from kubevision.worker.gpu.postprocess import DEVICE_DECODERS, select_nms, to_frames
+from kubevision.worker.gpu.preprocess import DeviceLetterbox
+from kubevision.worker.nvdec import Pixels
+
+_MS = 1e-3
+
+
+class _Clock:
+    """Stage boundaries: CUDA events on a GPU, the host clock on a CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = device.type == "cuda"
+        self._marks: list[torch.cuda.Event | float] = []
+
+    def mark(self) -> None:
+        if self._cuda:
+            event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            event.record()
+            self._marks.append(event)
+        else:
+            self._marks.append(time.perf_counter())
+
+    def spans(self) -> list[float]:
+        """Seconds between consecutive marks (call after the work has synchronised)."""
+        marks, self._marks = self._marks, []
+        if self._cuda:
+            events = [m for m in marks if isinstance(m, torch.cuda.Event)]
+            return [a.elapsed_time(b) * _MS for a, b in itertools.pairwise(events)]
+        times = [m for m in marks if isinstance(m, float)]
+        return [b - a for a, b in itertools.pairwise(times)]
+
+
+class DeviceDetector(Detector):
+    """A :class:`Detector` whose preprocessing, inference and NMS run on the backend's device."""
+
+    def __init__(
+        self,
+        config: DetectorConfig,
+        backend: TorchBackend,
+        *,
+        max_det: int = DEFAULT_MAX_DET,
+        on_stage: StageCallback | None = None,
+    ) -> None:
+        super().__init__(
+            config.model,
+            backend,
+            config.confidence,
+            config.nms_iou,
+            config.classes,
+            max_det=max_det,
+            on_stage=on_stage,
+        )
+        self._torch = backend
+        device = backend.device
+        self._letterbox = DeviceLetterbox(*self._size, self._format, device)
+        self._device_decode = DEVICE_DECODERS.get(config.model.decoder or "")
+        self._device_mask = torch.as_tensor(self._class_mask, device=device)
+        self._clock = _Clock(device)
+
+    def _accept(self, index: int, frame: Pixels) -> bool:
+        if isinstance(frame, torch.Tensor):
+            if frame.dtype == torch.uint8 and frame.ndim == 3 and frame.shape[2] == 3:
+                return True
+            self.rejected_frames += 1  # NVDEC only delivers (H, W, 3) uint8; anything else is a bug
+            return False
+        return super()._accept(index, frame)
+
+    def _detect(self, frames: Sequence[Pixels]) -> tuple[list[Detections], StageTimings]:
+        self._clock.mark()
+        batch, placements = self._letterbox(frames)
+        self._clock.mark()
+        outputs = self._torch.infer_tensor(batch)
+        self._clock.mark()
+        if self._device_decode is None:  # a family decoded on the host (e.g. NanoDet)
+            found = self._decode_on_host([o.float().cpu().numpy() for o in outputs], placements)
+        else:
+            xyxy, scores = self._device_decode(outputs, self._size)
+            kept = select_nms(
+                xyxy,
+                scores,
+                confidence=self._confidence,
+                class_mask=self._device_mask,
+                iou=self._nms_iou,
+                max_det=self._max_det,
+            )
+            found = to_frames(*kept, placements)  # the host copy synchronises
+        self._clock.mark()
+        prep, infer, post = self._clock.spans()
+        return found, StageTimings(prep, infer, post)

@@ -1,0 +1,145 @@
+"""Letterbox on the device: uint8 frames in, the model's normalised NCHW batch out.
+
+Host frames are stacked per frame size into a reused pinned buffer and uploaded as uint8 (a
+quarter of the bytes of float32); frames decoded by NVDEC are already device tensors. Resize
+is bilinear with half-pixel centres like ``cv2.resize(INTER_LINEAR)`` on the CPU path, so both
+paths see the same pixels up to rounding. The placements are the CPU path's
+:class:`~kubevision.worker.preprocess.Letterbox`, so boxes map back the same way.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.nn import functional
+
+from kubevision.worker.nvdec import Pixels
+from kubevision.worker.preprocess import InputFormat, Letterbox, check_frame
+
+_BGR = 3
+_GRAY_TO_BGR = {1: cv2.COLOR_GRAY2BGR, 4: cv2.COLOR_BGRA2BGR}
+
+
+def frame_size(frame: Pixels) -> tuple[int, int]:
+    """(width, height) of a host or device frame."""
+    return int(frame.shape[1]), int(frame.shape[0])
+
+
+def as_bgr(frame: np.ndarray) -> np.ndarray:
+    """A host frame as (H, W, 3) BGR (grayscale replicated, alpha dropped)."""
+    frame = check_frame(frame)
+    channels = 1 if frame.ndim == 2 else frame.shape[2]
+    if channels == _BGR:
+        return frame
+    return cv2.cvtColor(frame, _GRAY_TO_BGR[channels])
+
+
+class PinnedUploader:
+    """Host uint8 arrays -> device tensors through one growing pinned buffer.
+
+    The buffer is reused, so an upload must have completed before the next one starts; the
+    detector guarantees that by synchronising on its results every batch.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+        self._buffer: torch.Tensor | None = None
+
+    def __call__(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+        """Stack equally shaped uint8 arrays and upload them as one (N, ...) tensor."""
+        shape = (len(arrays), *arrays[0].shape)
+        if self._device.type != "cuda":
+            return torch.from_numpy(np.stack(arrays))
+        count = int(np.prod(shape))
+        if self._buffer is None or self._buffer.numel() < count:
+            self._buffer = torch.empty(count, dtype=torch.uint8, pin_memory=True)
+        staged = self._buffer[:count].view(shape)
+        np.stack(arrays, out=staged.numpy())
+        return staged.to(self._device, non_blocking=True)
+
+
+class DeviceLetterbox:
+    """A model's input convention applied to a batch of frames on one device."""
+
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        fmt: InputFormat,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self._size = (width, height)
+        self._format = fmt
+        self._device = device
+        self._dtype = dtype
+        self._upload = PinnedUploader(device)
+        norm = fmt.normalization
+        self._mean = torch.tensor(norm.mean, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(norm.std, device=device).view(1, 3, 1, 1)
+
+    def __call__(self, frames: Sequence[Pixels]) -> tuple[torch.Tensor, list[Letterbox]]:
+        """The (N, 3, H, W) input batch and each frame's placement."""
+        width, height = self._size
+        canvas = torch.full(
+            (len(frames), _BGR, height, width),
+            float(self._format.pad_value),
+            dtype=torch.float32,
+            device=self._device,
+        )
+        placements = [
+            Letterbox.fit(*frame_size(f), width, height, self._format.center) for f in frames
+        ]
+        for indices, pixels in self._groups(frames):
+            box = placements[indices[0]]
+            new_w, new_h = box.resized_size
+            chw = pixels.permute(0, 3, 1, 2).float()
+            if (new_w, new_h) != frame_size(frames[indices[0]]):
+                chw = functional.interpolate(
+                    chw, size=(new_h, new_w), mode="bilinear", align_corners=False
+                )
+            target = torch.tensor(indices, device=self._device)
+            rows = slice(box.pad_y, box.pad_y + new_h)
+            canvas[target, :, rows, box.pad_x : box.pad_x + new_w] = chw
+        if self._format.color == "rgb":
+            canvas = canvas.flip(1)
+        canvas = (canvas - self._mean) / self._std
+        return canvas.to(self._dtype), placements
+
+    def _groups(self, frames: Sequence[Pixels]) -> list[tuple[list[int], torch.Tensor]]:
+        """Frames of one size (and one memory) as one uint8 (n, H, W, 3) device tensor each."""
+        host: dict[tuple[int, int], list[int]] = defaultdict(list)
+        device: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, frame in enumerate(frames):
+            (device if isinstance(frame, torch.Tensor) else host)[frame_size(frame)].append(i)
+        groups = [
+            (idx, self._upload([as_bgr(frames[i]) for i in idx]))  # type: ignore[arg-type]
+            for idx in host.values()
+        ]
+        groups += [
+            (idx, torch.stack([frames[i].to(self._device) for i in idx]))  # type: ignore[union-attr]
+            for idx in device.values()
+        ]
+        return groups
+
+
+def device_crops(frame: torch.Tensor, xyxy: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(N, height, width, 3) uint8 BGR host crops of a device frame's boxes, each stretched.
+
+    Crops are cut and resized on the device (``roi_align``), so only the small crops cross
+    to the host, never the frame.
+    """
+    from torchvision.ops import roi_align
+
+    boxes = torch.as_tensor(np.asarray(xyxy, np.float32).reshape(-1, 4), device=frame.device)
+    rois = torch.cat([torch.zeros((len(boxes), 1), device=frame.device), boxes], dim=1)
+    chw = frame.permute(2, 0, 1).unsqueeze(0).float()
+    crops = roi_align(chw, rois, output_size=(height, width), spatial_scale=1.0, aligned=True)
+    pixels: np.ndarray = (
+        crops.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    )
+    return pixels
