@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TYPECHECK_ROOT := .kubevision/typecheck
 
-.PHONY: bench bench-operator bench-worker bench-tracking bench-autoscaling help install toolchain lint format crds test test-unit demo cluster-up cluster-down cluster-status clean
+.PHONY: bench bench-operator bench-worker bench-tracking bench-autoscaling bench-gpu bench-gpu-decode bench-gpu-density help install toolchain lint format crds test test-unit demo cluster-up cluster-down cluster-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install kubevision with its dev tools
 
-toolchain: ## build (or find cached) the pinned kube-apiserver, controller-manager, scheduler, kubectl and helm
+toolchain: $(STAMP) ## build (or find cached) the pinned Kubernetes binaries and helm; fetch tritonserver (pytriton's CPU build) with its Python-backend env
 	bash tests/toolchain/build.sh
+	bash tests/toolchain/triton.sh
 
 # mypy cannot follow the package-dir mapping (operator/ -> kubevision.operator), so it checks a
 # view of symlinks shaped like the import names.
@@ -62,6 +63,25 @@ bench-tracking: $(STAMP) ## SORT / ByteTrack / DeepSORT quality and speed on MOT
 
 bench-autoscaling: $(STAMP) toolchain ## SLO breach -> replicas patched, with real worker processes
 	$(PY) -m benchmarks.autoscaling_reaction
+
+# The GPU benchmarks need an NVIDIA GPU (benchmarks/gpu/run_on_device.sh shows how the committed
+# results were made on a machine without network); they are not part of `make bench`.
+GPU_CLIP := .kubevision/bench/mot17_1080p30_h264.mp4
+
+$(GPU_CLIP):
+	bash benchmarks/gpu/make_clip.sh $@
+
+bench-gpu: $(STAMP) ## GPU: detector throughput vs batch (YOLOX-nano; YOLOv8 s/m/l random weights)
+	$(PY) -m benchmarks.gpu.detector_throughput
+
+bench-gpu-decode: $(STAMP) $(GPU_CLIP) ## GPU: NVDEC vs CPU decode throughput, N concurrent 1080p streams
+	$(PY) -m benchmarks.gpu.decode_throughput --clip $(GPU_CLIP)
+
+bench-gpu-density: $(STAMP) $(GPU_CLIP) ## GPU: most 30 FPS 1080p streams at p99 <= 100 ms vs the batch-1 loop
+	$(PY) -m model_catalog.tools.prepare dynamic ../shared/assets/models/yolox_nano_416.onnx .kubevision/bench/yolox_nano_dynamic.onnx
+	$(PY) -m benchmarks.gpu.density --model .kubevision/bench/yolox_nano_dynamic.onnx \
+	  --classifier ../shared/assets/models/mobilenetv2_12_int8.onnx \
+	  --labels ../shared/assets/models/imagenet_classes.txt --clip $(GPU_CLIP)
 
 demo: $(STAMP) toolchain ## local control plane + operator; apply the samples and show the workers they became
 	$(PY) -m tests.envtest demo

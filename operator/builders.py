@@ -285,6 +285,37 @@ def _secret_env(names: CredentialEnv, ref: SecretKeyNames) -> list[dict[str, Any
     ]
 
 
+ENGINE_CACHE_DIR = "/var/cache/kubevision/engines"
+"""Node-local folder (hostPath) where GPU workers keep built TensorRT engines: each node builds
+an engine once, and restarted or new workers on it load it in seconds."""
+
+
+def _accelerator_env(group: GroupPlan) -> list[dict[str, Any]]:
+    """GPU and Jetson workers use every GPU they are given, keep engines in the node cache
+    and (on NVIDIA GPU nodes) ask the container runtime for the video engines (NVDEC)."""
+    if group.hardware == "cpu":
+        return []
+    env = [
+        {"name": "KUBEVISION_DEVICE", "value": "cuda"},
+        {"name": "KUBEVISION_ENGINE_CACHE", "value": ENGINE_CACHE_DIR},
+    ]
+    if group.hardware == "nvidia-gpu":
+        env.append({"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility,video"})
+    return env
+
+
+def _volumes(group: GroupPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pod volumes, container mounts): the config, and the engine cache on accelerators."""
+    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": group.name}}]
+    mounts: list[dict[str, Any]] = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
+    if group.hardware != "cpu":
+        volumes.append(
+            {"name": "engines", "hostPath": {"path": ENGINE_CACHE_DIR, "type": "DirectoryOrCreate"}}
+        )
+        mounts.append({"name": "engines", "mountPath": ENGINE_CACHE_DIR})
+    return volumes, mounts
+
+
 def _env(spec: PipelineSpec, group: GroupPlan) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "KUBEVISION_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -300,7 +331,7 @@ def _env(spec: PipelineSpec, group: GroupPlan) -> list[dict[str, Any]]:
     for index, output in enumerate(spec.outputs):
         if output.credentials_secret_ref is not None:
             env += _secret_env(output_credential_env(index), output.credentials_secret_ref)
-    return env
+    return env + _accelerator_env(group)
 
 
 def build_statefulset(
@@ -309,6 +340,7 @@ def build_statefulset(
     meta = _metadata(pipeline, group)
     placement = _placement(spec, group, settings)
     image = spec.worker_image or settings.worker_images[group.hardware]
+    volumes, mounts = _volumes(group)
     container = {
         "name": "worker",
         "image": image,
@@ -322,7 +354,7 @@ def build_statefulset(
             "failureThreshold": 6,
         },
         "resources": placement["resources"],
-        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+        "volumeMounts": mounts,
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -349,7 +381,7 @@ def build_statefulset(
                 "spec": {
                     **placement["pod"],
                     "containers": [container],
-                    "volumes": [{"name": "config", "configMap": {"name": group.name}}],
+                    "volumes": volumes,
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": 65532,

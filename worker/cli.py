@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import logging
+import os
 import signal
 import sys
 import threading
@@ -35,6 +36,7 @@ from kubevision.worker.config import ConfigError, ConfigWatcher, load_config, sh
 from kubevision.worker.health import Health, HealthServer
 from kubevision.worker.metrics import WorkerMetrics
 from kubevision.worker.models import ArtifactError, sha256_of
+from kubevision.worker.nvdec import DECODER_CHOICES
 from kubevision.worker.runtime import RuntimeOptions, WorkerRuntime
 from kubevision.worker.sinks import SinkConfigError, build_sinks
 from kubevision.worker.summary import LiveSummary
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     summary = LiveSummary(
         metrics, annotate=Path(args.annotate) if args.annotate else None, max_frames=args.max_frames
     )
-    capture = CaptureOptions(loop=not args.once)
+    capture = _capture_options(args, loop=not args.once)
     runtime = WorkerRuntime(
         config,
         0,
@@ -103,10 +105,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _capture_options(args: argparse.Namespace, **fields: Any) -> CaptureOptions:
+    """Decoding on the worker's GPU (NVDEC) when it has one and ``--video-decoder`` allows."""
+    gpu = int(args.device.split(":", 1)[1]) if args.device.startswith("cuda:") else 0
+    return CaptureOptions(decoder=args.video_decoder, gpu=gpu, **fields)
+
+
 def _runtime_options(args: argparse.Namespace, **overrides: Any) -> RuntimeOptions:
+    overrides.setdefault("capture", _capture_options(args))
     return RuntimeOptions(
         model_search=tuple(Path(p) for p in args.model_dir),
         device=args.device,
+        backend=args.backend,
+        triton_url=args.triton_url,
         threads=args.threads,
         classifier_labels=Path(args.classifier_labels) if args.classifier_labels else None,
         **overrides,
@@ -212,7 +223,28 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="folder holding model files (repeatable; also KUBEVISION_MODEL_DIR)",
     )
-    common.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    common.add_argument(
+        "--device",
+        default=os.environ.get("KUBEVISION_DEVICE", "cpu"),
+        help="cpu, cuda:N, or cuda for every visible GPU, one inference lane each "
+        "(default: KUBEVISION_DEVICE or cpu)",
+    )
+    common.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "onnxruntime", "torch"],
+        help="runtime for ONNX models (auto: torch on a GPU when installed, else ONNX Runtime)",
+    )
+    common.add_argument(
+        "--video-decoder",
+        default="auto",
+        choices=DECODER_CHOICES,
+        help="auto: NVDEC on the GPU where available, else CPU threads",
+    )
+    common.add_argument(
+        "--triton-url",
+        help="Triton gRPC host:port for triton:// models (default: KUBEVISION_TRITON_URL)",
+    )
     common.add_argument("--threads", type=int, help="inference threads (default: runtime's)")
     common.add_argument("--classifier-labels", help="class names file for the classifier")
 

@@ -221,9 +221,7 @@ def build_detector(
     """The detector for ``backend``: all on the device for the torch backend, else the host
     pipeline (CPU letterbox and NMS around the backend call)."""
     if backend.name == "torch":
-        from kubevision.worker.backends.pytorch import TorchBackend
         from kubevision.worker.gpu.detector import DeviceDetector
 
-        if isinstance(backend, TorchBackend):
-            return DeviceDetector(config, backend, max_det=max_det, on_stage=on_stage)
+        return DeviceDetector.from_config(config, backend, max_det=max_det, on_stage=on_stage)
     return Detector.from_config(config, backend, max_det=max_det, on_stage=on_stage)

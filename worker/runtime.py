@@ -117,6 +117,14 @@ class _Models:
     refresh_frames: int
     batch_max: int
     key: tuple[object, ...]
+    backends: list[InferenceBackend] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Release what backends hold outside the process (Triton's shared-memory regions)."""
+        for backend in self.backends:
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
 
 
 class _Camera:
@@ -250,6 +258,8 @@ class WorkerRuntime:
                 self._sink.publish(cam.events.end_all())
                 cam.stream.stop()
             self._cameras.clear()
+            for lane in self._lanes:
+                lane.models.close()
         self._sink.close()
 
     def apply(self, config: WorkerConfig) -> None:
@@ -286,20 +296,25 @@ class WorkerRuntime:
     def _load_models(self, config: WorkerConfig, device: str) -> _Models:
         opts = self._options
 
+        backends: list[InferenceBackend] = []
+
         def backend(model: ModelConfig) -> InferenceBackend:
             path = (
                 None
                 if model.format == "triton"
                 else resolve_artifact(model.artifact, opts.model_search)
             )
-            return create_backend(
-                model,
-                path,
-                device,
-                intra_op_threads=opts.threads,
-                choice=opts.backend,
-                triton_url=opts.triton_url,
+            backends.append(
+                create_backend(
+                    model,
+                    path,
+                    device,
+                    intra_op_threads=opts.threads,
+                    choice=opts.backend,
+                    triton_url=opts.triton_url,
+                )
             )
+            return backends[-1]
 
         detector = build_detector(
             config.detector, backend(config.detector.model), on_stage=self._observe_stage
@@ -321,6 +336,7 @@ class WorkerRuntime:
             refresh_frames=config.classifier.refresh_frames if config.classifier else 0,
             batch_max=config.detector.model.batch_max,
             key=_models_key(config),
+            backends=backends,
         )
 
     def _apply_cameras(self, config: WorkerConfig) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import importlib.util
-import json
 import logging
 import os
 import platform
@@ -38,7 +37,7 @@ from typing import Any
 
 import av
 
-from benchmarks.common import machine
+from benchmarks.common import machine, write_results
 from kubevision.api.camera import Sampling
 from kubevision.api.worker_config import CameraAssignment
 from kubevision.worker.capture import CameraStream, CaptureOptions, StreamState
@@ -320,10 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("kubevision.worker.capture").setLevel(logging.WARNING)
     args = parse_args(argv)
     result = measure(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{NAME}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, NAME, result, markdown(result))
     return 0
 
 

@@ -47,7 +47,7 @@ import cv2
 import numpy as np
 import torch
 
-from benchmarks.common import machine
+from benchmarks.common import machine, write_results
 from kubevision.api.camera import Sampling
 from kubevision.api.modelvariant import Artifact, InputSize
 from kubevision.api.pipeline import Slo, TrackerStage
@@ -436,9 +436,8 @@ def gpu_name() -> str:
     return f"{props.name}, {props.total_memory // 2**30} GiB, driver {driver}"
 
 
-def report(results: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_density.json").write_text(json.dumps(results, indent=2) + "\n")
+def markdown(results: dict[str, Any]) -> str:
+    """The summary table and every trial."""
     baseline = results["configs"].get("baseline-per-stream-batch1", {}).get("max_streams")
     lines = [
         "# End-to-end density on one GPU (30 FPS 1080p streams, p99 <= 100 ms)",
@@ -475,7 +474,7 @@ def report(results: dict[str, Any], out: Path) -> None:
                 f"| {name} | {t['streams']} | {t['processes']} | {t['processed_fps']} | "
                 f"{t['delivered']:.1%} | {t['p50_ms']} | {t['p99_ms']} | {t['passed']} |"
             )
-    (out / "gpu_density.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -522,8 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_batch": args.max_batch,
         "configs": configs,
     }
-    report(results, args.out)
-    print((args.out / "gpu_density.md").read_text())
+    write_results(args.out, "gpu_density", results, markdown(results))
     return 0
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import json
 import logging
 import os
 import platform
@@ -43,7 +42,7 @@ from onnx2torch import convert
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import machine
+from benchmarks.common import machine, write_results
 from benchmarks.gpu.yolov8_arch import build
 from kubevision.worker.backends.pytorch import TorchBackend
 from model_catalog.tools.prepare import make_dynamic
@@ -437,10 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
     result = measure(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{NAME}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, NAME, result, markdown(result))
     return 0
 
 

@@ -454,3 +454,28 @@ def test_output_credentials_come_from_their_secret_by_reference() -> None:
     assert env[names.username_env] == {"secretKeyRef": {"name": "broker-login", "key": "username"}}
     assert env[names.password_env] == {"secretKeyRef": {"name": "broker-login", "key": "password"}}
     assert not any(k.startswith("KUBEVISION_OUTPUT_0_") for k in env), "stdout needs none"
+
+
+@pytest.mark.parametrize(
+    ("hardware", "device", "video"),
+    [
+        ("nvidia-gpu", "cuda", "compute,utility,video"),
+        ("jetson", "cuda", None),
+        ("cpu", None, None),
+    ],
+)
+def test_accelerated_workers_use_their_gpus_nvdec_and_the_node_engine_cache(
+    hardware: HardwareClass, device: str | None, video: str | None
+) -> None:
+    pod = statefulset_for(hardware)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env.get("KUBEVISION_DEVICE") == device
+    assert env.get("NVIDIA_DRIVER_CAPABILITIES") == video
+    cache = [v for v in pod["volumes"] if v["name"] == "engines"]
+    mounted = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == "engines"]
+    if device is None:
+        assert not cache
+        assert not mounted
+    else:
+        assert cache[0]["hostPath"]["path"] == env["KUBEVISION_ENGINE_CACHE"] == mounted[0]

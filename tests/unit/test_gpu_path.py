@@ -60,7 +60,7 @@ def test_device_frames_and_host_frames_find_the_same_objects(
     backend = TorchBackend.from_onnx(
         yolox, input_shape=(3, 416, 416), device="cuda", precision="fp16"
     )
-    detector = DeviceDetector(config, backend)
+    detector = DeviceDetector.from_config(config, backend)
     on_host = detector(video_frames)
     on_device = detector([torch.from_numpy(f).cuda() for f in video_frames])
     for want, host, device in zip(reference, on_host, on_device, strict=True):

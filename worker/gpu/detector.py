@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
-from kubevision.api.worker_config import DetectorConfig
+from kubevision.api.worker_config import ModelConfig
+from kubevision.worker.backends.base import InferenceBackend
 from kubevision.worker.backends.pytorch import TorchBackend
 from kubevision.worker.detections import Detections
 from kubevision.worker.detector import DEFAULT_MAX_DET, Detector, StageCallback, StageTimings
@@ -55,25 +56,25 @@ class DeviceDetector(Detector):
 
     def __init__(
         self,
-        config: DetectorConfig,
-        backend: TorchBackend,
+        model: ModelConfig,
+        backend: InferenceBackend,
+        confidence: float,
+        nms_iou: float,
+        classes: Sequence[str] | None = None,
         *,
         max_det: int = DEFAULT_MAX_DET,
         on_stage: StageCallback | None = None,
     ) -> None:
+        """As :class:`Detector`; the backend must be a :class:`TorchBackend`."""
+        if not isinstance(backend, TorchBackend):
+            raise TypeError(f"the device detector runs torch models, got a {backend.name} backend")
         super().__init__(
-            config.model,
-            backend,
-            config.confidence,
-            config.nms_iou,
-            config.classes,
-            max_det=max_det,
-            on_stage=on_stage,
+            model, backend, confidence, nms_iou, classes, max_det=max_det, on_stage=on_stage
         )
         self._torch = backend
         device = backend.device
         self._letterbox = DeviceLetterbox(*self._size, self._format, device)
-        self._device_decode = DEVICE_DECODERS.get(config.model.decoder or "")
+        self._device_decode = DEVICE_DECODERS.get(model.decoder or "")
         self._device_mask = torch.as_tensor(self._class_mask, device=device)
         self._clock = _Clock(device)
 
