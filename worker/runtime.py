@@ -233,7 +233,10 @@ class WorkerRuntime:
     def start(self) -> None:
         for lane in self._lanes:
             lane.thread = threading.Thread(
-                target=self._loop, args=(lane,), name=f"inference-{lane.device}", daemon=True
+                target=self._loop,
+                args=(lane,),
+                name=f"inference-{lane.index}-{lane.device}",
+                daemon=True,
             )
             lane.thread.start()
         self._health.set_ready(True)
@@ -460,9 +463,13 @@ class WorkerRuntime:
 
 
 def resolve_devices(device: str) -> list[str]:
-    """The lanes for ``--device``: ``cuda`` means every GPU this process can see."""
-    if device != "cuda":
-        return [device]
+    """The lanes for ``--device``: one per comma-separated device; ``cuda`` means every GPU
+    this process can see (``cuda:0,cuda:2`` picks some)."""
+    devices = [d.strip() for d in device.split(",") if d.strip()]
+    if not devices:
+        raise ValueError(f"no device in {device!r}")
+    if "cuda" not in devices:
+        return devices
     import torch
 
     count = torch.cuda.device_count()

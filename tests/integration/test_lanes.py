@@ -1,0 +1,85 @@
+"""The worker runtime with several inference lanes (one per GPU on a GPU server), here on CPU
+lanes: cameras are spread over the lanes, every lane batches across its own cameras, and each
+camera's results come back to its own tracker."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+import onnx
+import pytest
+
+from kubevision.api.worker_config import WorkerConfig
+from kubevision.worker.capture import CaptureOptions
+from kubevision.worker.health import Health
+from kubevision.worker.metrics import WorkerMetrics
+from kubevision.worker.runtime import FrameResult, RuntimeOptions, WorkerRuntime, resolve_devices
+from kubevision.worker.sinks import FanOut
+from model_catalog.tools.prepare import make_dynamic
+from tests.assets import require
+from tests.envtest.poll import wait_for
+from tests.integration.helpers import file_camera, yolox_worker_config
+
+CAMERAS = ("north", "south", "east", "west")
+
+
+@pytest.fixture(scope="module")
+def batched_yolox(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "yolox_nano_416_dynamic.onnx"
+    onnx.save(make_dynamic(onnx.load(str(require("models/yolox_nano_416.onnx")))), str(path))
+    return path
+
+
+def test_two_lanes_share_the_cameras_and_batch_across_them(batched_yolox: Path) -> None:
+    video = require("videos/bottle-detection.mp4")
+    wire = yolox_worker_config("p", "g", [[file_camera(c, video) for c in CAMERAS]], batched_yolox)
+    wire["detector"]["model"]["batchMax"] = 4
+    wire["detector"]["model"]["artifact"]["uri"] = f"file://{batched_yolox}"
+    lanes_by_camera: dict[str, set[str]] = defaultdict(set)
+    tracks_by_camera: dict[str, int] = defaultdict(int)
+    lock = threading.Lock()
+
+    def on_result(result: FrameResult) -> None:
+        with lock:
+            lanes_by_camera[result.frame.camera].add(threading.current_thread().name)
+            tracks_by_camera[result.frame.camera] += len(result.detections)
+
+    metrics = WorkerMetrics("p")
+    options = RuntimeOptions(
+        capture=CaptureOptions(loop=True),
+        device="cpu,cpu",
+        backend="torch",
+        threads=1,
+        max_wait_seconds=0.05,
+    )
+    runtime = WorkerRuntime(
+        WorkerConfig.model_validate(wire), 0, metrics, Health(), FanOut([], "p"), options, on_result
+    )
+    runtime.start()
+    try:
+        wait_for(
+            lambda: all(tracks_by_camera[c] > 0 for c in CAMERAS),
+            timeout=120,
+            what="tracked bottles from every camera",
+        )
+    finally:
+        runtime.stop()
+    lanes = {name for names in lanes_by_camera.values() for name in names}
+    assert len(lanes) == 2
+    assert all(len(names) == 1 for names in lanes_by_camera.values())  # a camera stays put
+    per_lane = [sum(name in names for names in lanes_by_camera.values()) for name in lanes]
+    assert per_lane == [2, 2]
+    batches = metrics.registry.get_sample_value("kubevision_batch_size_count", {"pipeline": "p"})
+    frames = metrics.registry.get_sample_value("kubevision_batch_size_sum", {"pipeline": "p"})
+    assert batches is not None
+    assert frames is not None
+    assert frames > batches  # some batches held frames of both of a lane's cameras
+
+
+@pytest.mark.parametrize(
+    ("device", "lanes"), [("cpu", ["cpu"]), ("cpu, cpu", ["cpu", "cpu"]), ("cuda:1", ["cuda:1"])]
+)
+def test_devices_name_the_lanes(device: str, lanes: list[str]) -> None:
+    assert resolve_devices(device) == lanes
