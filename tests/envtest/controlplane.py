@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -26,6 +25,7 @@ import yaml
 
 from tests.envtest.pki import CertificateAuthority, KeyPair, write_service_account_keys
 from tests.envtest.poll import wait_for
+from tests.envtest.processes import terminate
 
 log = logging.getLogger("envtest")
 
@@ -95,14 +95,7 @@ class _Process:
             raise RuntimeError(f"{self.name} exited with {code}; end of {self.log_path}:\n{tail}")
 
     def stop(self, grace: float) -> None:
-        if self._popen.poll() is not None:
-            return
-        self._popen.send_signal(signal.SIGTERM)
-        try:
-            self._popen.wait(grace)
-        except subprocess.TimeoutExpired:
-            self._popen.kill()
-            self._popen.wait(10)
+        terminate(self._popen, grace)
 
 
 class ControlPlane:

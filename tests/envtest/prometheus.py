@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import urllib.parse
 import urllib.request
@@ -24,6 +23,7 @@ import yaml
 
 from tests.envtest.controlplane import free_port
 from tests.envtest.poll import wait_for
+from tests.envtest.processes import terminate
 
 JOB = "kubevision-workers"
 """The one scrape job; its targets are the ``host:port`` list given to :class:`Prometheus`."""
@@ -154,15 +154,7 @@ class Prometheus:
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds: never hangs."""
-        proc = self._popen
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        terminate(self._popen, grace)
 
     def __enter__(self) -> Prometheus:
         self.start()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import urllib.request
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ import onnx
 from model_catalog.tools.prepare import make_dynamic
 from tests.envtest.controlplane import free_port
 from tests.envtest.poll import wait_for
+from tests.envtest.processes import terminate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLCHAIN_SCRIPT = REPO_ROOT / "tests" / "toolchain" / "triton.sh"
@@ -207,15 +207,7 @@ class TritonServer:
 
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM (Triton finishes in-flight requests), then SIGKILL: never hangs."""
-        proc = self._popen
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        terminate(self._popen, grace)
 
     def __enter__(self) -> TritonServer:
         self.start()
