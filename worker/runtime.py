@@ -276,18 +276,13 @@ class WorkerRuntime:
             self._config = config
             for lane, lane_models in zip(self._lanes, models, strict=True):
                 lane.models = lane_models
+                lane.batcher.max_batch = self._options.max_batch or lane_models.batch_max
             self._apply_cameras(config)
 
     @property
     def cameras(self) -> dict[str, FrameSource]:
         with self._lock:
             return {name: cam.stream for name, cam in self._cameras.items()}
-
-    @property
-    def placement(self) -> dict[str, str]:
-        """The device each camera's frames are detected on."""
-        with self._lock:
-            return {name: self._lanes[lane].device for name, lane in self._placement.items()}
 
     # -- setup ------------------------------------------------------------------------------
 
