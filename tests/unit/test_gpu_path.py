@@ -56,13 +56,15 @@ def test_device_frames_and_host_frames_find_the_same_objects(
     config = DetectorConfig(
         model=model_config("yolox", size=416, batch_max=8), confidence=0.3, nms_iou=0.45
     )
-    reference = Detector.from_config(config, OrtBackend(yolox, max_batch=8))(video_frames)
+    # two frame sizes: host frames are uploaded one size after another through one buffer
+    frames = [*video_frames, np.ascontiguousarray(video_frames[0][:240, 100:500])]
+    reference = Detector.from_config(config, OrtBackend(yolox, max_batch=8))(frames)
     backend = TorchBackend.from_onnx(
         yolox, input_shape=(3, 416, 416), device="cuda", precision="fp16"
     )
     detector = DeviceDetector.from_config(config, backend)
-    on_host = detector(video_frames)
-    on_device = detector([torch.from_numpy(f).cuda() for f in video_frames])
+    on_host = detector(frames)
+    on_device = detector([torch.from_numpy(f).cuda() for f in frames])
     for want, host, device in zip(reference, on_host, on_device, strict=True):
         assert host.class_ids.tolist() == device.class_ids.tolist() == want.class_ids.tolist()
         np.testing.assert_allclose(host.xyxy, device.xyxy, atol=1e-3)

@@ -41,13 +41,14 @@ def as_bgr(frame: np.ndarray) -> np.ndarray:
 class PinnedUploader:
     """Host uint8 arrays -> device tensors through one growing pinned buffer.
 
-    The buffer is reused, so an upload must have completed before the next one starts; the
-    detector guarantees that by synchronising on its results every batch.
+    The buffer is reused, so each upload first waits for the previous copy out of it (frames
+    of several sizes in one batch are uploaded one size after another).
     """
 
     def __init__(self, device: torch.device) -> None:
         self._device = device
         self._buffer: torch.Tensor | None = None
+        self._copied: torch.cuda.Event | None = None
 
     def __call__(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
         """Stack equally shaped uint8 arrays and upload them as one (N, ...) tensor."""
@@ -55,11 +56,16 @@ class PinnedUploader:
         if self._device.type != "cuda":
             return torch.from_numpy(np.stack(arrays))
         count = int(np.prod(shape))
+        if self._copied is not None:
+            self._copied.synchronize()
         if self._buffer is None or self._buffer.numel() < count:
             self._buffer = torch.empty(count, dtype=torch.uint8, pin_memory=True)
         staged = self._buffer[:count].view(shape)
         np.stack(arrays, out=staged.numpy())
-        return staged.to(self._device, non_blocking=True)
+        uploaded = staged.to(self._device, non_blocking=True)
+        self._copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        self._copied.record()
+        return uploaded
 
 
 class DeviceLetterbox:
