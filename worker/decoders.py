@@ -86,7 +86,7 @@ def select(
 
 
 @functools.cache
-def _grid(width: int, height: int) -> tuple[FloatArray, FloatArray]:
+def anchor_grid(width: int, height: int) -> tuple[FloatArray, FloatArray]:
     """Cell coordinates (A, 2) as (x, y) and stride (A, 1) of every anchor, heads in order.
 
     Anchors run stride by stride, row-major within a head (x fastest), as all three families
@@ -108,7 +108,7 @@ def _grid(width: int, height: int) -> tuple[FloatArray, FloatArray]:
 
 
 def _check_anchors(found: int, input_size: tuple[int, int], family: str) -> None:
-    expected = len(_grid(*input_size)[0])
+    expected = len(anchor_grid(*input_size)[0])
     if found != expected:
         raise ValueError(
             f"{family} output has {found} anchors but a {input_size[0]}x{input_size[1]} input "
@@ -134,7 +134,7 @@ def decode_yolox(
     """
     raw = _single_output(outputs, "yolox")
     _check_anchors(raw.shape[1], input_size, "yolox")
-    cells, strides = _grid(*input_size)
+    cells, strides = anchor_grid(*input_size)
     centre = (raw[..., :2] + cells) * strides
     half = np.exp(raw[..., 2:4]) * strides / 2
     xyxy = np.concatenate([centre - half, centre + half], axis=2)
@@ -184,7 +184,7 @@ def decode_nanodet(
     logits = logits.reshape(*logits.shape[:2], 4, bins)
     prob = np.exp(logits - logits.max(axis=3, keepdims=True))
     prob /= prob.sum(axis=3, keepdims=True)
-    cells, strides = _grid(*input_size)
+    cells, strides = anchor_grid(*input_size)
     distance = (prob @ np.arange(bins, dtype=np.float32)) * strides
     centre = (cells + _CELL_CENTRE) * strides
     xyxy = np.concatenate([centre - distance[..., :2], centre + distance[..., 2:]], axis=2)

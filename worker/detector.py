@@ -186,9 +186,13 @@ class Detector:
             for found, placement in zip(candidates, placements, strict=True)
         ]
 
+    def _check(self, frame: Pixels) -> None:
+        """Raise :class:`InvalidFrameError` for a frame this detector cannot take."""
+        check_frame(frame)
+
     def _accept(self, index: int, frame: Pixels) -> bool:
         try:
-            check_frame(frame)
+            self._check(frame)
         except InvalidFrameError as error:
             self.rejected_frames += 1
             # The first rejection is loud; a camera stuck on bad frames must not flood the log.

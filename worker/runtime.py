@@ -75,7 +75,8 @@ class RuntimeOptions:
     model_search: tuple[Path, ...] = ()
     """Folders to find model files in (besides KUBEVISION_MODEL_DIR and /models)."""
     device: str = "cpu"
-    """``cpu``, ``cuda:N`` (one GPU) or ``cuda`` (every visible GPU, one lane each)."""
+    """One inference lane per comma-separated device: ``cpu``, ``cuda:N``, or ``cuda`` for
+    every visible GPU (see :func:`resolve_devices`)."""
     backend: BackendChoice = "auto"
     """Runtime for ONNX models: ``auto`` picks torch on a GPU when installed, else ORT."""
     threads: int | None = None

@@ -8,7 +8,6 @@ import threading
 from collections import defaultdict
 from pathlib import Path
 
-import onnx
 import pytest
 
 from kubevision.api.worker_config import WorkerConfig
@@ -17,26 +16,21 @@ from kubevision.worker.health import Health
 from kubevision.worker.metrics import WorkerMetrics
 from kubevision.worker.runtime import FrameResult, RuntimeOptions, WorkerRuntime, resolve_devices
 from kubevision.worker.sinks import FanOut
-from model_catalog.tools.prepare import make_dynamic
 from tests.assets import require
 from tests.envtest.poll import wait_for
 from tests.integration.helpers import file_camera, yolox_worker_config
+from tests.unit.test_torch_backend import yolox_dynamic  # noqa: F401 (fixture)
 
 CAMERAS = ("north", "south", "east", "west")
 
 
-@pytest.fixture(scope="module")
-def batched_yolox(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "yolox_nano_416_dynamic.onnx"
-    onnx.save(make_dynamic(onnx.load(str(require("models/yolox_nano_416.onnx")))), str(path))
-    return path
-
-
-def test_two_lanes_share_the_cameras_and_batch_across_them(batched_yolox: Path) -> None:
+def test_two_lanes_share_the_cameras_and_batch_across_them(
+    yolox_dynamic: Path,  # noqa: F811 (the imported fixture)
+) -> None:
     video = require("videos/bottle-detection.mp4")
-    wire = yolox_worker_config("p", "g", [[file_camera(c, video) for c in CAMERAS]], batched_yolox)
+    wire = yolox_worker_config("p", "g", [[file_camera(c, video) for c in CAMERAS]], yolox_dynamic)
     wire["detector"]["model"]["batchMax"] = 4
-    wire["detector"]["model"]["artifact"]["uri"] = f"file://{batched_yolox}"
+    wire["detector"]["model"]["artifact"]["uri"] = f"file://{yolox_dynamic}"
     lanes_by_camera: dict[str, set[str]] = defaultdict(set)
     tracks_by_camera: dict[str, int] = defaultdict(int)
     lock = threading.Lock()

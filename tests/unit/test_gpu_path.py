@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
 
@@ -16,27 +15,23 @@ from kubevision.worker.backends.ort import OrtBackend
 from kubevision.worker.backends.pytorch import TorchBackend
 from kubevision.worker.detector import Detector
 from kubevision.worker.gpu.detector import DeviceDetector
-from model_catalog.tools.prepare import make_dynamic
-from tests.assets import require
 from tests.unit.test_decoders import model_config
-from tests.unit.test_torch_backend import video_frames  # noqa: F401 (fixture)
+from tests.unit.test_torch_backend import (  # noqa: F401 (fixtures)
+    video_frames,
+    yolox_dynamic,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(scope="module")
-def yolox(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "yolox_nano_dynamic.onnx"
-    onnx.save(make_dynamic(onnx.load(str(require("models/yolox_nano_416.onnx")))), str(path))
-    return path
-
-
 @pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 0.05), ("fp16", 1.5)])
 def test_cuda_graph_outputs_match_onnx_runtime(
-    yolox: Path, precision: str, tolerance: float
+    yolox_dynamic: Path,  # noqa: F811 (the imported fixture)
+    precision: str,
+    tolerance: float,
 ) -> None:
     backend = TorchBackend.from_onnx(
-        yolox,
+        yolox_dynamic,
         input_shape=(3, 416, 416),
         device="cuda",
         precision=precision,
@@ -45,12 +40,12 @@ def test_cuda_graph_outputs_match_onnx_runtime(
     assert backend.graph_buckets == (1, 2, 4, 8)  # onnx2torch's shape constants stayed on the host
     batch = np.random.default_rng(0).uniform(0, 255, (5, 3, 416, 416)).astype(np.float32)
     (ours,) = backend.infer(batch)
-    (reference,) = OrtBackend(yolox, max_batch=8).infer(batch)
+    (reference,) = OrtBackend(yolox_dynamic, max_batch=8).infer(batch)
     assert np.abs(ours - reference).max() <= tolerance
 
 
 def test_device_frames_and_host_frames_find_the_same_objects(
-    yolox: Path,
+    yolox_dynamic: Path,  # noqa: F811
     video_frames: list[np.ndarray],  # noqa: F811
 ) -> None:
     config = DetectorConfig(
@@ -58,9 +53,9 @@ def test_device_frames_and_host_frames_find_the_same_objects(
     )
     # two frame sizes: host frames are uploaded one size after another through one buffer
     frames = [*video_frames, np.ascontiguousarray(video_frames[0][:240, 100:500])]
-    reference = Detector.from_config(config, OrtBackend(yolox, max_batch=8))(frames)
+    reference = Detector.from_config(config, OrtBackend(yolox_dynamic, max_batch=8))(frames)
     backend = TorchBackend.from_onnx(
-        yolox, input_shape=(3, 416, 416), device="cuda", precision="fp16"
+        yolox_dynamic, input_shape=(3, 416, 416), device="cuda", precision="fp16"
     )
     detector = DeviceDetector.from_config(config, backend)
     on_host = detector(frames)

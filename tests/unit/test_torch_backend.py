@@ -16,12 +16,13 @@ import pytest
 import torch
 
 from kubevision.api.worker_config import DetectorConfig
+from kubevision.worker import decoders
 from kubevision.worker.backends.base import create_backend
 from kubevision.worker.backends.ort import OrtBackend
 from kubevision.worker.backends.pytorch import TorchBackend, graph_buckets
 from kubevision.worker.detector import Detector, build_detector
 from kubevision.worker.gpu.detector import DeviceDetector
-from kubevision.worker.gpu.postprocess import select_nms
+from kubevision.worker.gpu.postprocess import decode_yolox, select_nms
 from model_catalog.tools.prepare import make_dynamic
 from tests.assets import require
 from tests.unit.test_decoders import model_config
@@ -162,3 +163,13 @@ def test_device_nms_groups_by_frame_and_caps_each_frame() -> None:
         max_det=10,
     )
     assert only.tolist() == [2]
+
+
+@pytest.mark.parametrize("size", [(416, 416), (400, 300)])  # 300 / 8 is not whole: ceil grid
+def test_device_decode_places_anchors_like_the_host_decoder(size: tuple[int, int]) -> None:
+    width, height = size
+    anchors = sum(-(-width // s) * -(-height // s) for s in (8, 16, 32))
+    raw = np.random.default_rng(2).uniform(0.01, 1, (1, anchors, 85)).astype(np.float32)
+    (host,) = decoders.decode_yolox([raw], size, confidence=0.0)
+    xyxy, _ = decode_yolox([torch.from_numpy(raw)], size)
+    np.testing.assert_allclose(xyxy[0].numpy(), host.xyxy, rtol=1e-5, atol=1e-3)

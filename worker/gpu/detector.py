@@ -22,6 +22,7 @@ from kubevision.worker.detector import DEFAULT_MAX_DET, Detector, StageCallback,
 from kubevision.worker.gpu.postprocess import DEVICE_DECODERS, select_nms, to_frames
 from kubevision.worker.gpu.preprocess import DeviceLetterbox
 from kubevision.worker.nvdec import Pixels
+from kubevision.worker.preprocess import InvalidFrameError
 
 _MS = 1e-3
 
@@ -78,13 +79,14 @@ class DeviceDetector(Detector):
         self._device_mask = torch.as_tensor(self._class_mask, device=device)
         self._clock = _Clock(device)
 
-    def _accept(self, index: int, frame: Pixels) -> bool:
-        if isinstance(frame, torch.Tensor):
-            if frame.dtype == torch.uint8 and frame.ndim == 3 and frame.shape[2] == 3:
-                return True
-            self.rejected_frames += 1  # NVDEC only delivers (H, W, 3) uint8; anything else is a bug
-            return False
-        return super()._accept(index, frame)
+    def _check(self, frame: Pixels) -> None:
+        """Host frames as on the CPU path; device frames must be NVDEC's (H, W, 3) uint8."""
+        if not isinstance(frame, torch.Tensor):
+            super()._check(frame)
+        elif frame.dtype != torch.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise InvalidFrameError(
+                f"a device frame must be (H, W, 3) uint8, got {tuple(frame.shape)} {frame.dtype}"
+            )
 
     def _detect(self, frames: Sequence[Pixels]) -> tuple[list[Detections], StageTimings]:
         self._clock.mark()

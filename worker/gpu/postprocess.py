@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from kubevision.worker.decoders import STRIDES
+from kubevision.worker.decoders import anchor_grid
 from kubevision.worker.detections import Detections
 from kubevision.worker.preprocess import Letterbox
 
@@ -27,17 +27,9 @@ DeviceDecode = Callable[
 
 @functools.lru_cache(maxsize=16)
 def _grid(width: int, height: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cell (x, y) per anchor and its stride, for the three heads, in the export's order."""
-    cells, strides = [], []
-    for stride in STRIDES:
-        ys, xs = torch.meshgrid(
-            torch.arange(height // stride, device=device),
-            torch.arange(width // stride, device=device),
-            indexing="ij",
-        )
-        cells.append(torch.stack([xs, ys], dim=-1).reshape(-1, 2))
-        strides.append(torch.full((cells[-1].shape[0], 1), stride, device=device))
-    return torch.cat(cells).float(), torch.cat(strides).float()
+    """The host decoders' anchor grid (cells, strides), copied to ``device`` once."""
+    cells, strides = anchor_grid(width, height)
+    return torch.from_numpy(cells).to(device), torch.from_numpy(strides).to(device)
 
 
 def decode_yolox(
