@@ -163,8 +163,8 @@ class TorchBackend:
         self._input_shape = input_shape
         self._input_names = (input_name,)
         self._channels_last = self._device.type == "cuda"
-        memory_format = torch.channels_last if self._channels_last else torch.contiguous_format
-        module = module.eval().to(self._device, dtype=self._dtype).to(memory_format=memory_format)
+        module = module.eval().to(self._device, dtype=self._dtype)
+        module = module.to(memory_format=self._memory_format)
         keep_shape_constants_on_host(module)
         self._module = module
         self._staging: torch.Tensor | None = None
@@ -296,7 +296,7 @@ class TorchBackend:
         batch = batch.to(self._device, self._dtype).contiguous(memory_format=self._memory_format)
         with torch.inference_mode():
             result = self._module(batch)
-        return list(result) if isinstance(result, list | tuple) else [result]
+        return _outputs(result)
 
     def _capture_all(self) -> None:
         buckets = (self._fixed_batch,) if self._fixed_batch else graph_buckets(self._max_batch)
@@ -321,5 +321,11 @@ class TorchBackend:
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
             result = self._module(inputs)
-        outputs = list(result) if isinstance(result, list | tuple) else [result]
-        return _Graph(graph, inputs, outputs)
+        return _Graph(graph, inputs, _outputs(result))
+
+
+def _outputs(result: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """A module's one output or several as a list."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    return list(result)
