@@ -19,8 +19,9 @@ Configurations, each searched for its largest N:
   letterbox, the same ONNX model in PyTorch FP32 eager at batch 1 on the GPU, CPU decode + NMS,
   ByteTrack, classifier; host frames.
 
-``--processes K`` runs K worker processes sharing the GPU (K pods on one node, each with N/K
-streams), which is how a node is filled when one Python process is the limit.
+``--configs MODE:K,...`` runs each mode with K worker processes sharing the GPU (K pods on one
+node, each with N/K streams), which is how a node is filled when one Python process is the
+limit. Each trial also records where the time went (stage times per frame, CPU cores used).
 
     python -m benchmarks.gpu.density --model M.onnx --classifier C.onnx --labels L.txt --clip V.mp4
 
@@ -76,6 +77,14 @@ SLO_P99_MS = 100.0
 MIN_DELIVERED = 0.97
 CONFIDENCE, NMS_IOU = 0.3, 0.45
 RESULTS = Path(__file__).resolve().parents[1] / "results"
+MODES = ("baseline-per-stream-batch1", "kubevision-gpu-frames", "kubevision-host-frames")
+DEFAULT_CONFIGS = (
+    "baseline-per-stream-batch1:1",
+    "kubevision-gpu-frames:1",
+    "kubevision-gpu-frames:4",
+    "kubevision-host-frames:1",
+    "kubevision-host-frames:4",
+)
 
 
 class ReplayStream:
@@ -194,17 +203,44 @@ def worker_config(setup: Setup, streams: int, precision: str) -> WorkerConfig:
 
 
 class Collector:
-    """Latencies of frames processed after the warm-up."""
+    """Latencies of frames processed after the warm-up, and where the time went: the worker's
+    stage times (detector stages are GPU times from CUDA events; tracking, classification and
+    publishing are host times) and the process's CPU time."""
 
     def __init__(self) -> None:
         self.latencies: list[float] = []
+        self.stages: dict[str, float] = {}
+        self.batches = 0
         self.counting = False
+        self._cpu_start = 0.0
         self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            self.latencies, self.stages, self.batches = [], {}, 0
+            self._cpu_start = time.process_time()
+            self.counting = True
+
+    def stop(self) -> dict[str, Any]:
+        with self._lock:
+            self.counting = False
+            return {
+                "latencies": list(self.latencies),
+                "stage_seconds": dict(self.stages),
+                "batches": self.batches,
+                "cpu_seconds": time.process_time() - self._cpu_start,
+            }
 
     def __call__(self, result: FrameResult) -> None:
         if self.counting:
             with self._lock:
                 self.latencies.append(result.latency_seconds)
+
+    def stage(self, stage: str, seconds: float) -> None:
+        if self.counting:
+            with self._lock:
+                self.stages[stage] = self.stages.get(stage, 0.0) + seconds
+                self.batches += stage == "infer"
 
 
 def _frames_for(setup: Setup) -> list[Any]:
@@ -230,6 +266,7 @@ class KubeVisionWorker:
             source_factory=self._open,
             classifier_labels=setup.labels,
             threads=2,
+            on_stage=self._collector.stage,
         )
         self._runtime = WorkerRuntime(
             worker_config(setup, 0, "fp16"),
@@ -259,14 +296,10 @@ class KubeVisionWorker:
         live = [self._sources[f"cam-{i:03d}"] for i in range(streams)]
         time.sleep(warmup)  # a benchmark's measuring window, not synchronisation
         offered_before = sum(s.offered for s in live)
-        self._collector.latencies = []
-        self._collector.counting = True
+        self._collector.start()
         time.sleep(seconds)
-        self._collector.counting = False
-        return {
-            "offered": sum(s.offered for s in live) - offered_before,
-            "latencies": list(self._collector.latencies),
-        }
+        measured = self._collector.stop()
+        return {"offered": sum(s.offered for s in live) - offered_before, **measured}
 
 
 class BaselineLoop:
@@ -301,10 +334,12 @@ class BaselineLoop:
         latencies: list[float] = []
         start = time.monotonic()
         offered_before: int | None = None
+        cpu_start = 0.0
         while time.monotonic() - start < warmup + seconds:
             counting = time.monotonic() - start >= warmup
             if counting and offered_before is None:
                 offered_before = sum(s.offered for s in sources)
+                cpu_start = time.process_time()
             for i, source in enumerate(sources):
                 frame = source.get(0)
                 if frame is None:
@@ -321,6 +356,9 @@ class BaselineLoop:
         return {
             "offered": sum(s.offered for s in sources) - (offered_before or 0),
             "latencies": latencies,
+            "stage_seconds": {},
+            "batches": len(latencies),
+            "cpu_seconds": time.process_time() - cpu_start,
         }
 
 
@@ -346,8 +384,12 @@ class Fleet:
         ]
         for child in self._children:
             child.start()
-        for _ in self._children:
-            self._receive()
+        try:
+            for _ in self._children:
+                self._receive()
+        except (RuntimeError, TimeoutError):
+            self.close()
+            raise
 
     def _receive(self) -> Any:
         """The next message; fails at once when a child died instead of waiting it out."""
@@ -381,6 +423,11 @@ class Fleet:
         processed = len(latencies)
         p99 = float(np.percentile(latencies, 99) * 1000) if processed else float("inf")
         delivered = processed / offered if offered else 0.0
+        stages: dict[str, float] = {}
+        for part in parts:
+            for stage, spent in part["stage_seconds"].items():
+                stages[stage] = stages.get(stage, 0.0) + spent
+        batches = sum(p["batches"] for p in parts)
         return {
             "streams": streams,
             "processes": count,
@@ -391,14 +438,21 @@ class Fleet:
             "p50_ms": round(float(np.percentile(latencies, 50) * 1000), 1) if processed else None,
             "p99_ms": round(p99, 1),
             "passed": p99 <= SLO_P99_MS and delivered >= MIN_DELIVERED,
+            "mean_batch": round(processed / batches, 1) if batches else None,
+            "stage_ms_per_frame": {
+                k: round(v * 1000 / processed, 3) for k, v in stages.items() if processed
+            },
+            "cpu_cores": round(sum(p["cpu_seconds"] for p in parts) / seconds, 2),
         }
 
 
 def search(
     fleet: Fleet, name: str, start: int, limit: int, seconds: float, warmup: float
 ) -> tuple[int, list[dict[str, Any]]]:
-    """Largest passing N: double from ``start`` until a failure, then bisect to a step of 4."""
+    """Largest passing N: double from ``start`` until a failure, then bisect to a step of
+    ``start / 8`` (at least 1)."""
     trials: list[dict[str, Any]] = []
+    step = max(1, start // 8)
     best, low, high = 0, 0, None
     n = start
     while n <= limit:
@@ -410,7 +464,7 @@ def search(
             break
         best = low = n
         n *= 2
-    while high is not None and high - low > 4:
+    while high is not None and high - low > step:
         mid = (low + high) // 2
         result = fleet.trial(mid, seconds, warmup)
         trials.append(result)
@@ -420,6 +474,23 @@ def search(
         else:
             high = mid
     return best, trials
+
+
+def measure_mode(setup: Setup, processes: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One configuration's search; a configuration that fails is recorded, not fatal, so the
+    others (and the baseline beside them) still come back from a scarce GPU run."""
+    start = 1 if setup.mode.startswith("baseline") else args.start * processes
+    config: dict[str, Any] = {"mode": setup.mode, "processes": processes, "max_streams": 0}
+    fleet = None
+    try:
+        fleet = Fleet(setup, processes)
+        best, trials = search(fleet, setup.mode, start, args.limit, args.seconds, args.warmup)
+    except (RuntimeError, TimeoutError) as error:
+        return {**config, "trials": [], "error": str(error)}
+    finally:
+        if fleet is not None:
+            fleet.close()
+    return {**config, "max_streams": best, "trials": trials}
 
 
 def gpu_name() -> str:
@@ -437,8 +508,9 @@ def gpu_name() -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The summary table and every trial."""
-    baseline = results["configs"].get("baseline-per-stream-batch1", {}).get("max_streams")
+    """The summary table, where the time went at each configuration's best N, every trial."""
+    configs = results["configs"]
+    baseline = next((c["max_streams"] for c in configs if c["mode"].startswith("baseline")), 0)
     lines = [
         "# End-to-end density on one GPU (30 FPS 1080p streams, p99 <= 100 ms)",
         "",
@@ -447,20 +519,37 @@ def markdown(results: dict[str, Any]) -> str:
         "YOLOX-nano 416 -> ByteTrack -> MobileNetV2-INT8 classifier (ORT CPU) per new track "
         "(refresh 30 frames). Latency: frame capture time -> tracked + classified + events. "
         f"Pass: p99 <= {SLO_P99_MS:.0f} ms and >= {MIN_DELIVERED:.0%} of offered frames "
-        f"processed; {results['seconds']} s measured after {results['warmup']} s warm-up.",
+        f"processed; {results['seconds']} s measured after {results['warmup']} s warm-up. "
+        "Processes: worker processes (pods) sharing the GPU, streams split evenly.",
         "",
         "| configuration | processes | max streams | frames/s at max | p50 / p99 ms | x baseline |",
         "|---|---|---|---|---|---|",
     ]
-    for name, config in results["configs"].items():
-        best = next((t for t in config["trials"] if t["streams"] == config["max_streams"]), None)
+    for config in configs:
+        best = _best_trial(config)
         fps = best["processed_fps"] if best else 0
-        lat = f"{best['p50_ms']} / {best['p99_ms']}" if best else "-"
+        lat = f"{best['p50_ms']} / {best['p99_ms']}" if best else config.get("error", "-")
         ratio = f"{config['max_streams'] / baseline:.1f}x" if baseline else "n/a"
         lines.append(
-            f"| {name} | {config['processes']} | {config['max_streams']} | {fps} | {lat} | "
-            f"{ratio} |"
+            f"| {config['mode']} | {config['processes']} | {config['max_streams']} | {fps} | "
+            f"{lat} | {ratio} |"
         )
+    lines += [
+        "",
+        "Where the time went at each best N, per processed frame (detector stages: GPU time "
+        "from CUDA events; track/classify/publish: host time in the worker's one inference "
+        "thread), with the CPU cores the worker processes used:",
+        "",
+        "| configuration | processes | mean batch | stage ms per frame | CPU cores |",
+        "|---|---|---|---|---|",
+    ]
+    for config in configs:
+        if best := _best_trial(config):
+            stages = ", ".join(f"{k} {v}" for k, v in best["stage_ms_per_frame"].items()) or "-"
+            lines.append(
+                f"| {config['mode']} | {config['processes']} | {best['mean_batch']} | "
+                f"{stages} | {best['cpu_cores']} |"
+            )
     lines += [
         "",
         "Every trial:",
@@ -468,13 +557,18 @@ def markdown(results: dict[str, Any]) -> str:
         "| configuration | streams | processes | frames/s | delivered | p50 ms | p99 ms | pass |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, config in results["configs"].items():
+    for config in configs:
         for t in config["trials"]:
             lines.append(
-                f"| {name} | {t['streams']} | {t['processes']} | {t['processed_fps']} | "
-                f"{t['delivered']:.1%} | {t['p50_ms']} | {t['p99_ms']} | {t['passed']} |"
+                f"| {config['mode']} | {t['streams']} | {t['processes']} | "
+                f"{t['processed_fps']} | {t['delivered']:.1%} | {t['p50_ms']} | {t['p99_ms']} | "
+                f"{t['passed']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _best_trial(config: dict[str, Any]) -> dict[str, Any] | None:
+    return next((t for t in config["trials"] if t["streams"] == config["max_streams"]), None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -487,41 +581,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--processes", type=int, default=1, help="worker processes (pods)")
     parser.add_argument("--limit", type=int, default=512)
-    parser.add_argument("--start", type=int, default=32, help="first N for KubeVision modes")
+    parser.add_argument(
+        "--start", type=int, default=16, help="first N per worker process for KubeVision modes"
+    )
     parser.add_argument("--device", default="cuda:0", help="cpu only for a smoke test")
     parser.add_argument(
-        "--modes", default="baseline-per-stream-batch1,kubevision-gpu-frames,kubevision-host-frames"
+        "--configs",
+        default=",".join(DEFAULT_CONFIGS),
+        help="MODE:PROCESSES pairs; modes: " + ", ".join(MODES),
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    configs: dict[str, Any] = {}
-    for mode in args.modes.split(","):
+    configs = []
+    for pair in args.configs.split(","):
+        mode, processes = pair.split(":")
+        if mode not in MODES:
+            parser.error(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
         setup = Setup(
             mode, args.model, args.classifier, args.labels, args.clip, args.frames,
             args.max_batch, args.device,
         )  # fmt: skip
-        processes = 1 if mode.startswith("baseline") else args.processes
-        start = 4 if mode.startswith("baseline") else args.start
-        fleet = Fleet(setup, processes)
-        try:
-            best, trials = search(fleet, mode, start, args.limit, args.seconds, args.warmup)
-        finally:
-            fleet.close()
-        configs[mode] = {"processes": processes, "max_streams": best, "trials": trials}
-    results = {
-        "gpu": gpu_name(),
-        "host": machine(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "clip": args.clip.name,
-        "seconds": args.seconds,
-        "warmup": args.warmup,
-        "max_batch": args.max_batch,
-        "configs": configs,
-    }
-    write_results(args.out, "gpu_density", results, markdown(results))
+        configs.append(measure_mode(setup, int(processes), args))
+        # written after every configuration: a run cut short by its time limit keeps the rest
+        results = {
+            "gpu": gpu_name(),
+            "host": machine(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "clip": args.clip.name,
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+            "max_batch": args.max_batch,
+            "configs": configs,
+        }
+        write_results(args.out, "gpu_density", results, markdown(results))
     return 0
 
 

@@ -5,19 +5,25 @@
 # .gpu/ (yolox_nano_dynamic.onnx from `python -m model_catalog.tools.prepare dynamic`, the 1080p
 # clip from benchmarks/gpu/make_clip.sh or any 1080p H.264 file, assets/ as KUBEVISION_ASSETS)
 # and .gpu_cls/ (mobilenetv2_12_int8.onnx + imagenet_classes.txt). Results go to $OUT.
+#
+#   bash benchmarks/gpu/run_on_device.sh [tests] [density]    (both when none is named)
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
+steps=${*:-tests density}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 mkdir -p /tmp/kv/kubevision
 for d in api worker operator; do ln -sfn "$PWD/$d" "/tmp/kv/kubevision/$d"; done
 export PYTHONPATH=/tmp/site:/tmp/kv:$PWD PYTHONUNBUFFERED=1 KUBEVISION_ASSETS=$PWD/.gpu/assets
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-python3 -m pytest -q -p no:cacheprovider --noconftest tests/unit/test_gpu_path.py 2>&1 | tail -8 | tee "$OUT/gpu_tests.log"
-density() {
+echo "CPU cores: $(nproc); MPS control daemon: $(command -v nvidia-cuda-mps-control || echo absent)"
+if [[ $steps == *tests* ]]; then
+  python3 -m pytest -q -p no:cacheprovider --noconftest tests/unit/test_gpu_path.py 2>&1 |
+    tail -25 | tee "$OUT/gpu_tests.log"
+fi
+if [[ $steps == *density* ]]; then
   python3 -m benchmarks.gpu.density --model .gpu/yolox_nano_dynamic.onnx \
     --classifier .gpu_cls/mobilenetv2_12_int8.onnx --labels .gpu_cls/imagenet_classes.txt \
-    --clip .gpu/street_1080p.mp4 --seconds 5 --warmup 2 "$@" 2>&1 | grep -v pos_axes
-}
-mkdir -p "$OUT/p1" "$OUT/p4"
-density --out "$OUT/p1" | tee "$OUT/density_p1.log"
-density --out "$OUT/p4" --processes 4 --modes kubevision-gpu-frames --start 64 | tee "$OUT/density_p4.log"
+    --clip .gpu/street_1080p.mp4 --seconds 4 --warmup 2 --out "$OUT" \
+    --configs baseline-per-stream-batch1:1,kubevision-gpu-frames:1,kubevision-gpu-frames:2,kubevision-gpu-frames:4,kubevision-gpu-frames:8,kubevision-host-frames:1,kubevision-host-frames:4 \
+    2>&1 | grep -v pos_axes | tee "$OUT/density.log"
+fi

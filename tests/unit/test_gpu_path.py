@@ -29,7 +29,11 @@ def test_cuda_graph_outputs_match_onnx_runtime(
     yolox_dynamic: Path,  # noqa: F811 (the imported fixture)
     precision: str,
     tolerance: float,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # PyTorch lets cuDNN run FP32 convolutions in TF32 by default (a speed choice the
+    # throughput benchmark reports); FP32 agreement is checked in true FP32
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     backend = TorchBackend.from_onnx(
         yolox_dynamic,
         input_shape=(3, 416, 416),
@@ -41,7 +45,8 @@ def test_cuda_graph_outputs_match_onnx_runtime(
     batch = np.random.default_rng(0).uniform(0, 255, (5, 3, 416, 416)).astype(np.float32)
     (ours,) = backend.infer(batch)
     (reference,) = OrtBackend(yolox_dynamic, max_batch=8).infer(batch)
-    assert np.abs(ours - reference).max() <= tolerance
+    error = float(np.abs(ours - reference).max())
+    assert error <= tolerance, f"{precision}: max abs difference {error:.4f} > {tolerance}"
 
 
 def test_device_frames_and_host_frames_find_the_same_objects(

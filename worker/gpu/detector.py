@@ -47,6 +47,7 @@ class _Clock:
         marks, self._marks = self._marks, []
         if self._cuda:
             events = [m for m in marks if isinstance(m, torch.cuda.Event)]
+            events[-1].synchronize()  # the work before it is done; the event itself may not be
             return [a.elapsed_time(b) * _MS for a, b in itertools.pairwise(events)]
         times = [m for m in marks if isinstance(m, float)]
         return [b - a for a, b in itertools.pairwise(times)]

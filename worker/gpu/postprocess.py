@@ -29,7 +29,7 @@ DeviceDecode = Callable[
 def _grid(width: int, height: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The host decoders' anchor grid (cells, strides), copied to ``device`` once."""
     cells, strides = anchor_grid(width, height)
-    return torch.from_numpy(cells).to(device), torch.from_numpy(strides).to(device)
+    return torch.tensor(cells, device=device), torch.tensor(strides, device=device)
 
 
 def decode_yolox(
