@@ -6,7 +6,10 @@ old frames instead of building latency. Inference runs in one *lane* per device 
 node, one per GPU on a GPU server): cameras are spread over the lanes by load
 (:mod:`.placement`), and each lane's :class:`~.batching.DynamicBatcher` turns its cameras'
 freshest frames into cross-camera batches (at most one frame per camera, longest-waiting
-first). Detections go back to each camera's own tracker. A new config (cameras added/removed,
+first). Each lane has two threads: one detects a batch while the other tracks and classifies
+the previous one (a GPU batch and the per-frame tracking then overlap instead of taking turns;
+one batch waits between them at most). Detections go back to each camera's own tracker. A new
+config (cameras added/removed,
 models changed) is applied without a restart: new cameras start before removed ones stop, so no
 camera goes unwatched during a handover.
 """
@@ -14,6 +17,7 @@ camera goes unwatched during a handover.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +52,9 @@ _ERROR_PAUSE_SECONDS = 1.0
 
 _IDLE_POLL_SECONDS = 0.002
 """How long the loop waits when no camera has a new frame (bounds added latency to 2 ms)."""
+
+_HANDOVER_POLL_SECONDS = 0.1
+"""How often a lane's threads, waiting on each other, look whether the worker is stopping."""
 
 
 class FrameSource(Protocol):
@@ -155,6 +162,11 @@ class _Camera:
         )
         self.labels: dict[int, tuple[Classification, int]] = {}
         self.frames = 0
+        self.last_index = -1
+        """The newest frame tracked; an older one (overtaken while the camera moved to another
+        lane) is dropped instead of sending the tracker back in time."""
+        self.lock = threading.Lock()
+        """Held while a frame updates the per-camera state (two lanes during a move)."""
 
     def classify(
         self, models: _Models, frame: Frame, tracked: Detections
@@ -188,15 +200,26 @@ class _Camera:
         return {t: v[0] for t, v in self.labels.items()}
 
 
+@dataclass(frozen=True)
+class _Detected:
+    """A detected batch on its way from a lane's inference thread to its finishing thread."""
+
+    frames: list[Frame]
+    detections: list[Detections]
+    models: _Models
+
+
 @dataclass
 class _Lane:
-    """One device's inference: its models, its batcher and the thread that drains it."""
+    """One device's inference: its models, its batcher, the thread that drains it into the
+    detector and the thread that tracks what it detected."""
 
     index: int
     device: str
     models: _Models
     batcher: DynamicBatcher[str, Frame]
-    thread: threading.Thread | None = None
+    detected: queue.Queue[_Detected] = field(default_factory=lambda: queue.Queue(maxsize=1))
+    threads: list[threading.Thread] = field(default_factory=list)
 
 
 class WorkerRuntime:
@@ -233,13 +256,17 @@ class WorkerRuntime:
 
     def start(self) -> None:
         for lane in self._lanes:
-            lane.thread = threading.Thread(
-                target=self._loop,
-                args=(lane,),
-                name=f"inference-{lane.index}-{lane.device}",
-                daemon=True,
-            )
-            lane.thread.start()
+            lane.threads = [
+                threading.Thread(
+                    target=target,
+                    args=(lane,),
+                    name=f"{role}-{lane.index}-{lane.device}",
+                    daemon=True,
+                )
+                for role, target in (("inference", self._loop), ("finish", self._finish_loop))
+            ]
+            for thread in lane.threads:
+                thread.start()
         self._health.set_ready(True)
         log.info(
             "worker started pipeline=%s group=%s shard=%d cameras=%d devices=%s backend=%s",
@@ -255,8 +282,8 @@ class WorkerRuntime:
         self._health.set_ready(False)
         self._stop.set()
         for lane in self._lanes:
-            if lane.thread is not None:
-                lane.thread.join(timeout=10)
+            for thread in lane.threads:
+                thread.join(timeout=10)
         with self._lock:
             for cam in self._cameras.values():
                 self._sink.publish(cam.events.end_all())
@@ -379,7 +406,7 @@ class WorkerRuntime:
                 self._gather(lane)
                 batch = lane.batcher.take(time.monotonic())
                 if batch:
-                    self._process(lane, batch)
+                    self._hand_over(lane, self._detect(lane, batch))
                 else:
                     due = lane.batcher.due_in(time.monotonic())
                     self._stop.wait(
@@ -409,34 +436,73 @@ class WorkerRuntime:
             sum(c.stream.pending for c in cams) + lane.batcher.pending
         )
 
-    def _process(self, lane: _Lane, batch: list[Item[str, Frame]]) -> None:
+    def _detect(self, lane: _Lane, batch: list[Item[str, Frame]]) -> _Detected:
         with self._lock:
-            models, cams = lane.models, dict(self._cameras)
+            models = lane.models
         frames = [item.payload for item in batch]
         self._metrics.batch_size.labels(self._metrics.pipeline).observe(len(frames))
         # NVDEC frames stay on the GPU: the device detector takes them as they are
-        detections = models.detector([f.pixels for f in frames])
-        for frame, found in zip(frames, detections, strict=True):
-            cam = cams.get(frame.camera)
-            if cam is None:  # reassigned away while the batch ran
+        return _Detected(frames, models.detector([f.pixels for f in frames]), models)
+
+    def _hand_over(self, lane: _Lane, detected: _Detected) -> None:
+        """Queue a detected batch for tracking. While the finishing thread is still a batch
+        behind this waits without a heartbeat: the batcher, not a queue, absorbs the backlog
+        (freshest frames win), and a stuck tracker shows as an unhealthy worker."""
+        while not self._stop.is_set():
+            try:
+                lane.detected.put(detected, timeout=_HANDOVER_POLL_SECONDS)
+                return
+            except queue.Full:
                 continue
-            with self._stage("track"):
-                # only appearance trackers (DeepSORT) look at pixels; a GPU frame is not copied
-                # down for the others
-                image = frame.image if models.embedder is not None else None
-                tracked = cam.tracker.update(found, image)
-            with self._stage("classify"):
-                labels = cam.classify(models, frame, tracked)
-            events = cam.events.update(tracked, frame.capture_wall, labels)
-            with self._stage("publish"):
-                if events:
-                    self._sink.publish(events)
-            latency = time.time() - frame.capture_wall
-            self._record(cam, models, tracked, latency)
-            if self._on_result is not None:
-                self._on_result(
-                    FrameResult(frame, tracked, models.detector.labels, labels, events, latency)
+
+    def _finish_loop(self, lane: _Lane) -> None:
+        while not self._stop.is_set():
+            try:
+                detected = lane.detected.get(timeout=_HANDOVER_POLL_SECONDS)
+            except queue.Empty:
+                continue
+            try:
+                self._finish(detected)
+            except Exception:  # one bad batch must not stop the worker; the error is logged
+                log.exception(
+                    "tracking a batch failed on %s; continuing after a pause", lane.device
                 )
+                self._stop.wait(_ERROR_PAUSE_SECONDS)
+
+    def _finish(self, detected: _Detected) -> None:
+        """Each frame's detections to its camera's tracker, classifier, events and metrics."""
+        models = detected.models
+        with self._lock:
+            cams = dict(self._cameras)
+        for frame, found in zip(detected.frames, detected.detections, strict=True):
+            cam = cams.get(frame.camera)
+            if cam is None:  # removed while the batch ran
+                continue
+            with cam.lock:
+                if frame.index <= cam.last_index:
+                    cam.metrics.dropped.inc()
+                    continue
+                cam.last_index = frame.index
+                self._finish_frame(cam, models, frame, found)
+
+    def _finish_frame(self, cam: _Camera, models: _Models, frame: Frame, found: Detections) -> None:
+        with self._stage("track"):
+            # only appearance trackers (DeepSORT) look at pixels; a GPU frame is not copied
+            # down for the others
+            image = frame.image if models.embedder is not None else None
+            tracked = cam.tracker.update(found, image)
+        with self._stage("classify"):
+            labels = cam.classify(models, frame, tracked)
+        events = cam.events.update(tracked, frame.capture_wall, labels)
+        with self._stage("publish"):
+            if events:
+                self._sink.publish(events)
+        latency = time.time() - frame.capture_wall
+        self._record(cam, models, tracked, latency)
+        if self._on_result is not None:
+            self._on_result(
+                FrameResult(frame, tracked, models.detector.labels, labels, events, latency)
+            )
 
     def _record(self, cam: _Camera, models: _Models, tracked: Detections, latency: float) -> None:
         cam.metrics.processed.inc()

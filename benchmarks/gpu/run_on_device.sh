@@ -7,6 +7,7 @@
 # and .gpu_cls/ (mobilenetv2_12_int8.onnx + imagenet_classes.txt). Results go to $OUT.
 #
 #   bash benchmarks/gpu/run_on_device.sh [tests] [density]    (both when none is named)
+#   DENSITY_CONFIGS=MODE:PROCESSES,...  overrides the density configurations (default: all)
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
 steps=${*:-tests density}
@@ -20,10 +21,12 @@ if [[ $steps == *tests* ]]; then
   python3 -m pytest -q -p no:cacheprovider --noconftest tests/unit/test_gpu_path.py 2>&1 |
     tail -25 | tee "$OUT/gpu_tests.log"
 fi
+ALL_CONFIGS=baseline-per-stream-batch1:1,kubevision-gpu-frames:1,kubevision-gpu-frames:2,\
+kubevision-gpu-frames:4,kubevision-gpu-frames:8,kubevision-host-frames:1,kubevision-host-frames:4
 if [[ $steps == *density* ]]; then
   python3 -m benchmarks.gpu.density --model .gpu/yolox_nano_dynamic.onnx \
     --classifier .gpu_cls/mobilenetv2_12_int8.onnx --labels .gpu_cls/imagenet_classes.txt \
     --clip .gpu/street_1080p.mp4 --seconds 4 --warmup 2 --out "$OUT" \
-    --configs baseline-per-stream-batch1:1,kubevision-gpu-frames:1,kubevision-gpu-frames:2,kubevision-gpu-frames:4,kubevision-gpu-frames:8,kubevision-host-frames:1,kubevision-host-frames:4 \
+    --configs "${DENSITY_CONFIGS:-$ALL_CONFIGS}" \
     2>&1 | grep -v pos_axes | tee "$OUT/density.log"
 fi

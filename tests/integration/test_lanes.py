@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from kubevision.worker.metrics import WorkerMetrics
 from kubevision.worker.runtime import FrameResult, RuntimeOptions, WorkerRuntime, resolve_devices
 from kubevision.worker.sinks import FanOut
 from tests.assets import require
-from tests.envtest.poll import wait_for
+from tests.envtest.poll import WaitTimeout, wait_for
 from tests.integration.helpers import file_camera, yolox_worker_config
 from tests.unit.test_torch_backend import yolox_dynamic  # noqa: F401 (fixture)
 
@@ -70,6 +71,74 @@ def test_two_lanes_share_the_cameras_and_batch_across_them(
     assert batches is not None
     assert frames is not None
     assert frames > batches  # some batches held frames of both of a lane's cameras
+
+
+def test_a_lane_detects_the_next_batch_while_tracking_the_last_and_its_backlog_stays_bounded(
+    yolox_dynamic: Path,  # noqa: F811
+) -> None:
+    """The finishing thread is held inside one frame's result: the inference thread must go on
+    detecting (the two overlap), yet stop a batch or two ahead, leaving the backlog to the
+    latest-frame buffers (frames dropped, not queued); every camera's frames stay in order."""
+    video = require("videos/bottle-detection.mp4")
+    cameras = [file_camera(c, video) for c in CAMERAS[:2]]
+    wire = yolox_worker_config("p", "g", [cameras], yolox_dynamic)
+    wire["detector"]["model"]["artifact"]["uri"] = f"file://{yolox_dynamic}"
+    metrics = WorkerMetrics("p")
+    lock = threading.Lock()
+    detected = [0]
+    indices: dict[str, list[int]] = defaultdict(list)
+    seen: dict[str, object] = {}
+
+    def on_stage(stage: str, seconds: float) -> None:
+        del seconds
+        if stage == "infer":
+            with lock:
+                detected[0] += 1
+
+    def dropped() -> float:
+        return sum(
+            metrics.registry.get_sample_value(
+                "kubevision_frames_dropped_total", {"pipeline": "p", "camera": c["name"]}
+            )
+            or 0.0
+            for c in cameras
+        )
+
+    def within(condition: Callable[[], bool], seconds: float) -> bool:
+        try:
+            return wait_for(condition, timeout=seconds, what="", interval=0.01)
+        except WaitTimeout:
+            return False
+
+    def on_result(result: FrameResult) -> None:
+        indices[result.frame.camera].append(result.frame.index)
+        if seen:
+            return
+        seen["held"] = True
+        base, dropped_before = detected[0], dropped()
+        seen["overlapped"] = within(lambda: detected[0] > base, 30)
+        seen["dropped"] = within(lambda: dropped() > dropped_before, 30)
+        seen["ahead"] = detected[0] - base
+
+    options = RuntimeOptions(capture=CaptureOptions(loop=True), threads=1, on_stage=on_stage)
+    runtime = WorkerRuntime(
+        WorkerConfig.model_validate(wire), 0, metrics, Health(), FanOut([], "p"), options, on_result
+    )
+    runtime.start()
+    try:
+        wait_for(
+            lambda: "ahead" in seen and all(len(indices[c["name"]]) > 5 for c in cameras),
+            timeout=120,
+            what="results after the held one",
+        )
+    finally:
+        runtime.stop()
+    assert seen["overlapped"], "no batch was detected while the last one was being tracked"
+    assert seen["dropped"], "the held lane's cameras dropped no frames"
+    assert isinstance(seen["ahead"], int)
+    assert seen["ahead"] <= 2  # one batch queued, one waiting to be queued
+    for camera, frames in indices.items():
+        assert frames == sorted(set(frames)), f"{camera}: frames out of order"
 
 
 @pytest.mark.parametrize(
