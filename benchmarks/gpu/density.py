@@ -537,7 +537,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         "Where the time went at each best N, per processed frame (detector stages: GPU time "
-        "from CUDA events; track/classify/publish: host time in the worker's one inference "
+        "from CUDA events; track/classify/publish: host time in the lane's finishing "
         "thread), with the CPU cores the worker processes used:",
         "",
         "| configuration | processes | mean batch | stage ms per frame | CPU cores |",
