@@ -250,8 +250,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Clip: `{Path(clip['path']).name}`: {clip['codec']} {clip['profile']}, "
         f"{clip['width']}x{clip['height']} {clip['pix_fmt']}, {clip['fps']:g} fps, "
-        f"{clip['frames']} frames, GOP {clip['gop']}, {clip['bitrate_mbps']} Mbit/s "
-        "(benchmarks/gpu/make_clip.sh), looped by each stream.",
+        f"{clip['frames']} frames, GOP {clip['gop']}, {clip['bitrate_mbps']} Mbit/s, "
+        "looped by each stream.",
         f"CPU: {hardware['cpu']}. GPU: {hardware['gpu']}. Python {hardware['python']}, "
         + ", ".join(f"{k} {v}" for k, v in result["versions"].items())
         + ".",
