@@ -209,6 +209,7 @@ class Collector:
 
     def __init__(self) -> None:
         self.latencies: list[float] = []
+        self.objects = 0
         self.stages: dict[str, float] = {}
         self.batches = 0
         self.counting = False
@@ -217,7 +218,7 @@ class Collector:
 
     def start(self) -> None:
         with self._lock:
-            self.latencies, self.stages, self.batches = [], {}, 0
+            self.latencies, self.objects, self.stages, self.batches = [], 0, {}, 0
             self._cpu_start = time.process_time()
             self.counting = True
 
@@ -226,6 +227,7 @@ class Collector:
             self.counting = False
             return {
                 "latencies": list(self.latencies),
+                "objects": self.objects,
                 "stage_seconds": dict(self.stages),
                 "batches": self.batches,
                 "cpu_seconds": time.process_time() - self._cpu_start,
@@ -235,6 +237,7 @@ class Collector:
         if self.counting:
             with self._lock:
                 self.latencies.append(result.latency_seconds)
+                self.objects += len(result.detections)
 
     def stage(self, stage: str, seconds: float) -> None:
         if self.counting:
@@ -332,6 +335,7 @@ class BaselineLoop:
         trackers = [create_tracker(self._config.tracker, None) for _ in sources]
         seen: list[set[int]] = [set() for _ in sources]
         latencies: list[float] = []
+        objects = 0
         start = time.monotonic()
         offered_before: int | None = None
         cpu_start = 0.0
@@ -353,9 +357,11 @@ class BaselineLoop:
                     seen[i].update(ids)
                 if counting:
                     latencies.append(time.time() - frame.capture_wall)
+                    objects += len(tracked)
         return {
             "offered": sum(s.offered for s in sources) - (offered_before or 0),
             "latencies": latencies,
+            "objects": objects,
             "stage_seconds": {},
             "batches": len(latencies),
             "cpu_seconds": time.process_time() - cpu_start,
@@ -439,6 +445,9 @@ class Fleet:
             "p99_ms": round(p99, 1),
             "passed": p99 <= SLO_P99_MS and delivered >= MIN_DELIVERED,
             "mean_batch": round(processed / batches, 1) if batches else None,
+            "tracked_objects_per_frame": (
+                round(sum(p["objects"] for p in parts) / processed, 1) if processed else None
+            ),
             "stage_ms_per_frame": {
                 k: round(v * 1000 / processed, 3) for k, v in stages.items() if processed
             },
@@ -540,15 +549,17 @@ def markdown(results: dict[str, Any]) -> str:
         "from CUDA events; track/classify/publish: host time in the lane's finishing "
         "thread), with the CPU cores the worker processes used:",
         "",
-        "| configuration | processes | mean batch | stage ms per frame | CPU cores |",
-        "|---|---|---|---|---|",
+        "| configuration | processes | mean batch | tracked objects per frame | "
+        "stage ms per frame | CPU cores |",
+        "|---|---|---|---|---|---|",
     ]
     for config in configs:
         if best := _best_trial(config):
             stages = ", ".join(f"{k} {v}" for k, v in best["stage_ms_per_frame"].items()) or "-"
             lines.append(
                 f"| {config['mode']} | {config['processes']} | {best['mean_batch']} | "
-                f"{stages} | {best['cpu_cores']} |"
+                f"{best.get('tracked_objects_per_frame', 'not recorded')} | {stages} | "
+                f"{best['cpu_cores']} |"
             )
     lines += [
         "",

@@ -2,8 +2,9 @@
 # How the committed GPU results were produced: on the GPU machine (no network; Python 3.12 with
 # torch, torchvision, onnx, onnxruntime, opencv), from the repository root, with the missing
 # wheels in .whl/ (pydantic + deps, onnx2torch, filterpy, paho-mqtt, av) and the inputs in
-# .gpu/ (yolox_nano_dynamic.onnx from `python -m model_catalog.tools.prepare dynamic`, the 1080p
-# clip from benchmarks/gpu/make_clip.sh or any 1080p H.264 file, assets/ as KUBEVISION_ASSETS)
+# .gpu/ (yolox_nano_dynamic.onnx from `python -m model_catalog.tools.prepare dynamic`,
+# mot17_1080p30_h264.mp4 from benchmarks/gpu/make_clip.sh (a busy street: ~17 people per frame),
+# assets/ as KUBEVISION_ASSETS)
 # and .gpu_cls/ (mobilenetv2_12_int8.onnx + imagenet_classes.txt). Results go to $OUT.
 #
 #   bash benchmarks/gpu/run_on_device.sh [tests] [density]    (both when none is named)
@@ -26,7 +27,7 @@ kubevision-gpu-frames:4,kubevision-gpu-frames:8,kubevision-host-frames:1,kubevis
 if [[ $steps == *density* ]]; then
   python3 -m benchmarks.gpu.density --model .gpu/yolox_nano_dynamic.onnx \
     --classifier .gpu_cls/mobilenetv2_12_int8.onnx --labels .gpu_cls/imagenet_classes.txt \
-    --clip .gpu/street_1080p.mp4 --seconds 4 --warmup 2 --out "$OUT" \
+    --clip .gpu/mot17_1080p30_h264.mp4 --seconds 4 --warmup 2 --out "$OUT" \
     --configs "${DENSITY_CONFIGS:-$ALL_CONFIGS}" \
     2>&1 | grep -v pos_axes | tee "$OUT/density.log"
 fi
