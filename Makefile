@@ -79,8 +79,9 @@ bench-gpu-decode: $(STAMP) $(GPU_CLIP) ## GPU: NVDEC vs CPU decode throughput, N
 
 bench-gpu-density: $(STAMP) $(GPU_CLIP) ## GPU: most 30 FPS 1080p streams at p99 <= 100 ms vs the batch-1 loop
 	$(PY) -m model_catalog.tools.prepare dynamic ../shared/assets/models/yolox_nano_416.onnx .kubevision/bench/yolox_nano_dynamic.onnx
+	$(PY) -m model_catalog.tools.prepare float ../shared/assets/models/mobilenetv2_12_int8.onnx .kubevision/bench/mobilenetv2_12_float.onnx
 	$(PY) -m benchmarks.gpu.density --model .kubevision/bench/yolox_nano_dynamic.onnx \
-	  --classifier ../shared/assets/models/mobilenetv2_12_int8.onnx \
+	  --classifier .kubevision/bench/mobilenetv2_12_float.onnx --classifier-precision fp16 \
 	  --labels ../shared/assets/models/imagenet_classes.txt --clip $(GPU_CLIP)
 
 demo: $(STAMP) toolchain ## local control plane + operator; apply the samples and show the workers they became

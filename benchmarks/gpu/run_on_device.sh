@@ -25,8 +25,12 @@ fi
 ALL_CONFIGS=baseline-per-stream-batch1:1,kubevision-gpu-frames:1,kubevision-gpu-frames:2,\
 kubevision-gpu-frames:4,kubevision-gpu-frames:8,kubevision-host-frames:1,kubevision-host-frames:4
 if [[ $steps == *density* ]]; then
+  # the classifier as a GPU runs it: the INT8 weights as float operators (prepare float), FP16
+  python3 -m model_catalog.tools.prepare float .gpu_cls/mobilenetv2_12_int8.onnx \
+    /tmp/mobilenetv2_12_float.onnx || exit 1
   python3 -m benchmarks.gpu.density --model .gpu/yolox_nano_dynamic.onnx \
-    --classifier .gpu_cls/mobilenetv2_12_int8.onnx --labels .gpu_cls/imagenet_classes.txt \
+    --classifier /tmp/mobilenetv2_12_float.onnx --classifier-precision fp16 \
+    --labels .gpu_cls/imagenet_classes.txt \
     --clip .gpu/mot17_1080p30_h264.mp4 --seconds 4 --warmup 2 --out "$OUT" \
     --configs "${DENSITY_CONFIGS:-$ALL_CONFIGS}" \
     2>&1 | grep -v pos_axes | tee "$OUT/density.log"

@@ -1,7 +1,8 @@
-"""Prepare catalog models: make batch and input size dynamic, and quantize to INT8 with
-calibration.
+"""Prepare catalog models: make batch and input size dynamic, quantize to INT8 with
+calibration, and turn an INT8 model back into a float one for GPUs.
 
     python -m model_catalog.tools.prepare dynamic  MODEL.onnx OUT.onnx
+    python -m model_catalog.tools.prepare float    INT8_MODEL.onnx OUT.onnx
     python -m model_catalog.tools.prepare int8     MODEL.onnx OUT.onnx --decoder yolox \
         --size 416 --calibration ../shared/assets/coco128/images/val2017 --samples 64
 
@@ -14,6 +15,10 @@ the input's batch instead (ONNX Reshape's 0 = "copy this dimension").
 exactly as the worker does (letterbox, colour order, normalisation of the decoder's family).
 The calibration set, method and sample count are printed so the ModelVariant can record them
 (INT8 variants must name their calibration).
+
+``float``: an ONNX Runtime QOperator INT8 model (QLinearConv, ...) as standard float operators
+with its dequantized weights (:mod:`model_catalog.tools.dequantize`), so the worker's torch
+backend can run it in FP16 on a GPU (e.g. the INT8-only MobileNetV2 classifier).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from onnxruntime.quantization import (  # type: ignore[import-untyped]
 
 from kubevision.worker.decoders import decoder_for
 from kubevision.worker.preprocess import preprocess
+from model_catalog.tools.dequantize import dequantize
 
 _METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -132,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     dyn = sub.add_parser("dynamic", help="symbolic batch/height/width")
     dyn.add_argument("model", type=Path)
     dyn.add_argument("out", type=Path)
+    flt = sub.add_parser("float", help="a QOperator INT8 model as float operators")
+    flt.add_argument("model", type=Path)
+    flt.add_argument("out", type=Path)
     q = sub.add_parser("int8", help="static INT8 (QDQ) calibrated on images")
     q.add_argument("model", type=Path)
     q.add_argument("out", type=Path)
@@ -144,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.command == "dynamic":
         onnx.save(make_dynamic(onnx.load(str(args.model))), str(args.out))
+    elif args.command == "float":
+        onnx.save(dequantize(onnx.load(str(args.model))), str(args.out))
     else:
         quantize_int8(
             args.model,
