@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2
+import numpy as np
+import numpy.typing as npt
 import pytest
 
 ENV_VAR = "KUBEVISION_ASSETS"
@@ -32,3 +35,10 @@ def require(relative_path: str | Path) -> Path:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason}; under CI a missing asset is a failure", pytrace=False)
     pytest.skip(reason)
+
+
+def read_image(path: Path) -> npt.NDArray[np.uint8]:
+    """A BGR image file; fails the test (instead of passing ``None`` on) when it cannot."""
+    image = cv2.imread(str(path))
+    assert image is not None, f"cannot read {path}"
+    return image.astype(np.uint8, copy=False)

@@ -73,10 +73,28 @@ class CropClassifier:
 
     def __call__(self, frame: Pixels, boxes: FloatArray) -> tuple[IntArray, FloatArray]:
         """(class ids, scores), each (N, top_k) best first, for the (N, 4) frame-pixel boxes."""
-        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-        if len(boxes) == 0:
-            return np.empty((0, self.top_k), np.int64), np.empty((0, self.top_k), np.float32)
-        (logits,) = self._backend.infer(to_tensor(self._crops(frame, boxes), self._format))
+        return self.classify_many([(frame, boxes)])[0]
+
+    def classify_many(
+        self, requests: Sequence[tuple[Pixels, FloatArray]]
+    ) -> list[tuple[IntArray, FloatArray]]:
+        """The boxes of several frames (every camera's in one detected batch) in one backend
+        call, so a call's fixed cost (a GPU sync, a graph launch) is paid per batch, not per
+        frame. One (class ids, scores) pair per request, as :meth:`__call__` returns."""
+        boxes = [np.asarray(b, np.float32).reshape(-1, 4) for _, b in requests]
+        counts = [len(b) for b in boxes]
+        if not sum(counts):
+            empty = np.empty((0, self.top_k), np.int64), np.empty((0, self.top_k), np.float32)
+            return [empty] * len(requests)
+        pixels = np.concatenate(
+            [self._crops(frame, b) for (frame, _), b in zip(requests, boxes, strict=True) if len(b)]
+        )
+        (logits,) = self._backend.infer(to_tensor(pixels, self._format))
+        class_ids, scores = self._top_k(logits)
+        bounds = np.cumsum(counts)[:-1]
+        return list(zip(np.split(class_ids, bounds), np.split(scores, bounds), strict=True))
+
+    def _top_k(self, logits: FloatArray) -> tuple[IntArray, FloatArray]:
         if logits.shape[1] != len(self.labels):
             raise ValueError(
                 f"the model outputs {logits.shape[1]} classes but has {len(self.labels)} labels"

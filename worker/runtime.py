@@ -20,13 +20,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from kubevision.api.worker_config import CameraAssignment, ModelConfig, WorkerConfig
 from kubevision.worker.backends.base import BackendChoice, InferenceBackend, create_backend
@@ -34,7 +35,7 @@ from kubevision.worker.batching import DynamicBatcher, Item
 from kubevision.worker.capture import CameraStream, CaptureOptions, Frame
 from kubevision.worker.classifier import CropClassifier
 from kubevision.worker.config import my_cameras
-from kubevision.worker.detections import NO_TRACK, Detections
+from kubevision.worker.detections import NO_TRACK, Detections, FloatArray, IntArray
 from kubevision.worker.detector import Detector, build_detector
 from kubevision.worker.events import Classification, EventBuilder, TrackEvent
 from kubevision.worker.health import Health
@@ -168,16 +169,15 @@ class _Camera:
         self.lock = threading.Lock()
         """Held while a frame updates the per-camera state (two lanes during a move)."""
 
-    def classify(
-        self, models: _Models, frame: Frame, tracked: Detections
-    ) -> dict[int, Classification]:
-        """Classify tracks once when they appear and again every ``refresh_frames``."""
+    def due(self, models: _Models, tracked: Detections) -> npt.NDArray[np.bool_]:
+        """The rows of this frame to classify: tracks new to the classifier, and known ones
+        every ``refresh_frames``. Forgets the labels of tracks that are gone."""
         self.frames += 1
         live = {int(t) for t in tracked.track_ids if t != NO_TRACK}
         self.labels = {t: v for t, v in self.labels.items() if t in live}  # bounded by live tracks
         if models.classifier is None or not live:
-            return {t: v[0] for t, v in self.labels.items()}
-        due = np.array(
+            return np.zeros(len(tracked), dtype=bool)
+        return np.array(
             [
                 t != NO_TRACK
                 and (
@@ -188,15 +188,17 @@ class _Camera:
             ],
             dtype=bool,
         )
-        if due.any():
-            class_ids, scores = models.classifier(frame.pixels, tracked.xyxy[due])
-            names = models.classifier.names(class_ids[:, 0] if class_ids.ndim == 2 else class_ids)
-            top = scores[:, 0] if scores.ndim == 2 else scores
-            for track_id, name, score in zip(tracked.track_ids[due], names, top, strict=True):
-                self.labels[int(track_id)] = (
-                    Classification(label=name, score=float(score)),
-                    self.frames,
-                )
+
+    def learn(self, names: Sequence[str], track_ids: IntArray, scores: FloatArray) -> None:
+        """Keep the classifier's top class (its name) for each track until its next refresh."""
+        top = scores[:, 0] if scores.ndim == 2 else scores
+        for track_id, name, score in zip(track_ids, names, top, strict=True):
+            self.labels[int(track_id)] = (
+                Classification(label=name, score=float(score)),
+                self.frames,
+            )
+
+    def current_labels(self) -> dict[int, Classification]:
         return {t: v[0] for t, v in self.labels.items()}
 
 
@@ -470,29 +472,73 @@ class WorkerRuntime:
                 self._stop.wait(_ERROR_PAUSE_SECONDS)
 
     def _finish(self, detected: _Detected) -> None:
-        """Each frame's detections to its camera's tracker, classifier, events and metrics."""
+        """Each frame's detections to its camera's tracker; then the due tracks of every frame
+        classified in one call; then events and metrics per frame."""
         models = detected.models
         with self._lock:
             cams = dict(self._cameras)
-        for frame, found in zip(detected.frames, detected.detections, strict=True):
-            cam = cams.get(frame.camera)
-            if cam is None:  # removed while the batch ran
-                continue
-            with cam.lock:
-                if frame.index <= cam.last_index:
-                    cam.metrics.dropped.inc()
-                    continue
-                cam.last_index = frame.index
-                self._finish_frame(cam, models, frame, found)
+        work = [
+            (cams[frame.camera], frame, found)
+            for frame, found in zip(detected.frames, detected.detections, strict=True)
+            if frame.camera in cams  # not removed while the batch ran
+        ]
+        with ExitStack() as held:
+            # a batch holds one frame per camera; locks in name order, so two lanes sharing
+            # a camera that moves between them cannot deadlock
+            for cam, _, _ in sorted(work, key=lambda w: w[0].assignment.name):
+                held.enter_context(cam.lock)
+            work = [(cam, frame, found) for cam, frame, found in work if self._advance(cam, frame)]
+            tracked = [self._track(cam, models, frame, found) for cam, frame, found in work]
+            labels = self._classify(models, [(c, f) for c, f, _ in work], tracked)
+            for (cam, frame, _), frame_tracked, frame_labels in zip(
+                work, tracked, labels, strict=True
+            ):
+                self._publish(cam, models, frame, frame_tracked, frame_labels)
 
-    def _finish_frame(self, cam: _Camera, models: _Models, frame: Frame, found: Detections) -> None:
+    @staticmethod
+    def _advance(cam: _Camera, frame: Frame) -> bool:
+        """Whether ``frame`` is newer than the camera's last tracked one (else it is dropped)."""
+        if frame.index <= cam.last_index:
+            cam.metrics.dropped.inc()
+            return False
+        cam.last_index = frame.index
+        return True
+
+    def _track(self, cam: _Camera, models: _Models, frame: Frame, found: Detections) -> Detections:
         with self._stage("track"):
             # only appearance trackers (DeepSORT) look at pixels; a GPU frame is not copied
             # down for the others
             image = frame.image if models.embedder is not None else None
-            tracked = cam.tracker.update(found, image)
+            return cam.tracker.update(found, image)
+
+    def _classify(
+        self, models: _Models, work: list[tuple[_Camera, Frame]], tracked: list[Detections]
+    ) -> list[dict[int, Classification]]:
+        """Every frame's due tracks in one classifier call (crops batched across cameras)."""
         with self._stage("classify"):
-            labels = cam.classify(models, frame, tracked)
+            dues = [cam.due(models, t) for (cam, _), t in zip(work, tracked, strict=True)]
+            if models.classifier is not None and any(d.any() for d in dues):
+                results = models.classifier.classify_many(
+                    [
+                        (f.pixels, t.xyxy[d])
+                        for (_, f), t, d in zip(work, tracked, dues, strict=True)
+                    ]
+                )
+                for (cam, _), t, d, (class_ids, scores) in zip(
+                    work, tracked, dues, results, strict=True
+                ):
+                    top = class_ids[:, 0] if class_ids.ndim == 2 else class_ids
+                    cam.learn(models.classifier.names(top), t.track_ids[d], scores)
+            return [cam.current_labels() for cam, _ in work]
+
+    def _publish(
+        self,
+        cam: _Camera,
+        models: _Models,
+        frame: Frame,
+        tracked: Detections,
+        labels: dict[int, Classification],
+    ) -> None:
         events = cam.events.update(tracked, frame.capture_wall, labels)
         with self._stage("publish"):
             if events:

@@ -15,6 +15,7 @@ from kubevision.api.worker_config import WorkerConfig
 from kubevision.worker.capture import CaptureOptions
 from kubevision.worker.health import Health
 from kubevision.worker.metrics import WorkerMetrics
+from kubevision.worker.models import sha256_of
 from kubevision.worker.runtime import FrameResult, RuntimeOptions, WorkerRuntime, resolve_devices
 from kubevision.worker.sinks import FanOut
 from tests.assets import require
@@ -139,6 +140,64 @@ def test_a_lane_detects_the_next_batch_while_tracking_the_last_and_its_backlog_s
     assert seen["ahead"] <= 2  # one batch queued, one waiting to be queued
     for camera, frames in indices.items():
         assert frames == sorted(set(frames)), f"{camera}: frames out of order"
+
+
+def test_new_tracks_of_every_camera_in_a_batch_are_classified_together(
+    yolox_dynamic: Path,  # noqa: F811
+) -> None:
+    """The finishing thread classifies the due tracks of all the batch's cameras in one call:
+    each camera's results carry labels for its own live tracks only."""
+    video = require("videos/bottle-detection.mp4")
+    classifier = require("models/mobilenetv2_12_int8.onnx")
+    wire = yolox_worker_config(
+        "p", "g", [[file_camera(c, video) for c in CAMERAS[:2]]], yolox_dynamic
+    )
+    wire["detector"]["model"]["batchMax"] = 2
+    wire["detector"]["model"]["artifact"]["uri"] = f"file://{yolox_dynamic}"
+    wire["classifier"] = {
+        "model": {
+            "variant": "mobilenetv2-int8-onnx",
+            "family": "mobilenetv2",
+            "task": "classify",
+            "format": "onnx",
+            "precision": "int8",
+            "inputSize": {"width": 224, "height": 224},
+            "batchMax": 16,
+            "artifact": {"uri": f"file://{classifier}", "sha256": sha256_of(classifier)},
+        },
+        "refreshFrames": 30,
+    }
+    lock = threading.Lock()
+    labelled: dict[str, set[str]] = defaultdict(set)
+    strays: list[str] = []
+
+    def on_result(result: FrameResult) -> None:
+        live = {int(t) for t in result.detections.track_ids}
+        with lock:
+            if set(result.labels) - live:
+                strays.append(result.frame.camera)
+            labelled[result.frame.camera].update(c.label for c in result.labels.values())
+
+    metrics = WorkerMetrics("p")
+    options = RuntimeOptions(
+        capture=CaptureOptions(loop=True),
+        threads=1,
+        max_wait_seconds=0.05,
+        classifier_labels=require("models/imagenet_classes.txt"),
+    )
+    runtime = WorkerRuntime(
+        WorkerConfig.model_validate(wire), 0, metrics, Health(), FanOut([], "p"), options, on_result
+    )
+    runtime.start()
+    try:
+        wait_for(
+            lambda: all(labelled[c] for c in CAMERAS[:2]),
+            timeout=120,
+            what="classified tracks from both cameras",
+        )
+    finally:
+        runtime.stop()
+    assert not strays, f"labels for tracks not in the frame: {strays}"
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 from kubevision.worker.backends.ort import OrtBackend
 from kubevision.worker.backends.pytorch import TorchBackend
 from model_catalog.tools.prepare import main as prepare
-from tests.assets import require
+from tests.assets import read_image, require
 
 CATALOG_SHA256 = "a99fcfb806029ac27da0e91d2f0e8351cba5b27e693a6662dac524d013824ead"
 """The artifact `mobilenetv2-fp16-gpu` in model_catalog/variants/classifiers.yaml names."""
@@ -29,12 +29,6 @@ def float_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("models") / "mobilenetv2_12_float.onnx"
     assert prepare(["float", str(require("models/mobilenetv2_12_int8.onnx")), str(out)]) == 0
     return out
-
-
-def read_image(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path))
-    assert image is not None, f"cannot read {path}"
-    return image
 
 
 @pytest.fixture(scope="module")
