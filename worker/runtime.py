@@ -8,10 +8,10 @@ node, one per GPU on a GPU server): cameras are spread over the lanes by load
 freshest frames into cross-camera batches (at most one frame per camera, longest-waiting
 first). Each lane has two threads: one detects a batch while the other tracks and classifies
 the previous one (a GPU batch and the per-frame tracking then overlap instead of taking turns;
-one batch waits between them at most). Detections go back to each camera's own tracker. A new
-config (cameras added/removed,
-models changed) is applied without a restart: new cameras start before removed ones stop, so no
-camera goes unwatched during a handover.
+one batch waits between them at most). Detections go back to each camera's own tracker; the
+due tracks of all the batch's cameras are classified in one call. A new config (cameras
+added/removed, models changed) is applied without a restart: new cameras start before removed
+ones stop, so no camera goes unwatched during a handover.
 """
 
 from __future__ import annotations

@@ -5,8 +5,10 @@ Why: a GPU runtime that cannot execute integer operators (onnx2torch, hence the 
 backend) can still run the model's quantized weights in FP16 on the GPU, batched with the
 detector, instead of sending every crop to ONNX Runtime on the CPU. Weights come back exactly
 (``(q - zero_point) * scale``, per output channel); every quantized activation's saturation
-range becomes a Clip, which is where a QOperator graph keeps its fused ReLU/ReLU6. What is left
-of the INT8 model's behaviour is activation rounding (tested: same top-1 on real crops).
+range becomes a Clip, which is where a QOperator graph keeps its fused ReLU/ReLU6. What differs
+from the INT8 model is activation rounding only (each layer matches it within half a
+quantization step given the same input; on COCO128 images the INT8 top-1 is in this model's
+top-5 for 99 % of them).
 """
 
 from __future__ import annotations
