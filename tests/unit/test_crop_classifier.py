@@ -3,16 +3,12 @@ backend call and come back per frame, as if each frame had been classified alone
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from kubevision.api.modelvariant import Artifact, InputSize
-from kubevision.api.worker_config import ModelConfig
 from kubevision.worker.backends.ort import OrtBackend
 from kubevision.worker.classifier import CropClassifier, FloatArray
-from kubevision.worker.models import sha256_of
 from tests.assets import read_image, require
+from tests.unit.test_decoders import model_config
 
 
 class CountingBackend:
@@ -29,19 +25,9 @@ class CountingBackend:
         return self._backend.infer(batch)
 
 
-def classifier(backend: CountingBackend | OrtBackend, path: Path) -> CropClassifier:
-    config = ModelConfig(
-        variant="mobilenetv2-int8-onnx",
-        family="mobilenetv2",
-        task="classify",
-        format="onnx",
-        precision="int8",
-        input_size=InputSize(width=224, height=224),
-        batch_max=16,
-        artifact=Artifact(uri=f"file://{path}", sha256=sha256_of(path)),
-    )
+def classifier(backend: CountingBackend | OrtBackend) -> CropClassifier:
     return CropClassifier(
-        config,
+        model_config(None, task="classify", size=224, batch_max=16),
         backend,  # type: ignore[arg-type]
         top_k=3,
         labels_file=require("models/imagenet_classes.txt"),
@@ -58,9 +44,9 @@ def test_crops_of_several_frames_are_classified_in_one_call_and_returned_per_fra
         np.array([[0, 0, 120, 90]], np.float32),
     ]
     counting = CountingBackend(OrtBackend(path, max_batch=16))
-    together = classifier(counting, path).classify_many(list(zip(frames, boxes, strict=True)))
+    together = classifier(counting).classify_many(list(zip(frames, boxes, strict=True)))
     assert counting.calls == 1
-    alone = classifier(OrtBackend(path, max_batch=16), path)
+    alone = classifier(OrtBackend(path, max_batch=16))
     for frame, frame_boxes, (class_ids, scores) in zip(frames, boxes, together, strict=True):
         assert class_ids.shape == scores.shape == (len(frame_boxes), 3)
         expected_ids, expected_scores = alone(frame, frame_boxes)
@@ -72,6 +58,6 @@ def test_nothing_due_anywhere_calls_no_model() -> None:
     path = require("models/mobilenetv2_12_int8.onnx")
     counting = CountingBackend(OrtBackend(path, max_batch=16))
     frame = np.zeros((100, 100, 3), np.uint8)
-    results = classifier(counting, path).classify_many([(frame, np.empty((0, 4), np.float32))] * 2)
+    results = classifier(counting).classify_many([(frame, np.empty((0, 4), np.float32))] * 2)
     assert counting.calls == 0
     assert [r[0].shape for r in results] == [(0, 3), (0, 3)]
