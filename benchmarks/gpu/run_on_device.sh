@@ -7,11 +7,13 @@
 # assets/ as KUBEVISION_ASSETS)
 # and .gpu_cls/ (mobilenetv2_12_int8.onnx + imagenet_classes.txt). Results go to $OUT.
 #
-#   bash benchmarks/gpu/run_on_device.sh [tests] [density]    (both when none is named)
+#   bash benchmarks/gpu/run_on_device.sh [tests] [classifier] [density] [throughput] [profile]
+#                                      (tests, classifier and density when none is named)
+#   profile: where one saturated worker process spends its CPU (py-spy wheel in .whl_prof/)
 #   DENSITY_CONFIGS=MODE:PROCESSES,...  overrides the density configurations (default: all)
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
-steps=${*:-tests density}
+steps=${*:-tests classifier density}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 mkdir -p /tmp/kv/kubevision
 for d in api worker operator; do ln -sfn "$PWD/$d" "/tmp/kv/kubevision/$d"; done
@@ -24,14 +26,33 @@ if [[ $steps == *tests* ]]; then
 fi
 ALL_CONFIGS=baseline-per-stream-batch1:1,kubevision-gpu-frames:1,kubevision-gpu-frames:2,\
 kubevision-gpu-frames:4,kubevision-gpu-frames:8,kubevision-host-frames:1,kubevision-host-frames:4
-if [[ $steps == *density* ]]; then
+if [[ $steps =~ classifier|density|profile ]]; then
   # the classifier as a GPU runs it: the INT8 weights as float operators (prepare float), FP16
   python3 -m model_catalog.tools.prepare float .gpu_cls/mobilenetv2_12_int8.onnx \
     /tmp/mobilenetv2_12_float.onnx || exit 1
+fi
+if [[ $steps == *classifier* ]]; then
+  python3 -m benchmarks.gpu.classifier_calls --model /tmp/mobilenetv2_12_float.onnx --out "$OUT" \
+    2>&1 | tee "$OUT/classifier_calls.log"
+fi
+if [[ $steps == *density* ]]; then
   python3 -m benchmarks.gpu.density --model .gpu/yolox_nano_dynamic.onnx \
     --classifier /tmp/mobilenetv2_12_float.onnx --classifier-precision fp16 \
     --labels .gpu_cls/imagenet_classes.txt \
     --clip .gpu/mot17_1080p30_h264.mp4 --seconds 4 --warmup 2 --out "$OUT" \
     --configs "${DENSITY_CONFIGS:-$ALL_CONFIGS}" \
     2>&1 | grep -v pos_axes | tee "$OUT/density.log"
+fi
+if [[ $steps == *profile* ]]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/prof .whl_prof/*.whl || exit 1
+  /tmp/prof/bin/py-spy record --subprocesses --gil -r 200 -f raw -o "$OUT/density_profile.txt" -- \
+    python3 -m benchmarks.gpu.density --model .gpu/yolox_nano_dynamic.onnx \
+    --classifier /tmp/mobilenetv2_12_float.onnx --classifier-precision fp16 \
+    --labels .gpu_cls/imagenet_classes.txt --clip .gpu/mot17_1080p30_h264.mp4 \
+    --configs kubevision-gpu-frames:1 --start 24 --limit 24 --seconds 15 --warmup 3 \
+    --out /tmp/profile_run 2>&1 | grep -v pos_axes | tail -5
+fi
+if [[ $steps == *throughput* ]]; then
+  python3 -m benchmarks.gpu.detector_throughput --yolox-onnx .gpu/yolox_nano_dynamic.onnx \
+    --budget-s "${THROUGHPUT_BUDGET_S:-120}" --out "$OUT" 2>&1 | tail -60 | tee "$OUT/throughput.log"
 fi

@@ -16,6 +16,7 @@ from kubevision.worker.backends.pytorch import TorchBackend
 from kubevision.worker.detector import Detector
 from kubevision.worker.gpu.detector import DeviceDetector
 from tests.unit.test_decoders import model_config
+from tests.unit.test_shape_folding import float_classifier  # noqa: F401 (fixture)
 from tests.unit.test_torch_backend import (  # noqa: F401 (fixtures)
     video_frames,
     yolox_dynamic,
@@ -71,3 +72,19 @@ def test_device_frames_and_host_frames_find_the_same_objects(
         np.testing.assert_allclose(host.xyxy, want.xyxy, atol=2.0)  # FP16 vs FP32
     assert detector.last_timings is not None
     assert detector.last_timings.infer > 0
+
+
+def test_a_classifier_that_flattens_by_batch_size_is_captured_and_matches_onnx_runtime(
+    float_classifier: Path,  # noqa: F811
+) -> None:
+    # its ONNX computes the flatten's target from the input's shape; unfolded, onnx2torch
+    # builds that on the GPU in every call and capture fails
+    backend = TorchBackend.from_onnx(
+        float_classifier, input_shape=(3, 224, 224), device="cuda", precision="fp16", max_batch=16
+    )
+    assert backend.graph_buckets == (1, 2, 4, 8, 16)
+    batch = np.random.default_rng(0).standard_normal((11, 3, 224, 224)).astype(np.float32)
+    (ours,) = backend.infer(batch)
+    (reference,) = OrtBackend(float_classifier, max_batch=16).infer(batch)
+    assert (ours.argmax(1) == reference.argmax(1)).mean() >= 0.9  # FP16 vs FP32 near-ties
+    assert np.abs(ours - reference).max() <= 0.05 * np.abs(reference).max()

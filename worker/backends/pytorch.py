@@ -182,9 +182,16 @@ class TorchBackend:
         input_shape: tuple[int, int, int] | None = None,
         **kwargs: object,
     ) -> TorchBackend:
-        """Convert an ONNX model with onnx2torch; symbolic H/W need ``input_shape``."""
+        """Convert an ONNX model with onnx2torch; symbolic H/W need ``input_shape``.
+
+        Flatten-by-batch reshapes are folded first (:mod:`.shape_folding`), so exported
+        classifiers (``x.view(x.size(0), -1)``) run without a device sync and capture as
+        CUDA graphs.
+        """
         import onnx
         from onnx2torch import convert
+
+        from kubevision.worker.backends.shape_folding import fold_batch_reshapes
 
         # onnx2torch's Slice indexes with a list; torch warns on every process's first call.
         # The CPU tests compare the converted model with ONNX Runtime, so a semantic change
@@ -198,6 +205,8 @@ class TorchBackend:
                 raise ValueError(f"{path} has a symbolic input size {shape}; pass input_shape")
             input_shape = (int(shape[0] or 0), int(shape[1] or 0), int(shape[2] or 0))
         model = onnx.load(str(path))
+        if folded := fold_batch_reshapes(model):
+            log.info("folded %d shape-computed reshapes of %s into constants", folded, path.name)
         names = [o.name for o in model.graph.output]
         return cls(
             convert(model),
@@ -281,13 +290,26 @@ class TorchBackend:
         bucket = self._bucket(size)
         if bucket is None:
             padded = chunk
-            if self._fixed_batch is not None and size < self._fixed_batch:
-                padded = torch.cat([chunk, self._zeros(self._fixed_batch - size).to(chunk)])
+            if (target := self._eager_size(size)) > size:
+                padded = torch.cat([chunk, self._zeros(target - size).to(chunk)])
             return [out[:size].float() for out in self._run_eager(padded)]
         graph = self._graphs[bucket]
         graph.inputs[:size].copy_(chunk)
         graph.graph.replay()
         return [out[:size].float() for out in graph.outputs]  # .float() copies out of the pool
+
+    def _eager_size(self, size: int) -> int:
+        """The batch an eager call runs: the model's fixed batch, else on CUDA the bucket.
+
+        Padding eager CUDA calls to the same buckets as the graphs keeps the set of shapes
+        small: cuDNN picks (and may compile) kernels per new shape, which costs far more than
+        the padded rows when batch sizes vary call to call (crops per frame do).
+        """
+        if self._fixed_batch is not None:
+            return max(size, self._fixed_batch)
+        if self._device.type != "cuda":
+            return size
+        return next(b for b in graph_buckets(self._max_batch) if b >= size)
 
     def _bucket(self, size: int) -> int | None:
         return next((b for b in sorted(self._graphs) if b >= size), None)
