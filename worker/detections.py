@@ -111,15 +111,23 @@ class Detections:
         )
 
 
+def _areas(boxes: FloatArray) -> FloatArray:
+    size = np.maximum(boxes[:, 2:] - boxes[:, :2], 0)
+    area: FloatArray = size[:, 0] * size[:, 1]
+    return area
+
+
 def box_iou(a: FloatArray, b: FloatArray) -> FloatArray:
     """Pairwise IoU of (N, 4) and (M, 4) xyxy boxes -> (N, M), vectorised."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)), np.float32)
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    # plain ufuncs: np.clip / np.prod wrappers cost more than the arithmetic at tracker sizes
+    overlap = np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(
+        a[:, None, :2], b[None, :, :2]
+    )
+    np.maximum(overlap, 0, out=overlap)
+    inter = overlap[..., 0] * overlap[..., 1]
+    area_a, area_b = _areas(a), _areas(b)
     union = area_a[:, None] + area_b[None, :] - inter
     iou: FloatArray = (inter / np.maximum(union, 1e-9)).astype(np.float32)
     return iou

@@ -536,7 +536,8 @@ def markdown(results: dict[str, Any]) -> str:
         "(refresh 30 frames). Latency: frame capture time -> tracked + classified + events. "
         f"Pass: p99 <= {SLO_P99_MS:.0f} ms and >= {MIN_DELIVERED:.0%} of offered frames "
         f"processed; {results['seconds']} s measured after {results['warmup']} s warm-up. "
-        "Processes: worker processes (pods) sharing the GPU, streams split evenly.",
+        "Processes: worker processes (pods) sharing the GPU, streams split evenly; they share "
+        f"it by {results.get('gpu_sharing', 'time-slicing')}.",
         "",
         "| configuration | processes | max streams | frames/s at max | p50 / p99 ms | x baseline |",
         "|---|---|---|---|---|---|",
@@ -615,6 +616,11 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(DEFAULT_CONFIGS),
         help="MODE:PROCESSES pairs; modes: " + ", ".join(MODES),
     )
+    parser.add_argument(
+        "--gpu-sharing",
+        default="time-slicing (no MPS)",
+        help="how the processes share the GPU, for the report (run_on_device.sh says MPS)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     configs = []
@@ -639,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.classifier_precision == "int8"
                 else "FP16, torch on the GPU"
             ),
+            "gpu_sharing": args.gpu_sharing,
             "seconds": args.seconds,
             "warmup": args.warmup,
             "max_batch": args.max_batch,

@@ -11,6 +11,8 @@
 #                                      (tests, classifier and density when none is named)
 #   profile: where one saturated worker process spends its CPU (py-spy wheel in .whl_prof/)
 #   DENSITY_CONFIGS=MODE:PROCESSES,...  overrides the density configurations (default: all)
+#   MPS=1  worker processes share the GPU through an NVIDIA MPS daemon started (and stopped)
+#          here, as a node running nvidia-device-plugin with MPS sharing would
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
 steps=${*:-tests classifier density}
@@ -20,6 +22,21 @@ for d in api worker operator; do ln -sfn "$PWD/$d" "/tmp/kv/kubevision/$d"; done
 export PYTHONPATH=/tmp/site:/tmp/kv:$PWD PYTHONUNBUFFERED=1 KUBEVISION_ASSETS=$PWD/.gpu/assets
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 echo "CPU cores: $(nproc); MPS control daemon: $(command -v nvidia-cuda-mps-control || echo absent)"
+sharing="time-slicing (no MPS)"
+if [[ ${MPS:-0} == 1 ]]; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d &&
+    python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+    sharing="MPS"
+    trap 'echo quit | nvidia-cuda-mps-control' EXIT
+  else
+    echo quit | nvidia-cuda-mps-control
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    sharing="time-slicing (the MPS daemon did not start)"
+  fi
+  echo "GPU sharing: $sharing"
+fi
 if [[ $steps == *tests* ]]; then
   python3 -m pytest -q -p no:cacheprovider --noconftest tests/unit/test_gpu_path.py 2>&1 |
     tail -25 | tee "$OUT/gpu_tests.log"
@@ -40,8 +57,9 @@ if [[ $steps == *density* ]]; then
     --classifier /tmp/mobilenetv2_12_float.onnx --classifier-precision fp16 \
     --labels .gpu_cls/imagenet_classes.txt \
     --clip .gpu/mot17_1080p30_h264.mp4 --seconds 4 --warmup 2 --out "$OUT" \
-    --configs "${DENSITY_CONFIGS:-$ALL_CONFIGS}" \
+    --configs "${DENSITY_CONFIGS:-$ALL_CONFIGS}" --gpu-sharing "$sharing" \
     2>&1 | grep -v pos_axes | tee "$OUT/density.log"
+  [[ $sharing == MPS ]] && tail -5 "$CUDA_MPS_LOG_DIRECTORY/control.log"
 fi
 if [[ $steps == *profile* ]]; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/prof .whl_prof/*.whl || exit 1

@@ -112,6 +112,8 @@ class TrackTable:
         self.class_ids: IntArray = np.empty(0, np.int64)
         self.det_index: IntArray = np.empty(0, np.int64)
         self.features: FloatArray | None = None
+        self._predicted: FloatArray = np.empty((0, 4), np.float32)
+        self._matched: list[tuple[IntArray, IntArray]] = []
         self._next_id = 1
 
     def __len__(self) -> int:
@@ -123,21 +125,27 @@ class TrackTable:
         return mask
 
     def boxes(self, rows: IntArray) -> FloatArray:
-        """Current (predicted or corrected) xyxy boxes of the given tracks."""
-        return kalman.xyah_to_xyxy(self.mean[rows]).astype(np.float32)
+        """This frame's predicted xyxy boxes of the given tracks (what association compares)."""
+        return self._predicted[rows]
 
     def predict(self) -> None:
         """Start a frame: move every track one step ahead; nothing is matched yet."""
         if len(self):
             self.mean, self.cov = kalman.predict(self.mean, self.cov)
+        self._predicted = kalman.xyah_to_xyxy(self.mean).astype(np.float32)
         self.det_index = np.full(len(self), -1, np.int64)
+        self._matched = []
 
     def match(self, rows: IntArray, det_rows: IntArray, detections: Detections) -> None:
-        """Correct tracks ``rows`` with detections ``det_rows`` (paired element-wise)."""
+        """Pair tracks ``rows`` with detections ``det_rows`` (element-wise).
+
+        The Kalman correction waits for :meth:`finish`, one batched update for every match of
+        the frame: association passes only compare tracks still unmatched, whose state a
+        correction would not touch, so the result is the same as correcting here.
+        """
         if len(rows) == 0:
             return
-        z = kalman.xyxy_to_xyah(detections.xyxy[det_rows])
-        self.mean[rows], self.cov[rows] = kalman.update(self.mean[rows], self.cov[rows], z)
+        self._matched.append((rows, det_rows))
         self.hits[rows] += 1
         self.misses[rows] = 0
         self.class_ids[rows] = detections.class_ids[det_rows]
@@ -163,7 +171,13 @@ class TrackTable:
             self.features = np.concatenate([old, features]).astype(np.float32)
 
     def finish(self, detections: Detections) -> Detections:
-        """End the frame: age unmatched tracks, drop dead ones, confirm, return the output."""
+        """End the frame: correct matched tracks, age unmatched ones, drop dead ones, confirm,
+        return the output."""
+        if self._matched:
+            rows, det_rows = (np.concatenate(parts) for parts in zip(*self._matched, strict=True))
+            z = kalman.xyxy_to_xyah(detections.xyxy[det_rows])
+            self.mean[rows], self.cov[rows] = kalman.update(self.mean[rows], self.cov[rows], z)
+            self._matched = []
         unmatched = self.det_index < 0
         self.misses[unmatched] += 1
         self.hits[unmatched] = 0

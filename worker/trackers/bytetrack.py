@@ -85,17 +85,17 @@ class ByteTrack:
         low = np.flatnonzero((scores > self.low_score) & (scores < self.high_score))
 
         confirmed = np.flatnonzero(tracks.confirmed)
-        rows, dets = self._associate(confirmed, high, detections, self.high_match_iou, fuse=True)
-        high_left = np.setdiff1d(high, dets)
+        _, dets = self._associate(confirmed, high, detections, self.high_match_iou, fuse=True)
+        high_left = _without(high, dets, len(detections))
 
-        tracked_left = np.setdiff1d(np.flatnonzero(was_tracked), rows)
+        tracked_left = np.flatnonzero(was_tracked & (tracks.det_index < 0))
         self._associate(tracked_left, low, detections, self.low_match_iou, fuse=False)
 
         tentative = np.flatnonzero(~tracks.confirmed)
         _, dets = self._associate(
             tentative, high_left, detections, self.tentative_match_iou, fuse=True
         )
-        high_left = np.setdiff1d(high_left, dets)
+        high_left = _without(high_left, dets, len(detections))
 
         tracks.spawn(high_left[scores[high_left] >= self.new_track_score], detections)
         return tracks.finish(detections)
@@ -114,6 +114,8 @@ class ByteTrack:
     ) -> tuple[IntArray, IntArray]:
         """Match tracks ``rows`` to detections ``det_rows``; returns the matched pairs."""
         tracks = self._tracks
+        if len(rows) == 0 or len(det_rows) == 0:
+            return rows[:0], det_rows[:0]
         iou = box_iou(tracks.boxes(rows), detections.xyxy[det_rows])
         if fuse:
             iou = iou * detections.scores[det_rows][None, :]
@@ -121,3 +123,10 @@ class ByteTrack:
         r, c = assign(np.where(allowed, 1.0 - iou, np.inf), 1.0 - min_iou)
         tracks.match(rows[r], det_rows[c], detections)
         return rows[r], det_rows[c]
+
+
+def _without(rows: IntArray, removed: IntArray, size: int) -> IntArray:
+    """``rows`` minus ``removed`` (indices below ``size``), order kept; a mask, not a sort."""
+    keep = np.ones(size, bool)
+    keep[removed] = False
+    return rows[keep[rows]]
