@@ -112,6 +112,7 @@ class Detections:
 
 
 def _areas(boxes: FloatArray) -> FloatArray:
+    """(N,) areas of (N, 4) xyxy boxes, zero for inverted ones."""
     size = np.maximum(boxes[:, 2:] - boxes[:, :2], 0)
     area: FloatArray = size[:, 0] * size[:, 1]
     return area

@@ -58,6 +58,7 @@ class _Graph:
             if unsqueeze is None or _unsqueeze_axes(unsqueeze, self.constants) != [0]:
                 return None
             gather = self.op(unsqueeze.input[0], "Gather")
+            # unsqueezed, the gathered dimension must be a scalar (a 0-d index)
             if gather is None or self.constants.get(gather.input[1], np.empty(2)).ndim != 0:
                 return None
         shape = self.op(gather.input[0], "Shape")
