@@ -6,7 +6,6 @@ import json
 import logging
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from kubernetes import client, config
@@ -14,11 +13,12 @@ from kubernetes import client, config
 from tests.envtest.controlplane import ControlPlane, Toolchain
 from tests.envtest.nodes import DEFAULT_NODES, NodeSimulator, SimulatedNode
 from tests.envtest.poll import wait_for
+from tests.envtest.processes import Service
 
 log = logging.getLogger("envtest")
 
 
-class LocalCluster:
+class LocalCluster(Service):
     """Start with ``with LocalCluster(dir) as cluster:``; everything stops on exit."""
 
     def __init__(
@@ -80,15 +80,3 @@ class LocalCluster:
             if not ready or taints != expected.pop(name):
                 return False
         return not expected
-
-    def __enter__(self) -> LocalCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

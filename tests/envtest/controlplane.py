@@ -25,7 +25,7 @@ import yaml
 
 from tests.envtest.pki import CertificateAuthority, KeyPair, write_service_account_keys
 from tests.envtest.poll import wait_for
-from tests.envtest.processes import terminate
+from tests.envtest.processes import spawn, terminate
 
 log = logging.getLogger("envtest")
 
@@ -79,14 +79,7 @@ class _Process:
     def __init__(self, name: str, argv: list[str], log_dir: Path) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
-        with self.log_path.open("ab") as out:
-            self._popen = subprocess.Popen(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # a Ctrl-C in the terminal reaches only our supervisor
-            )
+        self._popen = spawn(argv, self.log_path)
 
     def check_alive(self) -> None:
         code = self._popen.poll()

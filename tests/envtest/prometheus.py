@@ -16,14 +16,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
 
 from tests.envtest.controlplane import free_port
 from tests.envtest.poll import wait_for
-from tests.envtest.processes import terminate
+from tests.envtest.processes import Service, spawn, terminate
 
 JOB = "kubevision-workers"
 """The one scrape job; its targets are the ``host:port`` list given to :class:`Prometheus`."""
@@ -37,7 +36,7 @@ def find_binaries() -> tuple[Path, Path] | None:
     return Path(prometheus), Path(promtool)
 
 
-class Prometheus:
+class Prometheus(Service):
     """``prometheus`` as a child process; use as a context manager or ``start()``/``stop()``.
 
     Scrapes and evaluates every second so tests see new samples quickly.
@@ -106,14 +105,7 @@ class Prometheus:
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--log.level=warn",
         ]
-        with self.log_path.open("ab") as out:
-            self._popen = subprocess.Popen(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # a Ctrl-C in the terminal reaches only pytest
-            )
+        self._popen = spawn(argv, self.log_path)
         try:
             # An early exit (port taken, bad flag) ends the wait at once instead of timing out.
             wait_for(
@@ -155,18 +147,6 @@ class Prometheus:
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds: never hangs."""
         terminate(self._popen, grace)
-
-    def __enter__(self) -> Prometheus:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _exited(self) -> bool:
         return self._popen is not None and self._popen.poll() is not None

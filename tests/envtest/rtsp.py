@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 from tests.envtest.controlplane import REPO_ROOT, free_port
 from tests.envtest.poll import wait_for
+from tests.envtest.processes import spawn
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 """Debian's Python, where ``python3-gi`` puts the GStreamer bindings."""
@@ -98,16 +99,7 @@ class _Child:
 
     def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
-        with log_path.open("ab") as out:
-            self._popen = subprocess.Popen(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=REPO_ROOT,
-                env=env,
-                start_new_session=True,
-            )
+        self._popen = spawn(argv, log_path, env=env, cwd=REPO_ROOT)
 
     def alive(self) -> bool:
         return self._popen.poll() is None

@@ -23,7 +23,6 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
 import onnx
@@ -31,7 +30,7 @@ import onnx
 from model_catalog.tools.prepare import make_dynamic
 from tests.envtest.controlplane import free_port
 from tests.envtest.poll import wait_for
-from tests.envtest.processes import terminate
+from tests.envtest.processes import Service, spawn, terminate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLCHAIN_SCRIPT = REPO_ROOT / "tests" / "toolchain" / "triton.sh"
@@ -126,7 +125,7 @@ def _item_dims(value: onnx.ValueInfoProto) -> list[int]:
     return [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
 
 
-class TritonServer:
+class TritonServer(Service):
     """``tritonserver`` as a child process serving ``models``; a context manager.
 
     ``grpc_url`` is what clients (and the Triton backend) connect to.
@@ -175,16 +174,9 @@ class TritonServer:
             "--exit-timeout-secs=10",
             *self.extra_args,
         ]
-        with self.log_path.open("ab") as out:
-            self._popen = subprocess.Popen(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self._environment(python["libdir"]),
-                cwd=self.state_dir,
-                start_new_session=True,  # a Ctrl-C in the terminal reaches only pytest
-            )
+        self._popen = spawn(
+            argv, self.log_path, env=self._environment(python["libdir"]), cwd=self.state_dir
+        )
         try:
             # A model that fails to load ends the server (--exit-on-error), and so the wait.
             wait_for(
@@ -208,18 +200,6 @@ class TritonServer:
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM (Triton finishes in-flight requests), then SIGKILL: never hangs."""
         terminate(self._popen, grace)
-
-    def __enter__(self) -> TritonServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _python(self) -> dict[str, str]:
         """Version and library directory of the env's interpreter (the base one's LIBDIR)."""
