@@ -1,5 +1,6 @@
 # The verbs a newcomer and CI need. `make demo` and `make test` work on a fresh clone:
-# they create .venv, install the package and build the pinned Kubernetes binaries on first use.
+# they create .venv, install the package and build the pinned Kubernetes binaries on first use;
+# `make test` also installs the Debian packages of the real components its tests run.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TYPECHECK_ROOT := .kubevision/typecheck
 
-.PHONY: bench bench-operator bench-worker bench-tracking bench-autoscaling bench-gpu bench-gpu-decode bench-gpu-density help install toolchain lint format crds test test-unit demo cluster-up cluster-down cluster-status clean
+.PHONY: system-packages bench bench-operator bench-worker bench-tracking bench-autoscaling bench-gpu bench-gpu-decode bench-gpu-density help install toolchain lint format crds dashboards test test-unit demo cluster-up cluster-down cluster-status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -21,6 +22,9 @@ $(STAMP): pyproject.toml
 	touch $@
 
 install: $(STAMP) ## create .venv and install kubevision with its dev tools
+
+system-packages: ## install the Debian packages the tests run (ffmpeg, GStreamer RTSP, mosquitto, prometheus)
+	bash tests/toolchain/system_packages.sh
 
 toolchain: $(STAMP) ## build (or find cached) the pinned Kubernetes binaries and helm; fetch tritonserver (pytriton's CPU build) with its Python-backend env
 	bash tests/toolchain/build.sh
@@ -41,10 +45,13 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+dashboards: $(STAMP) ## regenerate the chart's Grafana dashboards (charts/kubevision/files/dashboards/)
+	$(PY) -m charts.grafana.dashboards
+
 crds: $(STAMP) ## regenerate crds/ and the chart's CRDs from kubevision.api
 	$(PY) -m kubevision.api.crd
 
-test: lint toolchain ## lint, type-check and run the whole test suite (unit + real control plane)
+test: system-packages lint toolchain ## install what is missing, lint, type-check and run the whole suite (unit + real control plane)
 	$(PY) -m pytest
 
 test-unit: $(STAMP) ## only the tests that need no cluster

@@ -147,12 +147,7 @@ def run_worker(model: ModelConfig, video: Path, seconds: float, paced: bool) -> 
     with lock:
         stages.clear()
         latencies.clear()
-    dropped_before = (
-        metrics.registry.get_sample_value(
-            "kubevision_frames_dropped_total", {"pipeline": "bench", "camera": "cam"}
-        )
-        or 0.0
-    )
+    dropped_before = metrics.frames_dropped_total("cam")
     start = time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - start
@@ -160,15 +155,7 @@ def run_worker(model: ModelConfig, video: Path, seconds: float, paced: bool) -> 
         processed = len(latencies)
         result = {
             "processed_fps": round(processed / elapsed, 1),
-            "dropped": int(
-                (
-                    metrics.registry.get_sample_value(
-                        "kubevision_frames_dropped_total", {"pipeline": "bench", "camera": "cam"}
-                    )
-                    or 0.0
-                )
-                - dropped_before
-            ),
+            "dropped": int(metrics.frames_dropped_total("cam") - dropped_before),
             "end_to_end": latency_summary(latencies),
             "stages": {k: latency_summary(v) for k, v in sorted(stages.items())},
         }

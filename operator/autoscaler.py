@@ -60,6 +60,8 @@ class Decision:
     reason: str
     ratio: float | None = None
     held: bool = False
+    short: int = 0
+    """Replicas wanted beyond what max replicas and free capacity allow (0 when none)."""
 
     def changed_from(self, replicas: int, degradation: tuple[DegradationStep, ...]) -> bool:
         return (self.replicas, self.degradation) != (replicas, degradation)
@@ -122,10 +124,17 @@ class Autoscaler:
             return Decision(wanted, degradation, _why(ratio, signals, replicas, wanted), ratio)
         remaining = [s for s in p.ladder if s not in degradation]
         short = f"need {wanted} replicas, at most {ceiling} possible"
+        missing = wanted - ceiling
         if not remaining:
-            return Decision(ceiling, degradation, f"{short}; degradation ladder exhausted", ratio)
+            return Decision(
+                ceiling, degradation, f"{short}; degradation ladder exhausted", ratio, short=missing
+            )
         return Decision(
-            ceiling, (*degradation, remaining[0]), f"{short}: engaging {remaining[0]}", ratio
+            ceiling,
+            (*degradation, remaining[0]),
+            f"{short}: engaging {remaining[0]}",
+            ratio,
+            short=missing,
         )
 
     def _scale_down(

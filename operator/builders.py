@@ -286,12 +286,17 @@ def _secret_env(names: CredentialEnv, ref: SecretKeyNames) -> list[dict[str, Any
 
 
 ENGINE_CACHE_DIR = "/var/cache/kubevision/engines"
-"""Node-local folder (hostPath) where GPU workers keep built TensorRT engines: each node builds
-an engine once, and restarted or new workers on it load it in seconds."""
+"""Where GPU workers keep built TensorRT engines: an emptyDir by default (restarted containers
+of a pod reuse them), or a node folder (``engine_cache_host_path``) shared by a node's pods."""
+SCRATCH_DIR = "/tmp"
+"""The worker's only writable folder besides the engine cache (the root filesystem is
+read-only): temporary files and, as ``$HOME``, library caches (CUDA's JIT cache, torch)."""
+WORKER_UID = 65532
+"""The distroless ``nonroot`` user the worker images run as."""
 
 
 def _accelerator_env(group: GroupPlan) -> list[dict[str, Any]]:
-    """GPU and Jetson workers use every GPU they are given, keep engines in the node cache
+    """GPU and Jetson workers use every GPU they are given, keep engines in the engine cache
     and (on NVIDIA GPU nodes) ask the container runtime for the video engines (NVDEC)."""
     if group.hardware == "cpu":
         return []
@@ -304,16 +309,51 @@ def _accelerator_env(group: GroupPlan) -> list[dict[str, Any]]:
     return env
 
 
-def _volumes(group: GroupPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(pod volumes, container mounts): the config, and the engine cache on accelerators."""
-    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": group.name}}]
-    mounts: list[dict[str, Any]] = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
+def _engine_cache(settings: OperatorSettings) -> dict[str, Any]:
+    if settings.engine_cache_host_path:
+        path = settings.engine_cache_host_path
+        return {"name": "engines", "hostPath": {"path": path, "type": "DirectoryOrCreate"}}
+    return {"name": "engines", "emptyDir": {}}
+
+
+def _volumes(
+    group: GroupPlan, settings: OperatorSettings
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pod volumes, container mounts): the config, scratch space, and the engine cache on
+    accelerators."""
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": group.name}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": SCRATCH_DIR},
+    ]
     if group.hardware != "cpu":
-        volumes.append(
-            {"name": "engines", "hostPath": {"path": ENGINE_CACHE_DIR, "type": "DirectoryOrCreate"}}
-        )
+        volumes.append(_engine_cache(settings))
         mounts.append({"name": "engines", "mountPath": ENGINE_CACHE_DIR})
     return volumes, mounts
+
+
+def _security_contexts() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod, container) security contexts meeting the Pod Security Standard "restricted", for
+    every worker pod, GPU and Jetson ones included (device access comes from the NVIDIA
+    container runtime, not from privileges)."""
+    pod = {
+        "runAsNonRoot": True,
+        "runAsUser": WORKER_UID,
+        "runAsGroup": WORKER_UID,
+        "fsGroup": WORKER_UID,  # the scratch and engine-cache volumes are the worker's
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    return pod, container
 
 
 def _env(spec: PipelineSpec, group: GroupPlan) -> list[dict[str, Any]]:
@@ -323,6 +363,7 @@ def _env(spec: PipelineSpec, group: GroupPlan) -> list[dict[str, Any]]:
             "name": "KUBEVISION_SHARD",
             "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']"}},
         },
+        {"name": "HOME", "value": SCRATCH_DIR},
     ]
     for name in sorted(group.cameras):
         ref = group.cameras[name].spec.source.credentials_secret_ref
@@ -340,7 +381,8 @@ def build_statefulset(
     meta = _metadata(pipeline, group)
     placement = _placement(spec, group, settings)
     image = spec.worker_image or settings.worker_images[group.hardware]
-    volumes, mounts = _volumes(group)
+    volumes, mounts = _volumes(group, settings)
+    pod_security, container_security = _security_contexts()
     container = {
         "name": "worker",
         "image": image,
@@ -355,11 +397,7 @@ def build_statefulset(
         },
         "resources": placement["resources"],
         "volumeMounts": mounts,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security,
     }
     return {
         "apiVersion": "apps/v1",
@@ -382,11 +420,8 @@ def build_statefulset(
                     **placement["pod"],
                     "containers": [container],
                     "volumes": volumes,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": 65532,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security,
+                    "automountServiceAccountToken": False,  # workers never call the API
                     "terminationGracePeriodSeconds": 10,
                 },
             },

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import logging
+import random
 import sys
 
 import kopf
@@ -37,6 +38,25 @@ def main(argv: list[str] | None = None) -> int:
         default="http://0.0.0.0:8080/healthz",
         help="liveness endpoint URL (empty to disable)",
     )
+    parser.add_argument(
+        "--peering",
+        default="",
+        help="kopf peering object shared by the replicas, only the highest priority one active "
+        "(a ClusterKopfPeering, or a KopfPeering in each --namespace); empty: standalone",
+    )
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority; default: random, so that replicas of one Deployment differ",
+    )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        help="seconds a silent replica counts as alive: a standby takes over this long after "
+        "the active one died at the latest",
+    )
     args = parser.parse_args(argv)
 
     import kubevision.operator.handlers  # noqa: F401  (registers the handlers with kopf)
@@ -47,13 +67,25 @@ def main(argv: list[str] | None = None) -> int:
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
     )
     logging.getLogger().setLevel(args.log_level.upper())
+    settings = kopf.OperatorSettings()
+    settings.peering.lifetime = args.peering_lifetime
     kopf.run(
-        standalone=True,  # one replica; no peering objects needed (and no RBAC for them)
+        settings=settings,
+        standalone=not args.peering,
+        peering_name=args.peering or None,
+        priority=_priority(args.priority) if args.peering else None,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=args.liveness or None,
     )
     return 0
+
+
+def _priority(given: int | None) -> int:
+    """kopf pauses every replica when two share the highest priority, so replicas pick a random
+    one from 2**31 values (kopf's docs suggest bash's $RANDOM: 32768 values, and no shell in a
+    distroless image)."""
+    return given if given is not None else random.SystemRandom().randrange(1, 2**31)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,7 @@ async def pipeline_reconciler(
     kube: Kube = memo.kube
     settings: OperatorSettings = memo.settings
     scaler = PipelineScaler()
+    metrics: OperatorMetrics = memo.operator_metrics
     triggers.register(key)
     backoff, interval = 1.0, settings.resync_seconds
     try:
@@ -143,15 +144,16 @@ async def pipeline_reconciler(
                 nodes=list(node_index.get(NODES, [])),
             )
             try:
-                body = await asyncio.to_thread(kube.get, PIPELINES, namespace, name)
-                if body is None:
-                    return  # deleted; kopf stops this daemon too
-                view, scaled = await asyncio.to_thread(
-                    _autoscale, kube, settings, scaler, body, snapshot, memo.operator_metrics
-                )
-                outcome = await asyncio.to_thread(
-                    reconcile_pipeline, kube, settings, body, snapshot, view
-                )
+                with metrics.reconciling("pipeline"):
+                    body = await asyncio.to_thread(kube.get, PIPELINES, namespace, name)
+                    if body is None:
+                        return  # deleted; kopf stops this daemon too
+                    view, scaled = await asyncio.to_thread(
+                        _autoscale, kube, settings, scaler, body, snapshot, metrics
+                    )
+                    outcome = await asyncio.to_thread(
+                        reconcile_pipeline, kube, settings, body, snapshot, view
+                    )
             except (ApiException, OSError) as exc:
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 logger.warning("reconcile failed (%s); retrying in %.0fs", exc, backoff)
@@ -161,6 +163,8 @@ async def pipeline_reconciler(
                 logger.exception("reconcile crashed; retrying in %.0fs", backoff)
                 continue
             backoff = 1.0
+            if outcome.ready_replicas is not None:
+                metrics.observe_groups(name, outcome.ready_replicas)
             # wake exactly when the next autoscaling step is due (never later)
             until_due = _metrics_interval(body) - (time.monotonic() - scaler.last_run)
             interval = min(settings.resync_seconds, max(_MIN_WAKE_SECONDS, until_due))
@@ -168,6 +172,7 @@ async def pipeline_reconciler(
                 kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     finally:
         triggers.unregister(key)
+        metrics.forget(name)
 
 
 def _metrics_interval(body: dict[str, Any]) -> float:
@@ -279,13 +284,15 @@ def _sync_status(kube: Kube, kind: Kind, body: kopf.Body, owner: ModuleType) -> 
 @kopf.on.event(GROUP, VERSION, "cameras", when=lambda type, **_: type != "DELETED")
 def camera_status(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Keep sourceHost, observedGeneration and Ready current."""
-    _sync_status(memo.kube, CAMERAS, body, cameras)
+    with memo.operator_metrics.reconciling("camera"):
+        _sync_status(memo.kube, CAMERAS, body, cameras)
 
 
 @kopf.on.event(GROUP, VERSION, "modelvariants", when=lambda type, **_: type != "DELETED")
 def variant_status(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Keep the hardware summary, observedGeneration and Ready current."""
-    _sync_status(memo.kube, MODELVARIANTS, body, modelvariants)
+    with memo.operator_metrics.reconciling("modelvariant"):
+        _sync_status(memo.kube, MODELVARIANTS, body, modelvariants)
 
 
 @kopf.on.event(GROUP, VERSION, "pipelines", when=lambda type, **_: type == "DELETED")
@@ -298,6 +305,7 @@ def pipeline_deleted(
 ) -> None:
     """Drop the deleted Pipeline's entries from Camera status (its objects are GC'd)."""
     manager = camera_field_manager(memo.settings, name)
-    for record in list(camera_index.get(namespace, [])):
-        if name in record.assignments:
-            apply_camera_assignment(memo.kube, namespace, record.camera.name, None, manager)
+    with memo.operator_metrics.reconciling("pipeline"):
+        for record in list(camera_index.get(namespace, [])):
+            if name in record.assignments:
+                apply_camera_assignment(memo.kube, namespace, record.camera.name, None, manager)

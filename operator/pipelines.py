@@ -102,6 +102,8 @@ class Outcome:
     """What a reconcile decided, for the caller to post as Kubernetes Events."""
 
     events: list[Event] = field(default_factory=list)
+    ready_replicas: dict[str, int] | None = None
+    """Ready replicas per group, for the operator's metrics; None when nothing was applied."""
 
 
 def camera_field_manager(settings: OperatorSettings, pipeline: str) -> str:
@@ -141,7 +143,7 @@ def reconcile_pipeline(
     _update_camera_assignments(kube, settings, namespace, name, plan, snapshot.cameras)
     status = _status(plan, ready, generation, previous_status, scaling or ScalingView())
     kube.apply_status(PIPELINES, namespace, name, status.wire())
-    return Outcome(events=_decisions(previous_status, status))
+    return Outcome(events=_decisions(previous_status, status), ready_replicas=ready)
 
 
 def _previous_assignments(configmaps: list[dict[str, Any]]) -> dict[str, dict[str, int]]:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -37,10 +39,37 @@ class ScalingEvent:
     before: GroupScaling
 
 
+ReconciledKind = Literal["camera", "pipeline", "modelvariant"]
+
+
 class OperatorMetrics:
-    """The operator's own metrics about its decisions (labels: pipeline, group, direction)."""
+    """The operator's own metrics about its decisions and reconciles (labels: pipeline, group,
+    direction, kind, result; groups of a Pipeline are forgotten when they go, so the label sets
+    stay those of live groups)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.reconciles = Counter(
+            "kubevision_operator_reconciles",
+            "Reconciles by kind (camera, pipeline, modelvariant) and result (ok, error).",
+            ["kind", "result"],
+            registry=registry,
+        )
+        for kind in get_args(ReconciledKind):  # exported at 0, so an error rate is never empty
+            for result in ("ok", "error"):
+                self.reconciles.labels(kind, result)
+        self.ready = Gauge(
+            "kubevision_operator_ready_replicas",
+            "Ready worker replicas per group (its StatefulSet's readyReplicas).",
+            ["pipeline", "group"],
+            registry=registry,
+        )
+        self.capacity_short = Gauge(
+            "kubevision_operator_capacity_short_replicas",
+            "Replicas the autoscaler wants beyond what maxReplicas and free nvidia.com/gpu "
+            "allow (0 when none).",
+            ["pipeline", "group"],
+            registry=registry,
+        )
         self.decisions = Counter(
             "kubevision_operator_scaling_decisions",
             "Scaling decisions that changed a group.",
@@ -59,6 +88,36 @@ class OperatorMetrics:
             ["pipeline", "group"],
             registry=registry,
         )
+        self._groups: dict[str, set[str]] = {}
+
+    @contextmanager
+    def reconciling(self, kind: ReconciledKind) -> Iterator[None]:
+        """Count the enclosed reconcile as ok, or as error when it raises (re-raised; a
+        cancellation, which is no failure, counts as neither)."""
+        try:
+            yield
+        except Exception:
+            self.reconciles.labels(kind, "error").inc()
+            raise
+        self.reconciles.labels(kind, "ok").inc()
+
+    def observe_groups(self, pipeline: str, ready: Mapping[str, int]) -> None:
+        """Ready replicas of the Pipeline's current groups; series of its gone groups go."""
+        for group, replicas in ready.items():
+            self.ready.labels(pipeline, group).set(replicas)
+        for gone in self._groups.get(pipeline, set()) - set(ready):
+            self._remove(pipeline, gone)
+        self._groups[pipeline] = set(ready)
+
+    def forget(self, pipeline: str) -> None:
+        """The Pipeline is gone: drop every per-group series it had."""
+        for group in self._groups.pop(pipeline, set()):
+            self._remove(pipeline, group)
+
+    def _remove(self, pipeline: str, group: str) -> None:
+        for gauge in (self.ready, self.capacity_short, self.desired, self.degradation):
+            with suppress(KeyError):  # prometheus-client < 0.22 raises for a series never set
+                gauge.remove(pipeline, group)
 
 
 def policy(autoscaling: Autoscaling, target_p99_ms: float, ladder: tuple[Any, ...]) -> Policy:
@@ -140,6 +199,8 @@ class PipelineScaler:
                 held.append(f"{group.name}: {decision.reason}")
             metrics.desired.labels(pipeline, group.name).set(decision.replicas)
             metrics.degradation.labels(pipeline, group.name).set(len(decision.degradation))
+            if not decision.held:  # a hold knows nothing new about capacity
+                metrics.capacity_short.labels(pipeline, group.name).set(decision.short)
             if decision.changed_from(current.replicas, current.degradation):
                 self.decisions[group.name] = GroupScaling(decision.replicas, decision.degradation)
                 self.reasons[group.name] = decision.reason

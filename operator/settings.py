@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from kubevision.api.modelvariant import HardwareClass
 
 _VERSION = importlib.metadata.version("kubevision")
-_IMAGE = "ghcr.io/kubevision/kubevision"
+_IMAGE = "ghcr.io/kubevision/worker"
 _IMAGES: dict[HardwareClass, str] = {
     "cpu": f"{_IMAGE}:{_VERSION}",
     "nvidia-gpu": f"{_IMAGE}:{_VERSION}-cuda",
@@ -38,6 +38,10 @@ class OperatorSettings(BaseModel):
     """Read workers' signals from this Prometheus instead of scraping them (a Pipeline's
     spec.autoscaling.prometheusUrl wins)."""
     jetson_runtime_class: str = "nvidia"
+    engine_cache_host_path: str | None = None
+    """Keep GPU workers' TensorRT engines in this node folder (hostPath), so each node builds an
+    engine once. None (the default): a per-pod emptyDir, as Pod Security "restricted" allows
+    no hostPath volumes."""
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -57,4 +61,6 @@ class OperatorSettings(BaseModel):
             operator_metrics_port=int(port) if port else None,
             prometheus_url=os.environ.get("KUBEVISION_PROMETHEUS_URL") or None,
             handover_seconds=float(os.environ.get("KUBEVISION_HANDOVER_SECONDS", "90")),
+            engine_cache_host_path=os.environ.get("KUBEVISION_ENGINE_CACHE_HOST_PATH") or None,
+            jetson_runtime_class=os.environ.get("KUBEVISION_JETSON_RUNTIME_CLASS") or "nvidia",
         )

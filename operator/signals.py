@@ -25,6 +25,7 @@ log = logging.getLogger("kubevision.operator.signals")
 LATENCY = "kubevision_frame_latency_seconds"
 PROCESSED = "kubevision_frames_processed_total"
 DROPPED = "kubevision_frames_dropped_total"
+"""Labelled by ``reason`` too; every reason is load, so both sources sum them all."""
 QUEUE = "kubevision_queue_depth"
 FPS = "kubevision_stream_fps"
 

@@ -1,10 +1,13 @@
-"""Shared fixtures: the real local cluster (one per session) and a namespace per test."""
+"""Shared fixtures: the real local cluster (one per session) and a namespace per test; and the
+skip rule: only missing hardware may leave a test unrun under CI (:mod:`tests.hardware`)."""
 
 from __future__ import annotations
 
 import json
+import os
 import uuid
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from tests.assets import require
 from tests.envtest.cluster import LocalCluster
 from tests.envtest.operator import OperatorProcess, install_chart
 from tests.envtest.podrunner import PodRunner
+from tests.hardware import hardware_of
 
 _STATE_DIR = pytest.StashKey[Path]()
 
@@ -70,8 +74,56 @@ def runner(
     pod_runner.stop()
 
 
+def _skip_reason(report: pytest.CollectReport | pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return text.removeprefix("Skipped: ")
+
+
+def _fail_unexpected_skip(report: pytest.CollectReport | pytest.TestReport) -> None:
+    """Under ``CI=true`` a skip for anything but missing hardware is a failure: CI installs
+    every prerequisite, so such a skip means the set-up is broken, not that all is well."""
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    if os.environ.get("CI", "").lower() != "true":
+        return
+    reason = _skip_reason(report)
+    if hardware_of(reason) is None:
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true (only missing hardware may skip): {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    _fail_unexpected_skip(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    _fail_unexpected_skip(report)
+    return report
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """Point at the control-plane logs when something failed (they stay on disk)."""
+    """List the hardware-only tests this machine could not run, and point at the control-plane
+    logs when something failed (they stay on disk)."""
+    by_kind: dict[str, list[str]] = defaultdict(list)
+    for report in terminalreporter.stats.get("skipped", []):
+        kind = hardware_of(_skip_reason(report))
+        if kind is not None:
+            by_kind[kind].append(report.nodeid.split("::")[0])
+    if by_kind:
+        terminalreporter.section("hardware-only tests not run on this machine")
+        for kind, files in sorted(by_kind.items()):
+            where = ", ".join(sorted(set(files)))
+            terminalreporter.write_line(f"{kind}: {len(files)} skipped ({where})")
     state_dir = config.stash.get(_STATE_DIR, None)
     if state_dir is not None and exitstatus != 0:
         terminalreporter.write_line(f"control-plane logs kept in {state_dir / 'logs'}")

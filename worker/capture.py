@@ -55,6 +55,8 @@ from kubevision.worker.nvdec import (
 if TYPE_CHECKING:
     import torch
 
+    from kubevision.worker.sampling import Sampler
+
 log = logging.getLogger(__name__)
 
 ThreadType = Literal["AUTO", "FRAME", "SLICE", "NONE"]
@@ -248,12 +250,16 @@ class CameraStream:
         camera: CameraAssignment,
         metrics: CameraMetrics,
         options: CaptureOptions | None = None,
+        sampler: Sampler | None = None,
         *,
         rng: random.Random | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.camera = camera
         self.options = options or CaptureOptions()
+        self._sampler = sampler
+        """Chooses, on the capture thread, which decoded frames enter the latest-frame buffer:
+        a frame the buffer then drops is one that was meant to be analysed."""
         self._metrics = metrics
         self._rng = rng or random.Random()
         self._environ = os.environ if environ is None else environ
@@ -512,6 +518,8 @@ class CameraStream:
         return frames
 
     def _deliver(self, decoded: Picture, *, first: bool) -> None:
+        """Hand a decoded frame to the consumer: sampled first (the sampler starts afresh on
+        each connection), then into the latest-frame buffer, which drops the oldest."""
         wall, mono = time.time(), time.monotonic()
         frame = Frame(
             camera=self.name,
@@ -523,10 +531,13 @@ class CameraStream:
             key_frame=decoded.key_frame,
         )
         self._next_index += 1
+        self._count_arrival(mono)
+        sampled = self._sample(frame, first=first)
         with self._cond:
-            if len(self._buffer) == self._buffer.maxlen:
-                self._metrics.dropped.inc()
-            self._buffer.append(frame)
+            if sampled:
+                if len(self._buffer) == self._buffer.maxlen:
+                    self._metrics.dropped("buffer_full")
+                self._buffer.append(frame)
             if first:
                 self._state = StreamState.STREAMING
                 self._last_error = None
@@ -534,6 +545,21 @@ class CameraStream:
         if first:
             self._metrics.up.set(1)
             log.info("capture streaming camera=%s", self.name)
+
+    def _sample(self, frame: Frame, *, first: bool) -> bool:
+        """Whether the sampler wants the frame (counted as skipped if not); without a sampler
+        the consumer gets every frame."""
+        if self._sampler is None:
+            return True
+        if first:
+            self._sampler.reset()  # the previous connection's image means nothing now
+        if self._sampler(frame):
+            return True
+        self._metrics.skipped.inc()
+        return False
+
+    def _count_arrival(self, mono: float) -> None:
+        """``kubevision_stream_fps``: decoded frames per second, sampled or not."""
         self._arrivals.append(mono)
         if len(self._arrivals) >= 2 and mono > self._arrivals[0]:
             self._metrics.fps.set((len(self._arrivals) - 1) / (mono - self._arrivals[0]))
@@ -594,9 +620,10 @@ class CameraStream:
             self._cond.notify_all()
 
     def _mark_down(self) -> None:
-        self._metrics.up.set(0)
-        self._metrics.fps.set(0)
         self._arrivals.clear()
+        if self._metrics.current:  # else a newer stream of the camera owns the series
+            self._metrics.up.set(0)
+            self._metrics.fps.set(0)
 
     def _done(self) -> bool:
         return self._stop.is_set() or self._state is StreamState.FINISHED

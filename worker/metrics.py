@@ -1,19 +1,28 @@
 """Prometheus metrics of a worker: the contract the autoscaler, dashboards and alerts read.
 
 Names carry the ``kubevision_`` prefix; labels are only ``pipeline``, ``camera``, ``stage``,
-``class`` and ``decoder`` (all bounded: cameras per worker and detector classes are finite,
-decoders are ``cpu`` or ``nvdec``). Each worker owns one :class:`WorkerMetrics` with its own
-registry, so tests can run several side by side.
+``class``, ``decoder`` and ``reason`` (all bounded: cameras per worker and detector classes are
+finite, decoders are ``cpu`` or ``nvdec``, reasons are :data:`DROP_REASONS`). Each worker owns
+one :class:`WorkerMetrics` with its own registry, so tests can run several side by side; the
+registry also carries the process' CPU and memory (``process_*``) for the dashboards.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import Literal, get_args
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "track", "classify", "publish")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+DropReason = Literal["buffer_full", "superseded", "stale"]
+"""Why a sampled frame was not analysed: the capture buffer overwrote it (``buffer_full``), a
+newer frame of its camera replaced it while it waited for a batch (``superseded``), or it was
+overtaken while its camera moved between lanes (``stale``)."""
+DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
 
 
 class WorkerMetrics:
@@ -32,9 +41,9 @@ class WorkerMetrics:
         )
         self.frames_dropped = Counter(
             "kubevision_frames_dropped",
-            "Decoded frames replaced in the latest-frame buffer before inference took them "
-            "(the pipeline was slower than the camera).",
-            cam,
+            "Sampled frames never analysed because the pipeline was slower than the camera, "
+            "by reason (buffer_full, superseded, stale).",
+            [*cam, "reason"],
             registry=r,
         )
         self.frames_skipped = Counter(
@@ -97,10 +106,48 @@ class WorkerMetrics:
             [*cam, "decoder"],
             registry=r,
         )
+        self.tracks_active = Gauge(
+            "kubevision_tracks_active",
+            "Tracks the camera's event builder holds live (seen, not yet ended).",
+            cam,
+            registry=r,
+        )
+        self.tracks_started = Counter(
+            "kubevision_tracks_started",
+            "New tracks, by the detector class of their first sighting.",
+            ["pipeline", "camera", "class"],
+            registry=r,
+        )
+        self.slo_p99 = Gauge(
+            "kubevision_slo_p99_latency_seconds",
+            "The Pipeline's end-to-end p99 latency objective (spec.slo.p99LatencyMs), for "
+            "dashboards and alerts to compare kubevision_frame_latency_seconds with.",
+            ["pipeline"],
+            registry=r,
+        )
+        ProcessCollector(registry=r)
+        self._latest: dict[str, CameraMetrics] = {}
+        """The newest CameraMetrics of each camera: a restarted camera's new stream starts
+        before the old one stops, and the old one must not remove the new one's series."""
 
     def camera(self, camera: str) -> CameraMetrics:
         """The metrics of one camera, labels bound once."""
-        return CameraMetrics(self, camera)
+        metrics = self._latest[camera] = CameraMetrics(self, camera)
+        return metrics
+
+    def is_latest(self, metrics: CameraMetrics) -> bool:
+        return self._latest.get(metrics.camera) is metrics
+
+    def frames_dropped_total(self, camera: str) -> float:
+        """The camera's dropped frames, all reasons summed (what tests and benchmarks read)."""
+        return sum(
+            self.registry.get_sample_value(
+                "kubevision_frames_dropped_total",
+                {"pipeline": self.pipeline, "camera": camera, "reason": reason},
+            )
+            or 0.0
+            for reason in DROP_REASONS
+        )
 
     def stage(self, stage: str) -> Histogram:
         if stage not in STAGES:
@@ -113,13 +160,18 @@ class CameraMetrics:
 
     def __init__(self, parent: WorkerMetrics, camera: str) -> None:
         labels = (parent.pipeline, camera)
+        self.camera = camera
+        self._parent = parent
         self.processed = parent.frames_processed.labels(*labels)
-        self.dropped = parent.frames_dropped.labels(*labels)
+        # every reason exported from the start (at 0), so rates and alerts see the series
+        self._dropped = {r: parent.frames_dropped.labels(*labels, r) for r in DROP_REASONS}
         self.skipped = parent.frames_skipped.labels(*labels)
         self.latency = parent.frame_latency.labels(*labels)
         self.up = parent.camera_up.labels(*labels)
         self.reconnects = parent.reconnects.labels(*labels)
         self.fps = parent.stream_fps.labels(*labels)
+        self.tracks_active = parent.tracks_active.labels(*labels)
+        self._tracks_started = parent.tracks_started
         self.decode = parent.stage("decode")
         """Seconds from each packet to BGR frames, decode and colour conversion (observed by
         the capture thread)."""
@@ -128,12 +180,27 @@ class CameraMetrics:
         self._decoder: str | None = None
         self._labels = labels
 
+    def dropped(self, reason: DropReason) -> None:
+        self._dropped[reason].inc()
+
+    def track_started(self, class_name: str) -> None:
+        self._tracks_started.labels(*self._labels, class_name).inc()
+
     def detected(self, class_name: str, count: int) -> None:
         self._detections.labels(*self._labels, class_name).inc(count)
 
+    @property
+    def current(self) -> bool:
+        """Whether these are the metrics of the camera's newest stream (a stream being
+        replaced must not mark the camera down under its successor)."""
+        return self._parent.is_latest(self)
+
     def set_decoder(self, decoder: str | None) -> None:
         """Show ``decoder`` in ``kubevision_camera_decoder`` (one series per camera, as an
-        info metric); None removes the camera's series."""
+        info metric); None removes the camera's series, unless a newer stream of the camera
+        owns it now."""
+        if not self.current:
+            return
         if self._decoder is not None and self._decoder != decoder:
             self._decoder_info.remove(*self._labels, self._decoder)
         if decoder is not None:

@@ -1,17 +1,19 @@
 """The worker's processing loop: cameras → sampler → cross-camera batch → detector → per-camera
 tracker → classifier → events → sinks, with metrics and health at every step.
 
-Each camera decodes in its own capture thread into a latest-frame buffer, so a slow model drops
-old frames instead of building latency. Inference runs in one *lane* per device (one on a CPU
-node, one per GPU on a GPU server): cameras are spread over the lanes by load
-(:mod:`.placement`), and each lane's :class:`~.batching.DynamicBatcher` turns its cameras'
-freshest frames into cross-camera batches (at most one frame per camera, longest-waiting
-first). Each lane has two threads: one detects a batch while the other tracks and classifies
-the previous one (a GPU batch and the per-frame tracking then overlap instead of taking turns;
-one batch waits between them at most). Detections go back to each camera's own tracker; the
-due tracks of all the batch's cameras are classified in one call. A new config (cameras
-added/removed, models changed) is applied without a restart: new cameras start before removed
-ones stop, so no camera goes unwatched during a handover.
+Each camera decodes in its own capture thread, which samples the frames (``spec.sampling``) and
+keeps the sampled ones in a latest-frame buffer, so a slow model drops old frames instead of
+building latency, and a dropped frame is always one that was meant to be analysed. Inference
+runs in one *lane* per device (one on a CPU node, one per GPU on a GPU server): cameras are
+spread over the lanes by load (:mod:`.placement`), and each lane's
+:class:`~.batching.DynamicBatcher` turns its cameras' freshest frames into cross-camera batches
+(at most one frame per camera, longest-waiting first). Each lane has two threads: one detects a
+batch while the other tracks and classifies the previous one (a GPU batch and the per-frame
+tracking then overlap instead of taking turns; one batch waits between them at most).
+Detections go back to each camera's own tracker; the due tracks of all the batch's cameras are
+classified in one call. A new config (cameras added/removed, models changed) is applied without
+a restart: new cameras start before removed ones stop, so no camera goes unwatched during a
+handover.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class FrameSource(Protocol):
     def pending(self) -> int: ...
 
 
-SourceFactory = Callable[[CameraAssignment, CameraMetrics, CaptureOptions], FrameSource]
+SourceFactory = Callable[[CameraAssignment, CameraMetrics, CaptureOptions, Sampler], FrameSource]
+"""Opens a camera whose frames the sampler chooses from before they are buffered."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,8 @@ class _Models:
 
 
 class _Camera:
-    """One camera's stream and per-camera state (sampler, tracker, events, labels)."""
+    """One camera's stream (which samples its frames) and per-camera state (tracker, events,
+    labels)."""
 
     def __init__(
         self,
@@ -150,8 +154,7 @@ class _Camera:
     ) -> None:
         self.assignment = assignment
         self.metrics = metrics
-        self.stream = open_source(assignment, metrics, options)
-        self.sampler: Sampler = build_sampler(assignment.sampling)
+        self.stream = open_source(assignment, metrics, options, build_sampler(assignment.sampling))
         self.tracker: Tracker = create_tracker(config.tracker, models.embedder)
         # trackers report only the tracks matched in this frame; a track stays alive (no
         # track.ended) for as long as the tracker keeps it
@@ -246,6 +249,7 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._config = config
+        self._show_slo(config)
         self._lanes = [
             self._new_lane(i, device, config)
             for i, device in enumerate(resolve_devices(self._options.device))
@@ -304,10 +308,14 @@ class WorkerRuntime:
         ]
         with self._lock:
             self._config = config
+            self._show_slo(config)
             for lane, lane_models in zip(self._lanes, models, strict=True):
                 lane.models = lane_models
                 lane.batcher.max_batch = self._options.max_batch or lane_models.batch_max
             self._apply_cameras(config)
+
+    def _show_slo(self, config: WorkerConfig) -> None:
+        self._metrics.slo_p99.labels(self._metrics.pipeline).set(config.slo.p99_latency_ms / 1000)
 
     @property
     def cameras(self) -> dict[str, FrameSource]:
@@ -430,10 +438,8 @@ class WorkerRuntime:
             frame = cam.stream.get(timeout=0)
             if frame is None:
                 continue
-            if not cam.sampler(frame):
-                cam.metrics.skipped.inc()
-            elif lane.batcher.put(cam.assignment.name, frame, frame.capture_mono, now):
-                cam.metrics.dropped.inc()  # superseded while waiting for a batch
+            if lane.batcher.put(cam.assignment.name, frame, frame.capture_mono, now):
+                cam.metrics.dropped("superseded")  # replaced while waiting for a batch
         self._metrics.queue_depth.labels(self._metrics.pipeline).set(
             sum(c.stream.pending for c in cams) + lane.batcher.pending
         )
@@ -499,7 +505,7 @@ class WorkerRuntime:
     def _advance(cam: _Camera, frame: Frame) -> bool:
         """Whether ``frame`` is newer than the camera's last tracked one (else it is dropped)."""
         if frame.index <= cam.last_index:
-            cam.metrics.dropped.inc()
+            cam.metrics.dropped("stale")
             return False
         cam.last_index = frame.index
         return True
@@ -540,6 +546,10 @@ class WorkerRuntime:
         labels: dict[int, Classification],
     ) -> None:
         events = cam.events.update(tracked, frame.capture_wall, labels)
+        cam.metrics.tracks_active.set(cam.events.live_tracks)
+        for event in events:
+            if event.kind == "track.started":
+                cam.metrics.track_started(event.class_name)
         with self._stage("publish"):
             if events:
                 self._sink.publish(events)

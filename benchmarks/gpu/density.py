@@ -69,6 +69,7 @@ from kubevision.worker.health import Health
 from kubevision.worker.metrics import CameraMetrics, WorkerMetrics
 from kubevision.worker.models import sha256_of
 from kubevision.worker.runtime import FrameResult, RuntimeOptions, WorkerRuntime
+from kubevision.worker.sampling import Sampler
 from kubevision.worker.sinks import FanOut
 from kubevision.worker.trackers import create_tracker
 
@@ -289,9 +290,13 @@ class KubeVisionWorker:
         self._runtime.start()
 
     def _open(
-        self, assignment: CameraAssignment, metrics: CameraMetrics, options: CaptureOptions
+        self,
+        assignment: CameraAssignment,
+        metrics: CameraMetrics,
+        options: CaptureOptions,
+        sampler: Sampler,
     ) -> ReplayStream:
-        del metrics, options
+        del metrics, options, sampler  # every frame is analysed (sampling "all")
         index = int(assignment.name.split("-")[1])
         stream = ReplayStream(assignment.name, self._frames, index * 7, (index % 30) / FPS / 30)
         self._sources[assignment.name] = stream

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.envtest.cluster import LocalCluster
@@ -49,10 +50,25 @@ def install_chart(cluster: LocalCluster, release: str = "kubevision") -> None:
 class OperatorProcess:
     """The operator as a child process; ``kill()`` simulates a crash, ``start()`` a restart."""
 
-    def __init__(self, cluster: LocalCluster, log_path: Path, resync_seconds: float = 30) -> None:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        log_path: Path,
+        resync_seconds: float = 30,
+        *,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        kubeconfig: Path | None = None,
+    ) -> None:
+        """``args`` are extra CLI options (``--peering=…``, ``--namespace=…``), ``env`` extra
+        variables (``POD_ID``, kopf's peering identity); ``kubeconfig`` defaults to the chart's
+        ServiceAccount user of the session release."""
         self._cluster = cluster
         self.log_path = log_path
         self._resync = resync_seconds
+        self._args = list(args)
+        self._env = dict(env or {})
+        self._kubeconfig = kubeconfig or cluster.kubeconfig("operator")
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> None:
@@ -60,16 +76,22 @@ class OperatorProcess:
         self.metrics_port = free_port()
         env = {
             **os.environ,
-            "KUBECONFIG": str(self._cluster.kubeconfig("operator")),
+            "KUBECONFIG": str(self._kubeconfig),
             "KUBEVISION_RESYNC_SECONDS": str(self._resync),
             "KUBEVISION_OPERATOR_METRICS_PORT": str(self.metrics_port),
             # real kubelets refresh ConfigMaps in ~1 min; the PodRunner does it in 0.5 s
             "KUBEVISION_HANDOVER_SECONDS": "5",
+            **self._env,
         }
         script = Path(sys.executable).parent / "kubevision-operator"
         with self.log_path.open("ab") as out:
             self._proc = subprocess.Popen(
-                [str(script), "--log-level=info", f"--liveness=http://127.0.0.1:{port}/healthz"],
+                [
+                    str(script),
+                    "--log-level=info",
+                    f"--liveness=http://127.0.0.1:{port}/healthz",
+                    *self._args,
+                ],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -138,7 +138,7 @@ class Feeder:
         self.log_path = state_dir / f"feeder-{path}.log"
         self._child: _Child | None = None
 
-    def start(self, timeout: float = 15.0) -> str:
+    def start(self, timeout: float = 60.0) -> str:
         """Start ffmpeg; returns the ``sprop-parameter-sets`` of the SDP it wrote."""
         self.sdp_path.unlink(missing_ok=True)
         argv = [
@@ -202,7 +202,7 @@ class RtspServer:
         staged.write_text(json.dumps(config, indent=2))
         staged.replace(self.config_path)  # the server may re-read it at any time (SIGHUP)
 
-    def start(self, timeout: float = 15.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         """Start the server process and wait until it answers RTSP requests."""
         self._write_config()
         self._starts += 1
@@ -265,7 +265,7 @@ class RtspServer:
         self.wait_streaming(path)
         return feeder
 
-    def wait_streaming(self, path: str, timeout: float = 15.0) -> None:
+    def wait_streaming(self, path: str, timeout: float = 60.0) -> None:
         """Wait until a DESCRIBE of ``path`` returns an H.264 SDP, i.e. the server receives the
         feeder's RTP (GStreamer describes a live stream only once its first packets arrived)."""
         child = self._child

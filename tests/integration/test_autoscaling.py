@@ -2,8 +2,12 @@
 metrics those workers report, on the real control plane.
 
 The breach is made certain rather than hoped for: the SLO asks for a p99 no CPU can give
-(2 ms), so every measurement is a breach whatever this machine's speed; "load removed" is the
-SLO relaxed to 10 s. That keeps the test about the control loop, not about the CPU.
+(2 ms), so every measurement is a breach whatever this machine's speed. "Load removed" is made
+as certain: the SLO relaxed to 10 s *and* the cameras sampled at one frame in 30, so neither
+latency nor dropped frames (which also count as load) can keep the ladder engaged, however busy
+the machine is. That keeps the test about the control loop, not about the CPU; how fast it
+reacts is measured by ``make bench-autoscaling``, not asserted here. Every deadline is derived
+from the configured intervals and windows plus a margin for a loaded machine.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from typing import Any
 
 import pytest
@@ -26,6 +29,12 @@ from tests.integration.helpers import Namespace
 
 GROUP = group_name("p", "site-a", "cpu")
 WINDOW_SECONDS = 4
+METRICS_INTERVAL_SECONDS = 1
+LOADED_MACHINE_MARGIN = 45
+STEP_DEADLINE = 5 * METRICS_INTERVAL_SECONDS + LOADED_MACHINE_MARGIN
+"""One autoscaling step: a few metric intervals (two scrapes make a rate), an operator tick,
+a ConfigMap refresh by the stand-in kubelet, and a margin for a loaded machine."""
+SCALE_DOWN_DEADLINE = WINDOW_SECONDS + STEP_DEADLINE
 
 
 @pytest.fixture
@@ -53,16 +62,19 @@ def variant() -> dict[str, Any]:
     }
 
 
-def camera(name: str) -> dict[str, Any]:
+def camera(name: str, every_n: int | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "source": {"url": f"file://{require('videos/bottle-detection.mp4')}"},
+        "fps": 29.8,
+        "site": "site-a",
+    }
+    if every_n is not None:
+        spec["sampling"] = {"mode": "everyN", "everyN": every_n}
     return {
         "apiVersion": "kubevision.io/v1alpha1",
         "kind": "Camera",
         "metadata": {"name": name, "labels": {"app": "loop"}},
-        "spec": {
-            "source": {"url": f"file://{require('videos/bottle-detection.mp4')}"},
-            "fps": 29.8,
-            "site": "site-a",
-        },
+        "spec": spec,
     }
 
 
@@ -79,7 +91,7 @@ def pipeline(p99_ms: float) -> dict[str, Any]:
             "autoscaling": {
                 "minReplicas": 1,
                 "maxReplicas": 2,
-                "metricsIntervalSeconds": 1,
+                "metricsIntervalSeconds": METRICS_INTERVAL_SECONDS,
                 "scaleUpStabilizationSeconds": 0,
                 "scaleDownStabilizationSeconds": WINDOW_SECONDS,
             },
@@ -110,7 +122,7 @@ class Watch:
         self.looks += 1
         return dict(groups.get(GROUP, {}))
 
-    def until(self, check: Any, what: str, timeout: float = 60) -> dict[str, Any]:
+    def until(self, check: Any, what: str, timeout: float) -> dict[str, Any]:
         result: dict[str, Any] = wait_for(
             lambda: (g := self.group()) and check(g) and g,
             timeout=timeout,
@@ -124,29 +136,33 @@ def test_slo_breach_scales_up_then_degrades_then_recovers(ns: Namespace) -> None
     cams = {"loop-a", "loop-b"}
     ns.apply(docs=[variant(), *(camera(c) for c in sorted(cams)), pipeline(p99_ms=2)])
     watch = Watch(ns, cams)
-    first = watch.until(lambda g: g.get("readyReplicas") == 1, "the first worker to be ready")
+    first = watch.until(
+        lambda g: g.get("readyReplicas") == 1, "the first worker to be ready", timeout=120
+    )
     assert first["replicas"] == 1
     assert first["scaledBy"] == "capacity"
-    ready_at = time.monotonic()
 
-    up = watch.until(lambda g: g["replicas"] == 2, "scale-up on the SLO breach", timeout=30)
-    reaction = time.monotonic() - ready_at
+    up = watch.until(lambda g: g["replicas"] == 2, "scale-up on the SLO breach", STEP_DEADLINE)
     assert up["scaledBy"] == "metrics"
-    assert reaction < 15, f"reacted in {reaction:.1f}s; the goal is 15s"
 
     degraded = watch.until(
         lambda g: g.get("degradation") == ["frameSkip"],
         "frame skipping at max replicas",
-        timeout=30,
+        timeout=STEP_DEADLINE,
     )
     assert degraded["replicas"] == 2
     sampling = {c.name: c.sampling for s in watch.ns.worker_config(GROUP).shards for c in s}
     assert all(s.mode == "everyN" and s.every_n == 2 for s in sampling.values())
 
-    ns.apply(docs=[pipeline(p99_ms=10_000)])  # load removed, relative to the SLO
-    undone = watch.until(lambda g: g.get("degradation") == [], "the ladder undone", timeout=60)
+    # load removed, relative to the SLO and to what any machine can analyse
+    ns.apply(docs=[*(camera(c, every_n=30) for c in sorted(cams)), pipeline(p99_ms=10_000)])
+    undone = watch.until(
+        lambda g: g.get("degradation") == [], "the ladder undone", timeout=SCALE_DOWN_DEADLINE
+    )
     assert undone["replicas"] == 2, "the ladder is undone before any replica is removed"
-    watch.until(lambda g: g["replicas"] == 1, "scale-down after the window", timeout=60)
+    watch.until(
+        lambda g: g["replicas"] == 1, "scale-down after the window", timeout=SCALE_DOWN_DEADLINE
+    )
 
     events = json.loads(ns.kubectl("get", "events", "-o", "json"))["items"]
     reasons = {e["reason"] for e in events if e["involvedObject"]["name"] == "p"}
@@ -161,7 +177,7 @@ def test_slo_breach_scales_up_then_degrades_then_recovers(ns: Namespace) -> None
 def test_unreachable_workers_hold_the_decision(ns: Namespace, runner: PodRunner) -> None:
     ns.apply(docs=[variant(), camera("held-a"), pipeline(p99_ms=2)])
     watch = Watch(ns, {"held-a"})
-    watch.until(lambda g: g.get("replicas") == 2, "scale-up on the SLO breach", timeout=60)
+    watch.until(lambda g: g.get("replicas") == 2, "scale-up on the SLO breach", timeout=120)
     pods = ns.items("pods", f"kubevision.io/group={GROUP}")
     # workers that stop answering (their processes frozen, like hung containers) must not
     # make the operator scale down, or to zero

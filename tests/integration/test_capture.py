@@ -5,7 +5,6 @@ killed and restarted under the reader. Metrics are read from the worker's regist
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
 import socket
@@ -32,6 +31,8 @@ from kubevision.worker.capture import (
 )
 from kubevision.worker.metrics import WorkerMetrics
 from kubevision.worker.nvdec import nvdec_unavailable_reason
+from kubevision.worker.sampling import EveryNSampler, Sampler
+from tests import hardware
 from tests.assets import require
 from tests.envtest.controlplane import free_port
 from tests.envtest.poll import wait_for
@@ -68,10 +69,7 @@ def streams() -> Iterator[list[CameraStream]]:
 def ffmpeg() -> str:
     path = shutil.which("ffmpeg")
     if path is None:
-        reason = "ffmpeg is not installed (apt-get install ffmpeg)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+        pytest.skip("ffmpeg is not installed (make system-packages)")
     return path
 
 
@@ -83,6 +81,7 @@ def open_stream(
     *,
     timeout_seconds: int = 5,
     credentials: CredentialEnv | None = None,
+    sampler: Sampler | None = None,
     **options: Any,
 ) -> CameraStream:
     camera = CameraAssignment(
@@ -96,7 +95,7 @@ def open_stream(
     )
     options.setdefault("backoff", FAST_RETRY)
     stream = CameraStream(
-        camera, metrics.camera(name), CaptureOptions(**options), rng=random.Random(7)
+        camera, metrics.camera(name), CaptureOptions(**options), sampler, rng=random.Random(7)
     )
     streams.append(stream)
     return stream.start()
@@ -116,7 +115,7 @@ def reconnects(metrics: WorkerMetrics, camera: str) -> float:
 
 
 def dropped(metrics: WorkerMetrics, camera: str) -> float:
-    return sample(metrics, "kubevision_frames_dropped_total", camera)
+    return metrics.frames_dropped_total(camera)
 
 
 def next_frame(stream: CameraStream, after: int = -1, timeout: float = 20.0) -> Frame:
@@ -236,6 +235,50 @@ def test_slow_consumer_gets_the_newest_frame_and_drops_are_counted(
     assert leftover <= 1
     # every decoded frame was either consumed, dropped, or is still in the buffer
     assert stream.last_index + 1 == len(consumed) + dropped(metrics, "car") + leftover
+
+
+def test_sampling_happens_before_the_buffer_so_only_wanted_frames_count_as_dropped(
+    streams: list[CameraStream], metrics: WorkerMetrics, car_video: Path
+) -> None:
+    """With every third frame wanted and a consumer slower than that, the buffer holds only
+    sampled frames: the others are counted as skipped, never as dropped, so the drop rate the
+    autoscaler reads says how many *wanted* frames were lost (frame skipping lowers it)."""
+    stream = open_stream(
+        streams, metrics, "car", f"file://{car_video}", buffer_size=1, sampler=EveryNSampler(3)
+    )
+    consumed = [next_frame(stream)]
+    for _ in range(3):
+        wait_for(
+            lambda: dropped(metrics, "car") >= len(consumed) + 1,
+            timeout=20,
+            what="a wanted frame to be dropped",
+        )
+        frame = stream.get(timeout=1)
+        assert frame is not None
+        consumed.append(frame)
+    stream.stop()
+
+    assert all(f.index % 3 == 0 for f in consumed), "only sampled frames reach the consumer"
+    decoded = stream.last_index + 1
+    skipped = sample(metrics, "kubevision_frames_skipped_total", "car")
+    assert skipped == decoded - (decoded + 2) // 3, "every unwanted frame counts as skipped"
+    wanted = decoded - skipped
+    assert wanted == len(consumed) + dropped(metrics, "car") + stream.pending
+
+
+def test_a_replaced_stream_leaves_its_successor_up(
+    streams: list[CameraStream], metrics: WorkerMetrics, car_video: Path
+) -> None:
+    """A changed assignment starts the camera's new stream before the old one stops (make
+    before break); stopping the old one must not mark the camera down under the new one."""
+    old = open_stream(streams, metrics, "car", f"file://{car_video}")
+    next_frame(old)
+    new = open_stream(streams, metrics, "car", f"file://{car_video}")
+    next_frame(new)
+    old.stop()
+    assert up(metrics, "car") == 1
+    new.stop()
+    assert up(metrics, "car") == 0
 
 
 def test_corrupt_files_fail_alone_with_a_clear_error(
@@ -437,7 +480,7 @@ def test_auto_decoder_without_nvdec_decodes_on_cpu_and_says_so(
 ) -> None:
     reason = nvdec_unavailable_reason(0)
     if reason is None:
-        pytest.skip("this machine has NVDEC: auto picks it (see the nvdec test below)")
+        hardware.skip_without("nvdec", "this machine has NVDEC: auto picks it (see the test below)")
     caplog.set_level(logging.INFO, logger="kubevision.worker.capture")
     capture_module._announce_fallback.cache_clear()
     auto = [
@@ -488,7 +531,7 @@ def test_a_frame_copies_gpu_pixels_to_the_host_once_on_demand() -> None:
 def gpu() -> int:
     reason = nvdec_unavailable_reason(0)
     if reason is not None:
-        pytest.skip(f"NVDEC unavailable: {reason}")
+        hardware.skip_without("nvdec", f"NVDEC unavailable: {reason}")
     return 0
 
 

@@ -97,13 +97,7 @@ def test_a_lane_detects_the_next_batch_while_tracking_the_last_and_its_backlog_s
                 detected[0] += 1
 
     def dropped() -> float:
-        return sum(
-            metrics.registry.get_sample_value(
-                "kubevision_frames_dropped_total", {"pipeline": "p", "camera": c["name"]}
-            )
-            or 0.0
-            for c in cameras
-        )
+        return sum(metrics.frames_dropped_total(c["name"]) for c in cameras)
 
     def within(condition: Callable[[], bool], seconds: float) -> bool:
         try:

@@ -18,6 +18,7 @@ import pytest
 from kubevision.worker.backends.ort import CPU, CUDA, TENSORRT, OrtBackend, default_providers
 from kubevision.worker.decoders import decoder_for
 from kubevision.worker.preprocess import preprocess
+from tests import hardware
 from tests.assets import require
 
 SIZE = 416
@@ -27,7 +28,9 @@ FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 def needs(provider: str) -> None:
     available = ort.get_available_providers()
     if provider not in available:
-        pytest.skip(f"this onnxruntime build has no {provider} (it has {available})")
+        hardware.skip_without(
+            "ort-gpu", f"this onnxruntime build has no {provider} (it has {available})"
+        )
 
 
 @pytest.fixture(scope="module")

@@ -218,10 +218,7 @@ def prometheus(
     """Real Prometheus scraping the worker and the static histograms every second."""
     binaries = find_binaries()
     if binaries is None:
-        reason = "prometheus/promtool are not installed (apt-get install prometheus)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; under CI a missing tool is a failure", pytrace=False)
-        pytest.skip(reason)
+        pytest.skip("prometheus/promtool are not installed (make system-packages)")
     targets = [worker.target, *(histograms.target(case) for case in HISTOGRAMS)]
     with Prometheus(targets, tmp_path_factory.mktemp("prometheus"), binaries=binaries) as prom:
         # Prometheus hands new targets to its scrapers about 5 s after the start.

@@ -161,7 +161,7 @@ class Mosquitto:
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+        pytest.skip("mosquitto is not installed (make system-packages)")
     b = Mosquitto(tmp_path)
     b.start()
     yield b
@@ -299,12 +299,14 @@ def test_mqtt_queue_is_bounded_and_drops_the_oldest_while_the_broker_is_down(
     assert counted(registry, "mqtt") == {"published": 5.0, "failed": 0.0, "dropped": 5.0}
 
 
-@pytest.mark.skipif(MOSQUITTO_PASSWD is None, reason="mosquitto_passwd is not installed")
+@pytest.mark.skipif(
+    MOSQUITTO_PASSWD is None, reason="mosquitto_passwd is not installed (make system-packages)"
+)
 def test_mqtt_authenticates_from_env_and_never_shows_the_password(
     tmp_path: Path, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
 ) -> None:
     if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+        pytest.skip("mosquitto is not installed (make system-packages)")
     broker = Mosquitto(tmp_path, users={"worker": SECRET, "reader": "reader-pw"})
     broker.start()
     url = f"mqtt://127.0.0.1:{broker.port}"

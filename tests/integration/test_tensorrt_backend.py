@@ -41,13 +41,17 @@ from kubevision.worker.detections import Detections, box_iou
 from kubevision.worker.detector import Detector
 from kubevision.worker.preprocess import Frame, preprocess
 from model_catalog.tools.prepare import make_dynamic
+from tests import hardware
 from tests.assets import require
 
 trt: Any = pytest.importorskip(
-    "tensorrt", reason="TensorRT is not installed (pip install 'kubevision[tensorrt]' on a GPU)"
+    "tensorrt",
+    reason=hardware.reason(
+        "tensorrt", "TensorRT is not installed (pip install 'kubevision[tensorrt]' on a GPU)"
+    ),
 )
 if not torch.cuda.is_available():
-    pytest.skip("the TensorRT backend needs an NVIDIA GPU", allow_module_level=True)
+    hardware.skip_without("gpu", "the TensorRT backend needs an NVIDIA GPU", module=True)
 
 SIZE = 416
 INPUT = InputSize(width=SIZE, height=SIZE)
@@ -232,7 +236,9 @@ def calibration_batches(count: int) -> Iterator[FloatArray]:
 def calibrated_backend(model: Path, tmp_path: Path) -> TensorRTBackend:
     """Implicit INT8: TensorRT calibrates on 64 COCO images and writes yolox.calib."""
     if not hasattr(trt, "IInt8EntropyCalibrator2"):
-        pytest.skip(f"TensorRT {trt.__version__} has no implicit INT8 calibration")
+        hardware.skip_without(
+            "tensorrt", f"TensorRT {trt.__version__} has no implicit INT8 calibration"
+        )
     calibration = Int8Calibration(
         cache=tmp_path / "yolox.calib", batches=lambda: calibration_batches(64), batch_size=8
     )

@@ -5,7 +5,8 @@
 # to a cache keyed by version, outside the work tree, so a warm build costs nothing:
 #   $KUBEVISION_CACHE/toolchain/kubernetes-<version>/{kube-apiserver,...,kubectl}
 #   $KUBEVISION_CACHE/toolchain/helm-<version>/helm
-# Prints the two directories on stdout (one per line) so callers can use them.
+#   $KUBEVISION_CACHE/toolchain/prometheus-operator-crds-<version>/*.yaml (copied, not built)
+# Prints the three directories on stdout (one per line) so callers can use them.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -71,5 +72,22 @@ else
   log "helm $helm_version built in $((SECONDS - start)) s"
 fi
 
+# The Prometheus Operator's CRDs (ServiceMonitor, PodMonitor, PrometheusRule, ...) of the
+# pinned release, copied from its module: the chart tests validate monitoring objects with them.
+promop=github.com/prometheus-operator/prometheus-operator
+promop_version=$(pinned_version "$here/prometheus-operator" $promop)
+promop_dir="$cache/toolchain/prometheus-operator-crds-$promop_version"
+if [ -f "$promop_dir/monitoring.coreos.com_servicemonitors.yaml" ] && [ "${FORCE:-0}" != 1 ]; then
+  log "prometheus-operator CRDs $promop_version cached in $promop_dir"
+else
+  log "go mod download $promop@$promop_version"
+  src=$(cd "$here/prometheus-operator" && go mod download -json $promop >/dev/null &&
+    go list -m -f '{{.Dir}}' $promop)
+  rm -rf "$promop_dir.partial" && mkdir -p "$promop_dir.partial"
+  install -m 0644 "$src"/example/prometheus-operator-crd/*.yaml "$promop_dir.partial/"
+  rm -rf "$promop_dir" && mv "$promop_dir.partial" "$promop_dir"
+fi
+
 echo "$k8s_dir"
 echo "$helm_dir"
+echo "$promop_dir"

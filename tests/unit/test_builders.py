@@ -352,7 +352,7 @@ def test_custom_secret_keys_are_used() -> None:
     door = Camera("door", {}, CameraSpec.model_validate({"source": source, "site": "site-a"}))
     g = group("cpu", cameras=[door])
     env = container(build_statefulset(sample_pipeline_body(), pipeline_spec(), g, SETTINGS))["env"]
-    refs = [e["valueFrom"]["secretKeyRef"] for e in env if "secretKeyRef" in e["valueFrom"]]
+    refs = [e["valueFrom"]["secretKeyRef"] for e in env if "secretKeyRef" in e.get("valueFrom", {})]
     assert refs == [{"name": "door-secret", "key": "u"}, {"name": "door-secret", "key": "p"}]
 
 
@@ -464,7 +464,7 @@ def test_output_credentials_come_from_their_secret_by_reference() -> None:
         ("cpu", None, None),
     ],
 )
-def test_accelerated_workers_use_their_gpus_nvdec_and_the_node_engine_cache(
+def test_accelerated_workers_use_their_gpus_nvdec_and_an_engine_cache(
     hardware: HardwareClass, device: str | None, video: str | None
 ) -> None:
     pod = statefulset_for(hardware)["spec"]["template"]["spec"]
@@ -478,4 +478,61 @@ def test_accelerated_workers_use_their_gpus_nvdec_and_the_node_engine_cache(
         assert not cache
         assert not mounted
     else:
-        assert cache[0]["hostPath"]["path"] == env["KUBEVISION_ENGINE_CACHE"] == mounted[0]
+        # a per-pod emptyDir by default: Pod Security "restricted" forbids hostPath volumes
+        assert cache == [{"name": "engines", "emptyDir": {}}]
+        assert mounted == [env["KUBEVISION_ENGINE_CACHE"]]
+
+
+@pytest.mark.parametrize("hardware", ["nvidia-gpu", "jetson"])
+def test_a_node_engine_cache_is_a_host_path_when_configured(hardware: HardwareClass) -> None:
+    settings = OperatorSettings(engine_cache_host_path="/var/lib/kubevision/engines")
+    sts = build_statefulset(
+        sample_pipeline_body(), pipeline_spec(), group(hardware, site="site-a"), settings
+    )
+    (cache,) = [v for v in pod_spec(sts)["volumes"] if v["name"] == "engines"]
+    assert cache["hostPath"] == {"path": "/var/lib/kubevision/engines", "type": "DirectoryOrCreate"}
+
+
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+"""The volume types Pod Security "restricted" admits."""
+
+
+@pytest.mark.parametrize("hardware", ["nvidia-gpu", "jetson", "cpu"])
+def test_worker_pods_meet_pod_security_restricted(hardware: HardwareClass) -> None:
+    # the admission itself is exercised on the real API server in tests/integration/test_chart.py
+    pod = pod_spec(statefulset_for(hardware))
+    (worker,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    context = worker["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert context["readOnlyRootFilesystem"] is True
+    assert "privileged" not in context
+    assert "hostNetwork" not in pod
+    for volume in pod["volumes"]:
+        (kind,) = set(volume) - {"name"}
+        assert kind in RESTRICTED_VOLUME_TYPES, volume
+    assert pod["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("hardware", ["nvidia-gpu", "jetson", "cpu"])
+def test_a_read_only_worker_still_has_a_writable_home_and_tmp(hardware: HardwareClass) -> None:
+    pod = pod_spec(statefulset_for(hardware))
+    (worker,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in worker["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert env["HOME"] == "/tmp"
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert pod["securityContext"]["fsGroup"] == 65532, "emptyDirs writable by the worker"

@@ -47,6 +47,15 @@ def test_the_float_model_is_the_catalogs_artifact_in_standard_operators(float_mo
     assert hashlib.sha256(float_model.read_bytes()).hexdigest() == CATALOG_SHA256
 
 
+def int8_is_exact_here() -> bool:
+    """Whether ONNX Runtime's INT8 kernels compute exactly on this CPU. Without VNNI, its U8S8
+    kernels use VPMADDUBSW, whose 16-bit sums saturate (ONNX Runtime's quantization docs), so the
+    INT8 model itself answers differently there: measured on an AVX2-only AMD EPYC, top-1 in the
+    float model's top-5 for 88 %, equal top-1 for 58 %, whatever the ONNX Runtime version."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return any(f" {flag}" in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def test_the_float_model_answers_like_the_int8_model(float_model: Path, images: np.ndarray) -> None:
     int8 = OrtBackend(require("models/mobilenetv2_12_int8.onnx"), max_batch=16)
     ours = OrtBackend(float_model, max_batch=16)
@@ -54,8 +63,11 @@ def test_the_float_model_answers_like_the_int8_model(float_model: Path, images: 
     (logits,) = ours.infer(images)
     top5 = np.argsort(-logits, axis=1)[:, :5]
     within = np.mean([r in t for r, t in zip(reference.argmax(1), top5, strict=True)])
-    assert within >= 0.95, f"INT8 top-1 within the float model's top-5 for only {within:.0%}"
-    assert np.mean(reference.argmax(1) == logits.argmax(1)) >= 0.7
+    # where the INT8 reference saturates, a float model of other weights would still fall far
+    # below these bounds (a random one agrees on top-1 ~0.1 % of the time)
+    want_within, want_equal = (0.95, 0.7) if int8_is_exact_here() else (0.85, 0.5)
+    assert within >= want_within, f"INT8 top-1 within the float model's top-5 for only {within:.0%}"
+    assert np.mean(reference.argmax(1) == logits.argmax(1)) >= want_equal
 
 
 def test_the_torch_backend_runs_the_float_model_like_onnx_runtime(

@@ -15,6 +15,7 @@ from kubevision.worker.backends.ort import OrtBackend
 from kubevision.worker.backends.pytorch import TorchBackend
 from kubevision.worker.detector import Detector
 from kubevision.worker.gpu.detector import DeviceDetector
+from tests import hardware
 from tests.unit.test_decoders import model_config
 from tests.unit.test_shape_folding import float_classifier  # noqa: F401 (fixture)
 from tests.unit.test_torch_backend import (  # noqa: F401 (fixtures)
@@ -22,7 +23,9 @@ from tests.unit.test_torch_backend import (  # noqa: F401 (fixtures)
     yolox_dynamic,
 )
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason=hardware.reason("gpu", "needs a CUDA GPU")
+)
 
 
 @pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 0.05), ("fp16", 1.5)])

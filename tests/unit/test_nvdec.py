@@ -33,6 +33,7 @@ from kubevision.worker.nvdec import (
     read_nvdec,
     surface_to_bgr,
 )
+from tests import hardware
 from tests.assets import require
 
 BOTTLE_FRAMES = 1189  # bottle-detection.mp4: 640x360 H.264, untagged colour (BT.601 at SD)
@@ -271,7 +272,9 @@ def libcuda_present() -> bool:
         pytest.param(
             lambda: nvdec._cuda_device_reason(0),
             "no NVIDIA driver: libcuda.so.1 cannot be loaded",
-            marks=pytest.mark.skipif(libcuda_present(), reason="this machine has a driver"),
+            marks=pytest.mark.skipif(
+                libcuda_present(), reason=hardware.reason("gpu", "this machine has a driver")
+            ),
         ),
     ],
 )
@@ -350,7 +353,7 @@ def test_decide_decoder_refuses_unknown_names() -> None:
 def gpu() -> int:
     reason = nvdec_unavailable_reason(0)
     if reason is not None:
-        pytest.skip(f"NVDEC unavailable: {reason}")
+        hardware.skip_without("nvdec", f"NVDEC unavailable: {reason}")
     return 0
 
 

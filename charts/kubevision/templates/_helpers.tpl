@@ -12,6 +12,11 @@
 {{- end }}
 {{- end }}
 
+{{/* Name of the operator's Deployment, Service, PDB, ClusterRole and peering object. */}}
+{{- define "kubevision.operatorName" -}}
+{{- printf "%s-operator" (include "kubevision.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "kubevision.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ include "kubevision.selectorLabels" . }}
@@ -25,6 +30,40 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{/* Labels the operator puts on every worker pod (operator/builders.py labels()). */}}
+{{- define "kubevision.workerSelectorLabels" -}}
+app.kubernetes.io/name: kubevision-worker
+app.kubernetes.io/component: worker
+{{- end }}
+
 {{- define "kubevision.serviceAccountName" -}}
-{{- default (printf "%s-operator" (include "kubevision.fullname" .)) .Values.serviceAccount.name }}
+{{- default (include "kubevision.operatorName" .) .Values.serviceAccount.name }}
+{{- end }}
+
+{{/* The operator image: repository:tag, the tag defaulting to the chart's appVersion. */}}
+{{- define "kubevision.operatorImage" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/* A worker image; call with (list $ "gpu" "-cuda"): flavour and default tag suffix. */}}
+{{- define "kubevision.workerImage" -}}
+{{- $root := index . 0 }}
+{{- $image := index $root.Values.workerImages (index . 1) }}
+{{- printf "%s:%s" $image.repository ($image.tag | default (printf "%s%s" $root.Chart.AppVersion (index . 2))) }}
+{{- end }}
+
+{{/* NetworkPolicy peer: the Prometheus pods allowed to scrape (networkPolicy.monitoring). */}}
+{{- define "kubevision.monitoringPeer" -}}
+- namespaceSelector:
+    {{- toYaml .Values.networkPolicy.monitoring.namespaceSelector | nindent 4 }}
+  podSelector:
+    {{- toYaml .Values.networkPolicy.monitoring.podSelector | nindent 4 }}
+{{- end }}
+{{/* NetworkPolicy egress rule: DNS in any namespace. */}}
+{{- define "kubevision.dnsEgress" -}}
+- to:
+    - namespaceSelector: {}
+  ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
 {{- end }}

@@ -1,0 +1,211 @@
+"""The Argo CD health checks on statuses the real operator writes, on the real control plane.
+
+The example site (charts/argocd/example-site/) is synced as Argo CD would sync it (server-side
+apply, after a server-side dry run against our CRDs); with a real worker process behind its
+Pipeline (the PodRunner) it becomes Healthy, a paused Camera is Suspended (Healthy once
+unpaused) and a Pipeline naming a ModelVariant that does not exist is Degraded, all computed by
+the scripts of argocd-cm.yaml as the API server returns them after the README's
+``kubectl patch``.
+
+``KUBEVISION_RECORD_ARGOCD_FIXTURES=1`` also writes those live objects to
+tests/fixtures/argocd/live.yaml, which the unit tests replay.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.envtest.cluster import LocalCluster
+from tests.envtest.controlplane import REPO_ROOT
+from tests.envtest.podrunner import PodRunner
+from tests.envtest.poll import wait_for
+from tests.integration.helpers import Namespace
+from tests.unit.test_argocd_health import FIXTURES, run_health
+
+ARGOCD = REPO_ROOT / "charts" / "argocd"
+SITE = ARGOCD / "example-site"
+ARGOCD_MANAGER = "argocd-controller"
+"""The field manager Argo CD's server-side apply writes under."""
+HEALTH_DEADLINE = 90
+"""Operator reconcile, worker pod bound and started (model loaded), readiness reported."""
+RECORD = os.environ.get("KUBEVISION_RECORD_ARGOCD_FIXTURES") == "1"
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+
+@pytest.fixture
+def ns(cluster: LocalCluster, namespace: str) -> Namespace:
+    return Namespace(cluster, namespace)
+
+
+@pytest.fixture
+def scripts(cluster: LocalCluster) -> Iterator[dict[str, str]]:
+    """argocd-cm.yaml merged into an existing argocd-cm with the README's command; returns the
+    scripts by kind as the API server stores them."""
+    argocd = Namespace(cluster, "argocd")
+    argocd.cluster.control_plane.kubectl("create", "namespace", "argocd")
+    try:
+        argocd.kubectl("create", "configmap", "argocd-cm", "--from-literal=url=https://cd.example")
+        argocd.kubectl(
+            "patch", "configmap", "argocd-cm", "--type", "merge",
+            "--patch-file", str(ARGOCD / "argocd-cm.yaml"),
+        )  # fmt: skip
+        data = argocd.get("configmap", "argocd-cm")["data"]
+        assert data.pop("url") == "https://cd.example", "the patch must keep Argo CD's own keys"
+        yield {key.rsplit("_", 1)[1]: script for key, script in data.items()}
+    finally:
+        argocd.cluster.control_plane.kubectl("delete", "namespace", "argocd", "--wait=false")
+
+
+def test_example_site_passes_server_side_dry_runs(ns: Namespace) -> None:
+    """What Argo CD checks before a sync: the API server (our CRDs, CEL rules) accepts it."""
+    out = ns.kubectl("apply", "--dry-run=server", "-f", str(SITE))
+    assert out.count("(server dry run)") == 3, out
+    out = ns.kubectl(
+        "apply", "--server-side", f"--field-manager={ARGOCD_MANAGER}", "--dry-run=server",
+        "-f", str(SITE),
+    )  # fmt: skip
+    assert out.count("serverside-applied (server dry run)") == 3, out
+    assert ns.items("cameras") == [], "a dry run must not create anything"
+
+
+def test_operator_app_renders_the_chart_without_crds(cluster: LocalCluster, tmp_path: Path) -> None:
+    """The operator Application's Helm source renders with the real helm (what Argo CD runs)."""
+    app = yaml.safe_load((ARGOCD / "apps" / "operator.yaml").read_text())
+    helm = app["spec"]["source"]["helm"]
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(helm["valuesObject"]))
+    args = [str(cluster.toolchain.helm), "template", helm["releaseName"]]
+    args += [str(REPO_ROOT / app["spec"]["source"]["path"]), "-f", str(values)]
+    args += ["--namespace", app["spec"]["destination"]["namespace"]]
+    args += ["--skip-crds"] if helm["skipCrds"] else ["--include-crds"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
+    kinds = [d["kind"] for d in yaml.safe_load_all(out) if d]
+    assert "Deployment" in kinds
+    assert "CustomResourceDefinition" not in kinds
+
+
+def _camera(name: str, selector_value: str, paused: bool = False) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubevision.io/v1alpha1",
+        "kind": "Camera",
+        "metadata": {"name": name, "labels": {"kubevision.io/pipeline": selector_value}},
+        "spec": {
+            "source": {"url": f"rtsp://{name}-cam.site-a.example:554/stream1"},
+            "fps": 15,
+            "site": "site-a",
+            "paused": paused,
+        },
+    }
+
+
+def _broken_pipeline() -> dict[str, Any]:
+    return {
+        "apiVersion": "kubevision.io/v1alpha1",
+        "kind": "Pipeline",
+        "metadata": {"name": "broken"},
+        "spec": {
+            "cameraSelector": {"matchLabels": {"kubevision.io/pipeline": "broken"}},
+            "stages": {"detector": {"variant": "no-such-variant"}},
+            "placement": {"hardwareClasses": ["cpu"]},
+        },
+    }
+
+
+EXPECTED = {
+    ("ModelVariant", "yolox-nano-416-onnx-fp32"): "Healthy",
+    ("Camera", "entrance"): "Healthy",
+    ("Pipeline", "people"): "Healthy",
+    ("Camera", "loading-dock"): "Suspended",
+    ("Pipeline", "broken"): "Degraded",
+    ("Camera", "back-door"): "Progressing",
+}
+"""What Argo CD must show for each object once the operator has settled."""
+Observed = dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]]
+"""(kind, name) -> (the live object, its Argo CD health)."""
+
+
+def test_live_statuses_get_the_right_health(
+    ns: Namespace, runner: PodRunner, scripts: dict[str, str]
+) -> None:
+    ns.kubectl("apply", "--server-side", f"--field-manager={ARGOCD_MANAGER}", "-f", str(SITE))
+    ns.apply(
+        docs=[
+            _camera("loading-dock", "people", paused=True),
+            _broken_pipeline(),
+            _camera("back-door", "broken"),
+        ]
+    )
+
+    def healths() -> Observed:
+        out = {}
+        for kind, name in EXPECTED:
+            obj = ns.get(kind.lower(), name)
+            out[kind, name] = (obj, run_health(scripts[kind], obj, "lua51"))
+        return out
+
+    def settled() -> Observed | None:
+        now = healths()
+        return now if all(now[k][1]["status"] == v for k, v in EXPECTED.items()) else None
+
+    try:
+        final = wait_for(settled, timeout=HEALTH_DEADLINE, what="every object's Argo CD health")
+    except AssertionError as exc:
+        seen = {f"{k[0]}/{k[1]}": h for k, (_, h) in healths().items()}
+        raise AssertionError(f"{exc}; health now: {seen}") from exc
+
+    for (kind, _), (obj, hs) in final.items():
+        messages = [c.get("message") for c in obj["status"].get("conditions", [])]
+        if kind == "Camera" and obj["spec"].get("paused"):
+            assert hs["message"] == "spec.paused is true: no worker processes this camera"
+        else:
+            assert any(hs["message"].startswith(m) for m in messages if m), (hs, messages)
+    people, people_health = final["Pipeline", "people"]
+    replicas = f"{people['status']['readyReplicas']}/{people['status']['desiredReplicas']}"
+    assert people_health["message"].startswith(f"{replicas} worker replicas ready")
+    if RECORD:
+        _record(final)
+
+    ns.kubectl("patch", "camera", "loading-dock", "--type=merge", "-p", '{"spec":{"paused":false}}')
+    wait_for(
+        lambda: (
+            run_health(scripts["Camera"], ns.get("camera", "loading-dock"), "lua51")["status"]
+            == "Healthy"
+        ),
+        timeout=HEALTH_DEADLINE,
+        what="the unpaused camera to turn Healthy",
+    )
+
+
+def _record(final: Observed) -> None:
+    """Writes the live objects (server-made metadata dropped) with their health as fixtures."""
+    cases = []
+    for (kind, name), (obj, hs) in final.items():
+        meta = obj["metadata"]
+        kept = {"name": meta["name"], "namespace": "kubevision-site-a"}
+        kept |= {"generation": meta["generation"], "labels": meta.get("labels", {})}
+        cases.append(
+            {
+                "case": f"live {kind} {name}",
+                "health": hs["status"],
+                "message": hs["message"],
+                "object": {"apiVersion": obj["apiVersion"], "kind": kind, "metadata": kept}
+                | {"spec": obj["spec"], "status": obj["status"]},
+            }
+        )
+    header = (
+        "# Statuses the real operator wrote, recorded by tests/integration/\n"
+        "# test_argocd_health_live.py::test_live_statuses_get_the_right_health with\n"
+        "# KUBEVISION_RECORD_ARGOCD_FIXTURES=1 (the example site plus a paused Camera and a\n"
+        "# Pipeline naming a missing ModelVariant); tests/unit/test_argocd_health.py replays\n"
+        "# them. Each case: name, the expected health and message, the object.\n"
+    )
+    text = yaml.safe_dump(cases, sort_keys=False, width=100)
+    (FIXTURES / "live.yaml").write_text(header + text)
