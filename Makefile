@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TYPECHECK_ROOT := .kubevision/typecheck
 
-.PHONY: system-packages bench bench-operator bench-worker bench-tracking bench-autoscaling bench-gpu bench-gpu-decode bench-gpu-density help install toolchain lint format crds dashboards test test-unit demo cluster-up cluster-down cluster-status clean
+.PHONY: system-packages bench bench-operator bench-worker bench-tracking bench-autoscaling bench-gpu bench-gpu-decode bench-gpu-density help install toolchain lint format crds dashboards test test-unit demo cluster-up cluster-down cluster-status images images-smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -102,6 +102,14 @@ cluster-down: ## stop the local control plane (logs are kept)
 
 cluster-status: ## is the local control plane running?
 	$(PY) -m tests.envtest status
+
+# Daemonless OCI builds (mmdebstrap base + buildah) of the Dockerfiles `make test` lints; needs
+# root. The smoke test runs them with podman against the local control plane.
+images: ## build the operator and CPU worker images without a daemon into .kubevision/images/*.oci.tar
+	bash tests/toolchain/images.sh
+
+images-smoke: $(STAMP) toolchain ## build the images, run them: operator on the local cluster, worker on the demo video
+	$(PY) -m pytest -p no:cacheprovider -rA tests/integration/smoke_images.py
 
 clean: cluster-down ## remove the venv and local state (the toolchain cache stays)
 	rm -rf $(VENV) .kubevision .pytest_cache .mypy_cache .ruff_cache build *.egg-info

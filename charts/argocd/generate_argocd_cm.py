@@ -1,7 +1,8 @@
 """Writes argocd-cm.yaml: the argocd-cm entries that give Argo CD KubeVision's health checks.
 
-The Lua files in health/ are the source; the ConfigMap inlines them verbatim, so run this after
-editing one (``python -m charts.argocd.generate_argocd_cm``). A unit test fails on drift.
+The Lua files in health/ are the source; the ConfigMap inlines them verbatim (the shared
+common.lua in front of each KubeVision check), so run this after editing one
+(``python -m charts.argocd.generate_argocd_cm``). A unit test fails on drift.
 """
 
 from __future__ import annotations
@@ -14,12 +15,30 @@ import yaml
 HERE = Path(__file__).resolve().parent
 OUTPUT = HERE / "argocd-cm.yaml"
 SCRIPTS = {
-    "resource.customizations.health.kubevision.io_Camera": "health/camera.lua",
-    "resource.customizations.health.kubevision.io_Pipeline": "health/pipeline.lua",
-    "resource.customizations.health.kubevision.io_ModelVariant": "health/modelvariant.lua",
-    "resource.customizations.health.argoproj.io_Application": "health/application.lua",
+    "resource.customizations.health.kubevision.io_Camera": (
+        "health/common.lua",
+        "health/camera.lua",
+    ),
+    "resource.customizations.health.kubevision.io_Pipeline": (
+        "health/common.lua",
+        "health/pipeline.lua",
+    ),
+    "resource.customizations.health.kubevision.io_ModelVariant": (
+        "health/common.lua",
+        "health/modelvariant.lua",
+    ),
+    "resource.customizations.health.argoproj.io_Application": ("health/application.lua",),
 }
-"""argocd-cm key -> script, relative to this folder (keys are <group>_<Kind>)."""
+"""argocd-cm key -> the files its script is made of, in order, relative to this folder (keys
+are <group>_<Kind>). Argo CD runs each script alone, so the shared helpers of common.lua are
+put in front of every KubeVision check."""
+
+
+def script(key: str) -> str:
+    """The Lua text Argo CD runs for ``key``."""
+    return "".join((HERE / path).read_text() for path in SCRIPTS[key])
+
+
 HEADER = """\
 # Generated from charts/argocd/health/*.lua by `python -m charts.argocd.generate_argocd_cm`.
 # Merge into Argo CD's own ConfigMap (keeps its other keys):
@@ -53,7 +72,7 @@ def configmap() -> dict[str, Any]:
                 "app.kubernetes.io/part-of": "argocd",
             },
         },
-        "data": {key: (HERE / path).read_text() for key, path in SCRIPTS.items()},
+        "data": {key: script(key) for key in SCRIPTS},
     }
 
 

@@ -242,13 +242,17 @@ class RtspServer:
         self._child.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
-        """Stop the server and its feeders, then start them again (same ports, same paths)."""
+        """Stop the server and its feeders, then start them again (same ports, same paths).
+
+        The feeders start first: the server prepares each path as it starts and gives up on
+        one whose RTP does not arrive within its prepare timeout (a feeder's ffmpeg can take
+        that long to start on a busy machine)."""
         self.stop()
         for feeder in self.feeders:
             feeder.stop()
-        self.start()
         for feeder in self.feeders:
             feeder.start()
+        self.start()
         for feeder in self.feeders:
             self.wait_streaming(feeder.path)
 

@@ -56,6 +56,26 @@ class Namespace:
         return WorkerConfig.model_validate(json.loads(cm["data"][CONFIG_FILE]))
 
 
+def optimistic_cpu_detector(name: str, model: Path) -> dict[str, Any]:
+    """A YOLOX-nano ModelVariant for the CPU whose optimistic figures make the plan ask for one
+    replica and pass any SLO at selection: what the workers then measure drives scaling."""
+    return {
+        "apiVersion": "kubevision.io/v1alpha1",
+        "kind": "ModelVariant",
+        "metadata": {"name": name},
+        "spec": {
+            "family": "yolox-nano",
+            "task": "detect",
+            "format": "onnx",
+            "precision": "fp32",
+            "decoder": "yolox",
+            "inputSize": {"width": 416, "height": 416},
+            "artifact": {"uri": f"file:///models/{model.name}", "sha256": sha256_of(model)},
+            "hardware": [{"accelerator": "cpu", "expectedFps": 1000, "p99LatencyMs": 1}],
+        },
+    }
+
+
 def file_camera(name: str, path: Path) -> dict[str, Any]:
     """A worker-config camera reading a video file (wire format)."""
     return {

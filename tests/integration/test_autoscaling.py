@@ -20,12 +20,11 @@ from typing import Any
 import pytest
 
 from kubevision.operator.planner import group_name
-from kubevision.worker.models import sha256_of
 from tests.assets import require
 from tests.envtest.cluster import LocalCluster
 from tests.envtest.podrunner import PodRunner
 from tests.envtest.poll import wait_for
-from tests.integration.helpers import Namespace
+from tests.integration.helpers import Namespace, optimistic_cpu_detector
 
 GROUP = group_name("p", "site-a", "cpu")
 WINDOW_SECONDS = 4
@@ -43,23 +42,7 @@ def ns(cluster: LocalCluster, namespace: str, runner: PodRunner) -> Namespace:
 
 
 def variant() -> dict[str, Any]:
-    model = require("models/yolox_nano_416.onnx")
-    return {
-        "apiVersion": "kubevision.io/v1alpha1",
-        "kind": "ModelVariant",
-        "metadata": {"name": "yolox-nano-cpu"},
-        "spec": {
-            "family": "yolox-nano",
-            "task": "detect",
-            "format": "onnx",
-            "precision": "fp32",
-            "decoder": "yolox",
-            "inputSize": {"width": 416, "height": 416},
-            "artifact": {"uri": "file:///models/yolox_nano_416.onnx", "sha256": sha256_of(model)},
-            # optimistic on purpose: the throughput estimate alone asks for one replica
-            "hardware": [{"accelerator": "cpu", "expectedFps": 1000, "p99LatencyMs": 1}],
-        },
-    }
+    return optimistic_cpu_detector("yolox-nano-cpu", require("models/yolox_nano_416.onnx"))
 
 
 def camera(name: str, every_n: int | None = None) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from tests.envtest.operator import OperatorProcess
 from tests.envtest.podrunner import PodRunner
 from tests.envtest.poll import wait_for
 from tests.envtest.prometheus import Prometheus, find_binaries
-from tests.integration.helpers import Namespace
+from tests.integration.helpers import Namespace, optimistic_cpu_detector
 
 CHART = REPO_ROOT / "charts" / "kubevision"
 PIPELINE, CAMERA = "dash", "belt"
@@ -187,23 +187,7 @@ class LabelledPrometheus(Prometheus):
 
 
 def _docs() -> list[dict[str, Any]]:
-    model = require("models/yolox_nano_416.onnx")
-    variant = {
-        "apiVersion": "kubevision.io/v1alpha1",
-        "kind": "ModelVariant",
-        "metadata": {"name": "yolox-nano-dash"},
-        "spec": {
-            "family": "yolox-nano",
-            "task": "detect",
-            "format": "onnx",
-            "precision": "fp32",
-            "decoder": "yolox",
-            "inputSize": {"width": 416, "height": 416},
-            "artifact": {"uri": "file:///models/yolox_nano_416.onnx", "sha256": sha256_of(model)},
-            # optimistic on purpose: one replica planned, and the 2 ms SLO passes selection
-            "hardware": [{"accelerator": "cpu", "expectedFps": 1000, "p99LatencyMs": 1}],
-        },
-    }
+    variant = optimistic_cpu_detector("yolox-nano-dash", require("models/yolox_nano_416.onnx"))
     weights = require("models/mobilenetv2_12_int8.onnx")
     classifier = {
         "apiVersion": "kubevision.io/v1alpha1",

@@ -29,11 +29,12 @@ REPO = Path(__file__).resolve().parents[2]
 ARGOCD = REPO / "charts" / "argocd"
 FIXTURES = REPO / "tests" / "fixtures" / "argocd"
 SCRIPTS = {
-    "Camera": ARGOCD / "health" / "camera.lua",
-    "Pipeline": ARGOCD / "health" / "pipeline.lua",
-    "ModelVariant": ARGOCD / "health" / "modelvariant.lua",
-    "Application": ARGOCD / "health" / "application.lua",
+    "Camera": "resource.customizations.health.kubevision.io_Camera",
+    "Pipeline": "resource.customizations.health.kubevision.io_Pipeline",
+    "ModelVariant": "resource.customizations.health.kubevision.io_ModelVariant",
+    "Application": "resource.customizations.health.argoproj.io_Application",
 }
+"""kind -> its argocd-cm key (the script is what the generator composes for that key)."""
 LUA_VERSIONS = ("lua51", "lua52", "lua53", "lua54")
 HEALTH_CODES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
 OUTCOMES = {
@@ -76,7 +77,7 @@ _JsonLoader.yaml_implicit_resolvers = {
 
 def health(obj: dict[str, Any], lua_version: str = "lua51") -> dict[str, Any]:
     """The health Argo CD computes for ``obj`` with our script for its kind."""
-    return run_health(SCRIPTS[obj["kind"]].read_text(), obj, lua_version)
+    return run_health(generate_argocd_cm.script(SCRIPTS[obj["kind"]]), obj, lua_version)
 
 
 def run_health(script: str, obj: dict[str, Any], lua_version: str) -> dict[str, Any]:
@@ -157,8 +158,8 @@ def test_argocd_cm_inlines_every_script_byte_for_byte() -> None:
     crd_keys = {_crd_key(p) for p in (REPO / "crds").glob("*.kubevision.io.yaml")}
     application = "resource.customizations.health.argoproj.io_Application"
     assert set(cm["data"]) == crd_keys | {application}
-    for key, script in generate_argocd_cm.SCRIPTS.items():
-        assert cm["data"][key] == (ARGOCD / script).read_text(), f"{key} differs from {script}"
+    for key in generate_argocd_cm.SCRIPTS:
+        assert cm["data"][key] == generate_argocd_cm.script(key), f"{key} differs from its files"
     assert text == generate_argocd_cm.render(), (
         "stale: run python -m charts.argocd.generate_argocd_cm"
     )
