@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TYPECHECK_ROOT := .kubevision/typecheck
 
-.PHONY: system-packages bench bench-operator bench-worker bench-tracking bench-autoscaling bench-gpu bench-gpu-decode bench-gpu-density help install toolchain lint format crds dashboards test test-unit demo cluster-up cluster-down cluster-status images images-smoke clean
+.PHONY: system-packages bench bench-reliability bench-operator bench-worker bench-tracking bench-autoscaling bench-gpu bench-gpu-decode bench-gpu-density help install toolchain lint format crds dashboards test test-unit demo cluster-up cluster-down cluster-status images images-smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ bench-tracking: $(STAMP) ## SORT / ByteTrack / DeepSORT quality and speed on MOT
 
 bench-autoscaling: $(STAMP) toolchain ## SLO breach -> replicas patched, with real worker processes
 	$(PY) -m benchmarks.autoscaling_reaction
+
+bench-reliability: system-packages $(STAMP) toolchain ## chaos, fuzz and soak at full size: benchmarks/results/reliability.{json,md}
+	$(PY) -m benchmarks.reliability
 
 # The GPU benchmarks need an NVIDIA GPU (benchmarks/gpu/run_on_device.sh shows how the committed
 # results were made on a machine without network); they are not part of `make bench`.

@@ -15,6 +15,7 @@ from kubevision.api.common import (
     Condition,
     SecretKeyNames,
     cel,
+    no_password,
     validations,
 )
 
@@ -27,16 +28,27 @@ class CameraSource(ApiModel):
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
-            cel(
-                "!self.url.matches('^[a-z0-9+.-]+://[^/@]*:[^/@]*@')",
+            no_password(
+                "url",
                 "spec.source.url must not carry a password: put the credentials in a Secret "
                 "and name it in spec.source.credentialsSecretRef",
-                field_path=".url",
             ),
             cel(
                 "!self.url.matches('(?i)[?&](password|passwd|pwd|pass)=')",
                 "spec.source.url must not carry a password in its query: put the credentials in "
                 "a Secret and name it in spec.source.credentialsSecretRef",
+                field_path=".url",
+            ),
+            cel(
+                "!self.url.matches(r'[\\x00-\\x20\\x7f]')",
+                "spec.source.url must not contain spaces or control characters (percent-encode "
+                "them): they could smuggle headers or options into the stream request",
+                field_path=".url",
+            ),
+            cel(
+                "!self.url.matches('^(file|v4l2):') || self.url.matches('^(file|v4l2):///')",
+                "spec.source.url: file:// and v4l2:// sources take an absolute path "
+                "(file:///videos/a.mp4, v4l2:///dev/video0)",
                 field_path=".url",
             ),
             cel(

@@ -44,6 +44,19 @@ def cel(rule: str, message: str, *, field_path: str | None = None) -> dict[str, 
     return entry
 
 
+URL_WITH_PASSWORD = "^[a-z0-9+.-]+://[^/@]*:[^/@]*@"
+"""A URL whose userinfo holds a password (``scheme://user:password@host``)."""
+
+
+def no_password(field: str, message: str, *, optional: bool = False) -> dict[str, str]:
+    """A CEL rule: the URL in ``field`` carries no password (credentials belong in a Secret,
+    which never ends up in status, events or logs)."""
+    rule = f"!self.{field}.matches('{URL_WITH_PASSWORD}')"
+    return cel(
+        f"!has(self.{field}) || {rule}" if optional else rule, message, field_path=f".{field}"
+    )
+
+
 def validations(*rules: dict[str, str]) -> dict[str, Any]:
     """``json_schema_extra`` carrying CEL rules for a model or field."""
     return {"x-kubernetes-validations": list(rules)}

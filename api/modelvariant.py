@@ -12,6 +12,7 @@ from kubevision.api.common import (
     ApiModel,
     Condition,
     cel,
+    no_password,
     validations,
 )
 
@@ -55,6 +56,12 @@ class BatchProfile(ApiModel):
 class Artifact(ApiModel):
     """Where the model file is and its checksum (verified before it is loaded)."""
 
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            no_password("uri", "spec.artifact.uri must not carry a password")
+        )
+    }
+
     uri: str = Field(max_length=2048, pattern=r"^(file|https?|s3|gs|oci|triton)://.+$")
     """file://, http(s)://, s3://, gs://, oci:// or triton://<model name> for a Triton model."""
     sha256: str | None = Field(default=None, pattern=r"^[a-f0-9]{64}$")
@@ -63,6 +70,15 @@ class Artifact(ApiModel):
 
 class Calibration(ApiModel):
     """How an INT8 build was calibrated (needed to rebuild or verify it)."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            no_password("datasetUri", "spec.calibration.datasetUri must not carry a password"),
+            no_password(
+                "cacheUri", "spec.calibration.cacheUri must not carry a password", optional=True
+            ),
+        )
+    }
 
     dataset_uri: str = Field(max_length=2048)
     """Images used for calibration."""

@@ -17,6 +17,7 @@ from kubevision.api.common import (
     SecretKeyNames,
     Toleration,
     cel,
+    no_password,
     validations,
 )
 from kubevision.api.modelvariant import HARDWARE_CLASSES, HardwareClass
@@ -113,7 +114,12 @@ class Autoscaling(ApiModel):
                 "self.minReplicas <= self.maxReplicas",
                 "spec.autoscaling.minReplicas must not exceed spec.autoscaling.maxReplicas",
                 field_path=".minReplicas",
-            )
+            ),
+            no_password(
+                "prometheusUrl",
+                "spec.autoscaling.prometheusUrl must not carry a password",
+                optional=True,
+            ),
         )
     }
 
@@ -195,10 +201,10 @@ class Output(ApiModel):
                 "outputs[].path is required for file outputs and only allowed there",
                 field_path=".path",
             ),
-            cel(
-                "!has(self.url) || !self.url.matches('^[a-z0-9+.-]+://[^/@]*:[^/@]*@')",
+            no_password(
+                "url",
                 "outputs[].url must not carry a password: use credentialsSecretRef",
-                field_path=".url",
+                optional=True,
             ),
         )
     }

@@ -18,6 +18,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import REGISTRY, start_http_server
 from pydantic import ValidationError
+from urllib3.exceptions import HTTPError
 
 from kubevision.api import GROUP, VERSION
 from kubevision.api.camera import CameraSpec
@@ -102,6 +103,12 @@ def variant_index(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[
     return {namespace: Variant(name, parsed)}
 
 
+@kopf.index(GROUP, VERSION, "pipelines")
+def pipeline_index(namespace: str, name: str, **_: Any) -> dict[str, str]:
+    """Pipelines that exist, so Camera status can shed entries of deleted ones."""
+    return {namespace: name}
+
+
 @kopf.index("", "v1", "nodes")
 def node_index(
     name: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status, **_: Any
@@ -154,7 +161,7 @@ async def pipeline_reconciler(
                     outcome = await asyncio.to_thread(
                         reconcile_pipeline, kube, settings, body, snapshot, view
                     )
-            except (ApiException, OSError) as exc:
+            except (ApiException, OSError, HTTPError) as exc:  # the API is away, not a bug
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 logger.warning("reconcile failed (%s); retrying in %.0fs", exc, backoff)
                 continue
@@ -165,9 +172,12 @@ async def pipeline_reconciler(
             backoff = 1.0
             if outcome.ready_replicas is not None:
                 metrics.observe_groups(name, outcome.ready_replicas)
-            # wake exactly when the next autoscaling step is due (never later)
-            until_due = _metrics_interval(body) - (time.monotonic() - scaler.last_run)
-            interval = min(settings.resync_seconds, max(_MIN_WAKE_SECONDS, until_due))
+            # wake exactly when the next autoscaling step is due (never later); a Pipeline
+            # without groups has nothing to scale and waits for the resync (else a hot loop)
+            interval = settings.resync_seconds
+            if outcome.ready_replicas:
+                until_due = _metrics_interval(body) - (time.monotonic() - scaler.last_run)
+                interval = min(interval, max(_MIN_WAKE_SECONDS, until_due))
             for event in [*scaled, *outcome.events]:
                 kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     finally:
@@ -282,9 +292,23 @@ def _sync_status(kube: Kube, kind: Kind, body: kopf.Body, owner: ModuleType) -> 
 
 
 @kopf.on.event(GROUP, VERSION, "cameras", when=lambda type, **_: type != "DELETED")
-def camera_status(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Keep sourceHost, observedGeneration and Ready current."""
+def camera_status(
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    pipeline_index: kopf.Index[str, str],
+    **_: Any,
+) -> None:
+    """Keep sourceHost, observedGeneration and Ready current, and drop the assignments of
+    Pipelines that are gone (their deletion may have happened while no operator ran, or
+    between kopf releasing the finalizer and :func:`pipeline_deleted`; kopf lists every Camera
+    again after a restart, so this heals them)."""
+    live = set(pipeline_index.get(namespace, []))
     with memo.operator_metrics.reconciling("camera"):
+        for pipeline in set(cameras.assignments(dict(body.get("status") or {}))) - live:
+            manager = camera_field_manager(memo.settings, pipeline)
+            apply_camera_assignment(memo.kube, namespace, name, None, manager)
         _sync_status(memo.kube, CAMERAS, body, cameras)
 
 

@@ -25,6 +25,7 @@ def reason(kind: Hardware, why: str) -> str:
 
 def skip_without(kind: Hardware, why: str, *, module: bool = False) -> NoReturn:
     """Skip this test (or, with ``module``, the whole module) for want of ``kind``."""
+    __tracebackhide__ = True  # the skip is reported at the caller's line
     pytest.skip(reason(kind, why), allow_module_level=module)
 
 

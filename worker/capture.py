@@ -62,6 +62,16 @@ log = logging.getLogger(__name__)
 ThreadType = Literal["AUTO", "FRAME", "SLICE", "NONE"]
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s'\"]*@")
 _LIVE_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps")
+_NETWORK_PROTOCOLS = {
+    "rtsp": "tcp,udp,rtp",
+    "rtsps": "tcp,udp,rtp,tls",
+    "http": "http,tcp,crypto",
+    "https": "http,https,tcp,tls,crypto",
+    "rtmp": "rtmp,tcp",
+    "rtmps": "rtmp,rtmps,tcp,tls",
+}
+"""FFmpeg protocols each camera scheme may open (``protocol_whitelist``): a stream can never
+make FFmpeg read a local file or a pipe, e.g. through an HTTP redirect or an HLS playlist."""
 
 
 class StreamState(StrEnum):
@@ -568,9 +578,13 @@ class CameraStream:
         """The URL, format and FFmpeg options for one attempt, credentials read now."""
         url, scheme = self.camera.url, self._scheme
         timeout_us = str(self.camera.timeout_seconds * 1_000_000)
-        if scheme in ("file", "v4l2"):
+        if scheme == "file":
+            # "file:" pins FFmpeg's file protocol: a path such as "concat:a|b" or "pipe:0"
+            # would otherwise name another protocol
             path = unquote(url.split("://", 1)[1])
-            return _Target(path, "v4l2" if scheme == "v4l2" else None, {}, scheme == "file")
+            return _Target(f"file:{path}", None, {"protocol_whitelist": "file"}, is_file=True)
+        if scheme == "v4l2":
+            return _Target(unquote(url.split("://", 1)[1]), "v4l2", {}, is_file=False)
         if self.camera.credentials is not None:
             url = self._with_credentials(url)
         options: dict[str, str]
@@ -581,6 +595,7 @@ class CameraStream:
             options = {"timeout": timeout_us, "rw_timeout": timeout_us}
         else:  # rtmp's own "timeout" means *listen* for a publisher; rw_timeout is the I/O one
             options = {"rw_timeout": timeout_us}
+        options["protocol_whitelist"] = _NETWORK_PROTOCOLS[scheme]
         return _Target(url, None, options, is_file=False)
 
     def _with_credentials(self, url: str) -> str:

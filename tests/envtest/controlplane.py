@@ -79,6 +79,7 @@ class _Process:
     def __init__(self, name: str, argv: list[str], log_dir: Path) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
+        self._argv = argv
         self._popen = spawn(argv, self.log_path)
 
     def check_alive(self) -> None:
@@ -89,6 +90,11 @@ class _Process:
 
     def stop(self, grace: float) -> None:
         terminate(self._popen, grace)
+
+    def restart(self, grace: float) -> None:
+        """Stop, then start again with the same flags: same ports, certificates and data."""
+        self.stop(grace)
+        self._popen = spawn(self._argv, self.log_path)
 
 
 class ControlPlane:
@@ -159,6 +165,14 @@ class ControlPlane:
     def check_alive(self) -> None:
         for proc in self._processes:
             proc.check_alive()
+
+    def restart(self, name: str, grace: float = 5.0, timeout: float = 120.0) -> None:
+        """Restart one component ("etcd", "kube-apiserver", ...) in place, as a crash-looping
+        or upgraded control-plane member would, and return once the API serves again."""
+        (proc,) = [p for p in self._processes if p.name == name]
+        proc.restart(grace)
+        self._wait_healthy("kube-apiserver", f"{self.server}/readyz", timeout)
+        log.info("%s restarted", name)
 
     def kubectl(
         self, *args: str, user: str = "admin", input: str | None = None, check: bool = True

@@ -25,7 +25,7 @@ Each mount is a *shared* media factory whose pipeline is::
 
 so every reader of a path gets the same live stream, with SPS/PPS repeated in-band for late
 joiners. A feeder sends the RTP, e.g. ``ffmpeg -re -stream_loop -1 -i VIDEO -c copy -an
--bsf:v h264_mp4toannexb -f rtp -payload_type 96 -sdp_file F.sdp rtp://127.0.0.1:UDP``;
+-f rtp -payload_type 96 -sdp_file F.sdp rtp://127.0.0.1:UDP``;
 ``sprop`` (the ``sprop-parameter-sets`` of its SDP) lets the pipeline negotiate from the
 first packet instead of the next key frame. The jitter buffer times frames by their RTP
 timestamps: timed by arrival (``do-timestamp``) alone, the 1/12.5 s steps of the sample

@@ -65,7 +65,7 @@ class OperatorProcess:
         ServiceAccount user of the session release."""
         self._cluster = cluster
         self.log_path = log_path
-        self._resync = resync_seconds
+        self.resync_seconds = resync_seconds
         self._args = list(args)
         self._env = dict(env or {})
         self._kubeconfig = kubeconfig or cluster.kubeconfig("operator")
@@ -77,7 +77,7 @@ class OperatorProcess:
         env = {
             **os.environ,
             "KUBECONFIG": str(self._kubeconfig),
-            "KUBEVISION_RESYNC_SECONDS": str(self._resync),
+            "KUBEVISION_RESYNC_SECONDS": str(self.resync_seconds),
             "KUBEVISION_OPERATOR_METRICS_PORT": str(self.metrics_port),
             # real kubelets refresh ConfigMaps in ~1 min; the PodRunner does it in 0.5 s
             "KUBEVISION_HANDOVER_SECONDS": "5",

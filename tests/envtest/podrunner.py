@@ -244,6 +244,11 @@ class PodRunner:
             self._undo_deferral = None
         log.info("pod runner stopped pods=%d", len(pods))
 
+    @property
+    def log_dir(self) -> Path:
+        """Where each worker pod's process log goes (one file per pod)."""
+        return self._log_dir
+
     def claims(self, pod: dict[str, Any]) -> bool:
         """Whether this runner runs (and finishes the deletion of) ``pod`` (plain JSON)."""
         if not self._claiming:

@@ -126,9 +126,11 @@ class Feeder:
     """``ffmpeg -re -stream_loop -1 -i VIDEO -c copy -an -f rtp rtp://127.0.0.1:UDP``: a camera
     that never ends, sending its H.264 as RTP (payload type 96) to the server's UDP port.
 
-    ``h264_mp4toannexb`` puts SPS/PPS in-band before every key frame; the SDP that ffmpeg
-    writes gives their ``sprop-parameter-sets`` to the server, which can then describe the
-    stream from the first packet."""
+    The SDP that ffmpeg writes gives the SPS/PPS (``sprop-parameter-sets``) to the server,
+    which can then describe the stream from the first packet, and its ``h264parse`` repeats
+    them in-band before every key frame. (No ``-bsf:v h264_mp4toannexb``: with
+    ``-stream_loop`` ffmpeg 5.1's filter hits EOF at the end of the first pass and every later
+    packet fails, so the camera went silent after one pass of the video, 30 s for the car.)"""
 
     def __init__(self, state_dir: Path, path: str, video: Path) -> None:
         self.path = path
@@ -144,7 +146,7 @@ class Feeder:
         argv = [
             "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "warning",
             "-re", "-stream_loop", "-1", "-i", str(self.video),
-            "-map", "0:v:0", "-c", "copy", "-an", "-bsf:v", "h264_mp4toannexb",
+            "-map", "0:v:0", "-c", "copy", "-an",
             "-f", "rtp", "-payload_type", "96", "-rtpflags", "skip_rtcp",
             "-sdp_file", str(self.sdp_path), f"rtp://127.0.0.1:{self.udp_port}",
         ]  # fmt: skip
@@ -157,6 +159,9 @@ class Feeder:
             return found.group(1) if found else None
 
         return wait_for(sprop, timeout=timeout, what=f"ffmpeg's SDP for {self.video.name}")
+
+    def alive(self) -> bool:
+        return self._child is not None and self._child.alive()
 
     def stop(self) -> None:
         if self._child is not None:
@@ -231,6 +236,12 @@ class RtspServer:
             self._child.stop()
             self._child = None
 
+    def kill(self) -> None:
+        """SIGKILL the server (no cleanup at all, like a host that dies), then reap it."""
+        if self._child is not None:
+            self._child.send_signal(signal.SIGKILL)
+            self.stop()
+
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open but nothing flows, like a camera
         that hangs; only read timeouts notice."""
@@ -258,16 +269,20 @@ class RtspServer:
 
     def publish(self, path: str, video: Path) -> Feeder:
         """Feed ``video`` to ``path`` with ffmpeg, mount it, and wait until it can be read."""
-        child = self._child
-        assert child is not None, "start the server first"
+        assert self._child is not None, "start the server first"
         feeder = Feeder(self.state_dir, path, video)
         self.feeders.append(feeder)  # close() stops it whatever happens next
-        sprop = feeder.start()
-        self._mounts[path] = {"udp_port": feeder.udp_port, "sprop": sprop}
-        self._write_config()
-        child.send_signal(signal.SIGHUP)  # the server re-reads its mounts
+        self.mount(path, feeder.udp_port, feeder.start())
         self.wait_streaming(path)
         return feeder
+
+    def mount(self, path: str, udp_port: int, sprop: str | None) -> None:
+        """Serve ``path`` from the H.264 RTP arriving on ``udp_port`` (whoever sends it)."""
+        child = self._child
+        assert child is not None, "start the server first"
+        self._mounts[path] = {"udp_port": udp_port, "sprop": sprop}
+        self._write_config()
+        child.send_signal(signal.SIGHUP)  # the server re-reads its mounts
 
     def wait_streaming(self, path: str, timeout: float = 60.0) -> None:
         """Wait until a DESCRIBE of ``path`` returns an H.264 SDP, i.e. the server receives the
