@@ -138,10 +138,10 @@ def reconcile_pipeline(
         previous=previous,
         scaling=(scaling or ScalingView()).decisions,
     )
-    ready = _apply_groups(kube, settings, body, spec, plan, owned, previous)
+    ready, waiting = _apply_groups(kube, settings, body, spec, plan, owned, previous)
     _prune(kube, namespace, meta["uid"], owned, {g.name for g in plan.groups})
     _update_camera_assignments(kube, settings, namespace, name, plan, snapshot.cameras)
-    status = _status(plan, ready, generation, previous_status, scaling or ScalingView())
+    status = _status(plan, ready, waiting, generation, previous_status, scaling or ScalingView())
     kube.apply_status(PIPELINES, namespace, name, status.wire())
     return Outcome(events=_decisions(previous_status, status), ready_replicas=ready)
 
@@ -170,8 +170,9 @@ def _apply_groups(
     plan: PipelinePlan,
     owned: dict[Kind, list[dict[str, Any]]],
     previous: Mapping[str, Mapping[str, int]],
-) -> dict[str, int]:
-    """Apply each group's ConfigMap, Service and StatefulSet; return ready replicas per group.
+) -> tuple[dict[str, int], list[str]]:
+    """Apply each group's ConfigMap, Service and StatefulSet; return ready replicas per group
+    and why the pods that are not ready wait.
 
     The ConfigMap goes first so a StatefulSet never scales onto shards its workers cannot
     read, and moves are make-before-break (:mod:`.handover`).
@@ -179,15 +180,18 @@ def _apply_groups(
     meta = body["metadata"]
     configmaps = {o["metadata"]["name"]: o for o in owned[CONFIGMAPS]}
     statefulsets = {o["metadata"]["name"]: o for o in owned[STATEFULSETS]}
-    ready = {}
+    ready: dict[str, int] = {}
+    waiting: list[str] = []
     for group in plan.groups:
         homes = previous.get(group.name, {})
         changed_at = _homes_changed_at(configmaps.get(group.name), homes, group)
         running = int(((statefulsets.get(group.name) or {}).get("spec") or {}).get("replicas", 0))
+        ready_ordinals, blocked = _pod_readiness(kube, meta, group)
+        waiting += blocked
         handover = plan_handover(
             group.shards.shards,
             homes,
-            _ready_ordinals(kube, meta, group),
+            ready_ordinals,
             running,
             time.time() - changed_at,
             settings.handover_seconds,
@@ -201,7 +205,7 @@ def _apply_groups(
         statefulset["spec"]["replicas"] = handover.replicas
         applied = kube.apply(STATEFULSETS, statefulset)
         ready[group.name] = int((applied.get("status") or {}).get("readyReplicas") or 0)
-    return ready
+    return ready, waiting
 
 
 HOMES_CHANGED_AT = "kubevision.io/homes-changed-at"
@@ -222,18 +226,33 @@ def _homes_changed_at(
     return float(annotations.get(HOMES_CHANGED_AT, 0.0))
 
 
-def _ready_ordinals(kube: Kube, meta: dict[str, Any], group: GroupPlan) -> set[int]:
-    """Ordinals of the group's pods that report Ready (they serve their shard)."""
+def _pod_readiness(
+    kube: Kube, meta: dict[str, Any], group: GroupPlan
+) -> tuple[set[int], list[str]]:
+    """Ordinals of the group's pods that report Ready (they serve their shard), and what each
+    other pod's containers wait for (a missing Secret, an image pull, a crash loop)."""
     pods = kube.list_labeled(PODS, meta["namespace"], f"{GROUP_LABEL}={group.name}")
-    ready = set()
+    ready, waiting = set(), []
     for pod in pods:
-        conditions = (pod.get("status") or {}).get("conditions") or []
+        status = pod.get("status") or {}
         index = pod["metadata"].get("labels", {}).get(POD_INDEX_LABEL)
-        if index is not None and any(
-            c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
+        if any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions") or []
         ):
-            ready.add(int(index))
-    return ready
+            if index is not None:
+                ready.add(int(index))
+            continue
+        for container in status.get("containerStatuses") or []:
+            why = ((container.get("state") or {}).get("waiting") or {}).get("reason")
+            if why and why not in _STARTING:
+                detail = container["state"]["waiting"].get("message") or ""
+                waiting.append(f"pod {pod['metadata']['name']}: {why} {detail}".strip())
+    return ready, waiting
+
+
+_STARTING = frozenset({"ContainerCreating", "PodInitializing"})
+"""Waiting reasons of a pod on its way up: nothing to report."""
 
 
 def _prune(
@@ -292,6 +311,7 @@ def apply_camera_assignment(
 def _status(
     plan: PipelinePlan,
     ready: dict[str, int],
+    waiting: list[str],
     generation: int | None,
     previous: PipelineStatus,
     scaling: ScalingView,
@@ -324,7 +344,7 @@ def _status(
         ),
         last_scaling_decision=_scaling_decision(previous, groups, scaling.reasons),
         conditions=[
-            _ready_condition(plan, desired, ready_total, generation, previous.conditions),
+            _ready_condition(plan, desired, ready_total, waiting, generation, previous.conditions),
             _degraded_condition(plan, generation, previous.conditions),
             _autoscaling_condition(scaling, generation, previous.conditions),
         ],
@@ -335,6 +355,7 @@ def _ready_condition(
     plan: PipelinePlan,
     desired: int,
     ready: int,
+    waiting: list[str],
     generation: int | None,
     previous: list[Condition],
 ) -> Condition:
@@ -360,11 +381,12 @@ def _ready_condition(
             generation,
             previous,
         )
+    why = f"; waiting: {'; '.join(waiting[:3])}" if waiting else ""
     return c.condition(
         c.READY,
         "False",
         c.WORKERS_STARTING,
-        f"{ready}/{desired} worker replicas ready",
+        f"{ready}/{desired} worker replicas ready{why}",
         generation,
         previous,
     )

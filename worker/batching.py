@@ -77,6 +77,13 @@ class DynamicBatcher(Generic[K, T]):
         with self._lock:
             return len(self._slots)
 
+    @property
+    def streams(self) -> int:
+        """Streams the batcher remembers anything of (a slot or a drop count): a removed
+        camera must not stay here, so this is bounded by the cameras."""
+        with self._lock:
+            return len(self._slots.keys() | self._dropped.keys())
+
     def dropped(self, stream: K) -> int:
         """Frames of ``stream`` replaced by a fresher one before they were batched."""
         with self._lock:

@@ -354,7 +354,7 @@ class CameraStream:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(self.camera.timeout_seconds + 1.0 if timeout is None else timeout)
-            if thread.is_alive():
+            if thread.is_alive() and timeout != 0:  # 0: the caller chose not to wait
                 log.warning("capture thread still blocked in a read camera=%s", self.name)
         self._set_state(StreamState.STOPPED)
         self._mark_down()

@@ -126,6 +126,20 @@ class WorkerMetrics:
             registry=r,
         )
         ProcessCollector(registry=r)
+        self._per_camera = (
+            self.frames_processed,
+            self.frames_dropped,
+            self.frames_skipped,
+            self.frame_latency,
+            self.camera_up,
+            self.reconnects,
+            self.detections,
+            self.stream_fps,
+            self.camera_decoder,
+            self.tracks_active,
+            self.tracks_started,
+        )
+        """Every family with a ``camera`` label: a removed camera's series go from all of them."""
         self._latest: dict[str, CameraMetrics] = {}
         """The newest CameraMetrics of each camera: a restarted camera's new stream starts
         before the old one stops, and the old one must not remove the new one's series."""
@@ -137,6 +151,15 @@ class WorkerMetrics:
 
     def is_latest(self, metrics: CameraMetrics) -> bool:
         return self._latest.get(metrics.camera) is metrics
+
+    def forget(self, metrics: CameraMetrics) -> None:
+        """Drop a removed camera's series, so cameras churning through a worker for months
+        leave no labels behind; a no-op when a newer stream of the camera owns them."""
+        if not self.is_latest(metrics):
+            return
+        del self._latest[metrics.camera]
+        for family in self._per_camera:
+            family.remove_by_labels({"pipeline": self.pipeline, "camera": metrics.camera})
 
     def frames_dropped_total(self, camera: str) -> float:
         """The camera's dropped frames, all reasons summed (what tests and benchmarks read)."""
@@ -184,10 +207,12 @@ class CameraMetrics:
         self._dropped[reason].inc()
 
     def track_started(self, class_name: str) -> None:
-        self._tracks_started.labels(*self._labels, class_name).inc()
+        if self.current:  # a removed camera's last batch must not bring its series back
+            self._tracks_started.labels(*self._labels, class_name).inc()
 
     def detected(self, class_name: str, count: int) -> None:
-        self._detections.labels(*self._labels, class_name).inc(count)
+        if self.current:
+            self._detections.labels(*self._labels, class_name).inc(count)
 
     @property
     def current(self) -> bool:

@@ -317,6 +317,18 @@ class WorkerRuntime:
     def _show_slo(self, config: WorkerConfig) -> None:
         self._metrics.slo_p99.labels(self._metrics.pipeline).set(config.slo.p99_latency_ms / 1000)
 
+    def state_sizes(self) -> dict[str, int]:
+        """What the worker holds for its cameras, summed over them (live tracks, classifier
+        labels, batcher streams): a soak watches these stay bounded under camera churn."""
+        with self._lock:
+            cams = list(self._cameras.values())
+        return {
+            "cameras": len(cams),
+            "live_tracks": sum(c.events.live_tracks for c in cams),
+            "classifier_labels": sum(len(c.labels) for c in cams),
+            "batcher_streams": sum(lane.batcher.streams for lane in self._lanes),
+        }
+
     @property
     def cameras(self) -> dict[str, FrameSource]:
         with self._lock:
@@ -407,6 +419,7 @@ class WorkerRuntime:
     def _retire(self, cam: _Camera) -> None:
         self._sink.publish(cam.events.end_all())
         cam.stream.stop(timeout=0)  # never block the loop on a stuck read
+        self._metrics.forget(cam.metrics)  # unless its replacement owns the series now
 
     # -- the loop ---------------------------------------------------------------------------
 

@@ -46,6 +46,18 @@ def _markdown(reports: list[Report], full: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _run(name: str, full: bool) -> Report:
+    """One scenario's report; a scenario that breaks down is reported as failed, so the other
+    scenarios still run and the table says what happened."""
+    module: Any = importlib.import_module(f"benchmarks.reliability.{name}")
+    try:
+        report: Report = module.run(full=full)
+    except Exception as exc:  # noqa: BLE001 - the failure is the finding: reported, not lost
+        return Report(name, "see the scenario", "see the scenario", "see the scenario",
+                      f"the scenario broke down: {exc!r}", ok=False)  # fmt: skip
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", default=None, help="scenario module names")
@@ -54,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.only or list(SCENARIOS)
     reports: list[Report] = []
     for name in names:
-        module: Any = importlib.import_module(f"benchmarks.reliability.{name}")
-        reports.append(module.run(full=not args.small))
+        reports.append(_run(name, full=not args.small))
     result = {
         "machine": machine(),
         "full": not args.small,

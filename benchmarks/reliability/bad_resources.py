@@ -709,16 +709,17 @@ def _pipeline(name: str, selects: str, detector: dict[str, Any], **spec: Any) ->
     }
 
 
-UNSATISFIABLE: dict[str, tuple[str, str]] = {
-    "unknown-variant": ("Ready", "NoMatchingVariant"),
-    "selects-nothing": ("Ready", "NoCameras"),
-    "slo-unmet": ("Ready", "NoMatchingVariant"),
-    "no-site-nodes": ("Ready", "NoSchedulableNodes"),
-    "missing-secret": ("Ready", "WorkersStarting"),
-}
-"""Pipeline -> the condition (type, reason) that must say why it cannot run."""
 MISSING_SECRET_HINT = "no-such-secret"
-"""A credentials Secret that does not exist (the Pipeline's condition does not name it yet)."""
+"""A credentials Secret that does not exist: the Pipeline's condition must name it."""
+UNSATISFIABLE: dict[str, tuple[str, str, str]] = {
+    "unknown-variant": ("Ready", "NoMatchingVariant", ""),
+    "selects-nothing": ("Ready", "NoCameras", ""),
+    "slo-unmet": ("Ready", "NoMatchingVariant", ""),
+    "no-site-nodes": ("Ready", "NoSchedulableNodes", ""),
+    "missing-secret": ("Ready", "WorkersStarting", MISSING_SECRET_HINT),
+}
+"""Pipeline -> the condition (type, reason, words its message must hold) that says why it
+cannot run."""
 
 
 def unsatisfiable_objects() -> list[Obj]:
@@ -764,9 +765,9 @@ def _condition(api: client.CustomObjectsApi, namespace: str, name: str, type_: s
 def _explained(api: client.CustomObjectsApi, namespace: str) -> dict[str, Any] | None:
     """Every unsatisfiable Pipeline's condition, once each has the expected reason."""
     found = {}
-    for name, (type_, reason) in UNSATISFIABLE.items():
+    for name, (type_, reason, words) in UNSATISFIABLE.items():
         cond = _condition(api, namespace, name, type_)
-        if cond is None or cond["reason"] != reason:
+        if cond is None or cond["reason"] != reason or words not in cond.get("message", ""):
             return None
         found[name] = cond
     return found
@@ -818,7 +819,7 @@ def unsatisfiable(
             lambda: _explained(api, namespace), timeout=resync * 3 + 60, what="conditions"
         )
     except WaitTimeout as exc:
-        now = {n: _condition(api, namespace, n, t) for n, (t, _) in UNSATISFIABLE.items()}
+        now = {n: _condition(api, namespace, n, t) for n, (t, _, _) in UNSATISFIABLE.items()}
         raise AssertionError(f"conditions do not say why: {now}") from exc
     before, started = reconciles(operator.metrics_port), time.monotonic()
     time.sleep(resync * windows)  # a measurement window, not a synchronisation
