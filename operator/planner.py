@@ -172,6 +172,12 @@ def _place_camera(
         return Problem(
             conditions.NO_SCHEDULABLE_NODES, f"no schedulable node of class {allowed} at {where}"
         )
+    named = spec.stages.detector.variant
+    if named and all(v.name != named for v in variants):
+        return Problem(
+            conditions.NO_MATCHING_VARIANT,
+            f"ModelVariant {named} (spec.stages.detector.variant) does not exist",
+        )
     return Problem(
         conditions.NO_MATCHING_VARIANT,
         f"no detector variant of {describe(spec.stages.detector)} meets p99 <= "

@@ -712,7 +712,7 @@ def _pipeline(name: str, selects: str, detector: dict[str, Any], **spec: Any) ->
 MISSING_SECRET_HINT = "no-such-secret"
 """A credentials Secret that does not exist: the Pipeline's condition must name it."""
 UNSATISFIABLE: dict[str, tuple[str, str, str]] = {
-    "unknown-variant": ("Ready", "NoMatchingVariant", ""),
+    "unknown-variant": ("Ready", "NoMatchingVariant", "no-such-variant"),
     "selects-nothing": ("Ready", "NoCameras", ""),
     "slo-unmet": ("Ready", "NoMatchingVariant", ""),
     "no-site-nodes": ("Ready", "NoSchedulableNodes", ""),

@@ -337,7 +337,7 @@ def test_deleting_a_pipeline_garbage_collects_everything_it_created(ns: Namespac
         pytest.param(
             [pipeline(stages={"detector": {"variant": "no-such-model"}}), camera("x")],
             "NoMatchingVariant",
-            "variant no-such-model",
+            "ModelVariant no-such-model (spec.stages.detector.variant) does not exist",
             id="unknown-variant",
         ),
         pytest.param(
