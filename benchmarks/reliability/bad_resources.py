@@ -25,7 +25,6 @@ import random
 import re
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,6 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.reliability import Report
 from kubevision.api import GROUP, VERSION
@@ -741,19 +739,6 @@ def unsatisfiable_objects() -> list[Obj]:
     ]
 
 
-def reconciles(port: int) -> float:
-    """Sum of ``kubevision_operator_reconciles_total`` over kinds and results."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "kubevision_operator_reconciles"
-        for sample in family.samples
-        if sample.name.endswith("_total")
-    )
-
-
 def _condition(api: client.CustomObjectsApi, namespace: str, name: str, type_: str) -> Any:
     body: Any = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "pipelines", name)
     for cond in (body.get("status") or {}).get("conditions", []):
@@ -821,9 +806,9 @@ def unsatisfiable(
     except WaitTimeout as exc:
         now = {n: _condition(api, namespace, n, t) for n, (t, _, _) in UNSATISFIABLE.items()}
         raise AssertionError(f"conditions do not say why: {now}") from exc
-    before, started = reconciles(operator.metrics_port), time.monotonic()
+    before, started = operator.reconciles(), time.monotonic()
     time.sleep(resync * windows)  # a measurement window, not a synchronisation
-    count = reconciles(operator.metrics_port) - before
+    count = operator.reconciles() - before
     window = time.monotonic() - started
     listed: Any = api.list_cluster_custom_object(GROUP, VERSION, "pipelines")
     pipelines = len(listed["items"])

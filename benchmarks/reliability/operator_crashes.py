@@ -25,7 +25,6 @@ import statistics
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
-from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.reliability import Report
 from kubevision.api import GROUP, VERSION
@@ -544,28 +542,13 @@ class Crashes:
         """Events posted while nothing changes for two reconciles of every Pipeline (0: no
         storm from a steady world)."""
         before = sum(operator_events(self.api).values())
-        target = _reconciles(self.operator) + 2 * len(self.churn.specs)
+        target = self.operator.reconciles("pipeline", "ok") + 2 * len(self.churn.specs)
         wait_for(
-            lambda: _reconciles(self.operator) >= target,
+            lambda: self.operator.reconciles("pipeline", "ok") >= target,
             timeout=converge_deadline(),
             what="two more reconciles of every Pipeline",
         )
         return sum(operator_events(self.api).values()) - before
-
-
-def _reconciles(operator: OperatorProcess) -> float:
-    """kubevision_operator_reconciles_total{kind="pipeline",result="ok"} of the process."""
-    url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(
-        s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-        if s.name == "kubevision_operator_reconciles_total"
-        and s.labels.get("kind") == "pipeline"
-        and s.labels.get("result") == "ok"
-    )
 
 
 def crashed(operator: OperatorProcess) -> int:

@@ -13,6 +13,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.envtest.cluster import LocalCluster
 from tests.envtest.controlplane import OPERATOR_NAMESPACE, REPO_ROOT, free_port
 from tests.envtest.poll import wait_for
@@ -125,3 +127,18 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def reconciles(self, kind: str | None = None, result: str | None = None) -> float:
+        """``kubevision_operator_reconciles_total`` of this process, summed over the kinds and
+        results not pinned by the arguments (the operator exports every series from 0)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "kubevision_operator_reconciles_total"
+            and kind in (None, sample.labels.get("kind"))
+            and result in (None, sample.labels.get("result"))
+        )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from prometheus_client.parser import text_string_to_metric_families
 
 from kubevision.operator.planner import group_name
 from tests.conftest import as_json
@@ -362,19 +360,6 @@ class Release:
         return path
 
 
-def pipeline_reconciles(proc: OperatorProcess) -> float:
-    """kubevision_operator_reconciles_total{kind="pipeline"} of one operator process."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "kubevision_operator_reconciles_total"
-        and sample.labels.get("kind") == "pipeline"
-    )
-
-
 RESUMED = "Resuming operations after the pause"
 """kopf's log line when a replica starts working (also once at start-up, unless it waits)."""
 
@@ -385,7 +370,7 @@ def active_and_standby(release: Release) -> tuple[OperatorProcess, OperatorProce
     first, second = release.operators.values()
 
     def settled() -> tuple[OperatorProcess, OperatorProcess] | None:
-        counts = {proc: pipeline_reconciles(proc) for proc in (first, second)}
+        counts = {proc: proc.reconciles("pipeline") for proc in (first, second)}
         active = max(counts, key=lambda proc: counts[proc])
         standby = second if active is first else first
         return (active, standby) if counts[active] >= 4 and counts[standby] == 0 else None
@@ -476,7 +461,7 @@ def test_only_one_replica_reconciles_and_the_standby_takes_over_when_it_dies(
     killed = time.monotonic()
     ns.apply(docs=[second_pipeline()])  # a change only a working operator can act on
     wait_for(
-        lambda: pipeline_reconciles(standby) > 0,
+        lambda: standby.reconciles("pipeline") > 0,
         timeout=LIFETIME + 30,
         what="the standby to take over and reconcile",
     )
@@ -522,7 +507,7 @@ def test_upgrade_rolls_the_operator_and_cameras_stay_assigned(release: Release) 
     for proc in release.operators.values():
         proc.stop()
     rolled = release.start_operator("replica-c")
-    wait_for(lambda: pipeline_reconciles(rolled) > 0, timeout=60, what="the new replica working")
+    wait_for(lambda: rolled.reconciles("pipeline") > 0, timeout=60, what="the new replica working")
     assert assignments(ns) == assigned
 
 
