@@ -593,21 +593,25 @@ def event_bound(crashes: Crashes) -> int:
 
 
 @contextmanager
-def scenario(cluster: LocalCluster, size: Size, log_dir: Path) -> Iterator[Crashes]:
-    """The namespace and the operator (the chart installed already); stopped on exit."""
-    operator = OperatorProcess(
-        cluster,
-        log_dir / "operator-crashes.log",
-        resync_seconds=RESYNC_SECONDS,
-        args=[f"--namespace={NAMESPACE}"],
-    )
-    api = Api(cluster)
-    api.core.create_namespace({"metadata": {"name": NAMESPACE}})  # type: ignore[arg-type]
-    operator.start()
-    try:
-        yield Crashes(cluster, operator, size)
-    finally:
-        operator.stop()
+def scenario(state: Path, size: Size) -> Iterator[Crashes]:
+    """A control plane of its own in ``state`` (the kills must meet no other operator, and
+    restarting it disturbs nobody) with the chart, the namespace and the operator; all stopped
+    on exit, the logs kept in ``state/logs``."""
+    with LocalCluster(state) as cluster:
+        install_chart(cluster)
+        operator = OperatorProcess(
+            cluster,
+            state / "logs" / "operator-crashes.log",
+            resync_seconds=RESYNC_SECONDS,
+            args=[f"--namespace={NAMESPACE}"],
+        )
+        api = Api(cluster)
+        api.core.create_namespace({"metadata": {"name": NAMESPACE}})  # type: ignore[arg-type]
+        operator.start()
+        try:
+            yield Crashes(cluster, operator, size)
+        finally:
+            operator.stop()
 
 
 def measure(crashes: Crashes, figures: dict[str, Any]) -> None:
@@ -658,10 +662,8 @@ def run(full: bool) -> Report:
     lost = "nothing: no orphan, every camera on exactly one replica, status matches the world"
     figures: dict[str, Any] = {"logs": str(state / "logs")}
     try:
-        with LocalCluster(state) as cluster:
-            install_chart(cluster)
-            with scenario(cluster, size, state / "logs") as crashes:
-                measure(crashes, figures)
+        with scenario(state, size) as crashes:
+            measure(crashes, figures)
     except AssertionError as exc:
         lost = f"check failed: {exc}"
     return Report(

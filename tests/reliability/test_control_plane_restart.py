@@ -15,8 +15,6 @@ from benchmarks.reliability.operator_crashes import (
     restart_component,
     scenario,
 )
-from tests.envtest.cluster import LocalCluster
-from tests.envtest.operator import install_chart
 
 SIZE = Size(cameras=12, kills=0, burst=0)
 
@@ -24,12 +22,9 @@ SIZE = Size(cameras=12, kills=0, burst=0)
 @pytest.fixture(scope="module")
 def crashes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crashes]:
     """A control plane of its own: restarting it must not disturb other tests."""
-    state = tmp_path_factory.mktemp("restarts")
-    with LocalCluster(state) as cluster:
-        install_chart(cluster)
-        with scenario(cluster, SIZE, state / "logs") as running:
-            running.populate()
-            yield running
+    with scenario(tmp_path_factory.mktemp("restarts"), SIZE) as running:
+        running.populate()
+        yield running
 
 
 @pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])

@@ -16,19 +16,14 @@ from benchmarks.reliability.operator_crashes import (
     operator_events,
     scenario,
 )
-from tests.envtest.cluster import LocalCluster
-from tests.envtest.operator import install_chart
 
 
 @pytest.fixture(scope="module")
 def crashes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crashes]:
     """A control plane of its own: the kills must meet no other operator reconciling."""
-    state = tmp_path_factory.mktemp("crashes")
-    with LocalCluster(state) as cluster:
-        install_chart(cluster)
-        with scenario(cluster, SMALL, state / "logs") as running:
-            running.populate()
-            yield running
+    with scenario(tmp_path_factory.mktemp("crashes"), SMALL) as running:
+        running.populate()
+        yield running
 
 
 def test_every_kill_converges_to_the_world_the_specs_ask_for(crashes: Crashes) -> None:
