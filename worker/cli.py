@@ -31,6 +31,7 @@ from kubevision.api.worker_config import (
     ModelConfig,
     WorkerConfig,
 )
+from kubevision.worker.allocator import tune_allocator
 from kubevision.worker.capture import CaptureOptions
 from kubevision.worker.config import ConfigError, ConfigWatcher, load_config, shard_index
 from kubevision.worker.health import Health, HealthServer
@@ -290,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if applied := tune_allocator():
+        log.debug("malloc tuned %s", applied, extra={"malloc": applied})
     try:
         return serve(args) if args.command == "serve" else run(args)
     except (ConfigError, ArtifactError, SinkConfigError, ValueError) as exc:

@@ -30,6 +30,7 @@ from benchmarks.reliability.slow_pipeline import (
 from kubevision.api.camera import Sampling
 from kubevision.api.modelvariant import Artifact, InputSize
 from kubevision.api.worker_config import CameraAssignment, ClassifierConfig, ModelConfig
+from kubevision.worker.allocator import tune_allocator
 from kubevision.worker.capture import CaptureOptions
 from kubevision.worker.health import Health
 from kubevision.worker.metrics import WorkerMetrics
@@ -125,7 +126,11 @@ def _settled(
 
 
 def measure(size: Size) -> dict[str, Any]:
-    """Run the soak at ``size``; samples over time and the end-state checks."""
+    """Run the soak at ``size``; samples over time and the end-state checks.
+
+    The runtime runs in this process, so it gets the allocator settings the worker's entry
+    point applies (:func:`tune_allocator`) before any stream starts."""
+    tune_allocator()
     metrics = WorkerMetrics("reliability")
     churn = Churn.initial()
     model = yolox_model(batch_max=STREAMS)
