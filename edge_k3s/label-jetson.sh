@@ -1,19 +1,40 @@
 #!/usr/bin/env bash
-# Label a K3s-managed Jetson so KubeVision places Jetson workers on it:
-#   kubevision.io/accelerator=jetson, kubevision.io/jetson-model=<model>, kubevision.io/site=<site>
-# Run on the Jetson itself (reads its model from the device tree) or pass the model explicitly:
-#   edge_k3s/label-jetson.sh <node-name> <site> [jetson-model]
+# Label a Jetson that already runs K3s (install-k3s.sh labels nodes when they join) so that
+# KubeVision places Jetson workers on it: the labels jetson-labels.sh derives from the Jetson's
+# device tree and L4T release, plus its site.
+#
+#   edge_k3s/label-jetson.sh NODE --site SITE [--from FILE] [--dry-run]
+#
+# Run it on the Jetson (with kubectl and a kubeconfig), or anywhere with --from a file holding
+# the labels the Jetson printed: `ssh jetson edge_k3s/jetson-labels.sh > labels.txt`.
 set -euo pipefail
-node=${1:?usage: $0 <node-name> <site> [jetson-model]}
-site=${2:?usage: $0 <node-name> <site> [jetson-model]}
-model=${3:-}
-if [ -z "$model" ] && [ -r /proc/device-tree/model ]; then
-  # e.g. "NVIDIA Jetson AGX Orin Developer Kit" -> agx-orin
-  model=$(tr -d '\0' </proc/device-tree/model | tr '[:upper:]' '[:lower:]' |
-    sed -E 's/nvidia jetson //; s/ developer kit//; s/[^a-z0-9]+/-/g; s/-+$//')
-fi
-[ -n "$model" ] || { echo "cannot tell the Jetson model; pass it as the third argument" >&2; exit 1; }
-kubectl label node "$node" --overwrite \
-  kubevision.io/accelerator=jetson \
-  "kubevision.io/jetson-model=$model" \
-  "kubevision.io/site=$site"
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=edge_k3s/lib.sh
+source "$here/lib.sh"
+
+main() {
+  local node=${1:-} site="" from="" labels=()
+  [[ -n $node && $node != -* ]] || die "usage: $0 NODE --site SITE [--from FILE] [--dry-run]"
+  shift
+  while (($#)); do
+    case $1 in
+      --site) site=${2:?}; shift 2 ;;
+      --from) from=${2:?}; shift 2 ;;
+      --dry-run) DRY_RUN=1; shift ;;
+      *) die "unknown argument: $1" ;;
+    esac
+  done
+  [[ -n $site ]] || die "--site is required"
+  valid_label_value "$site" || die "--site '$site' is not a label value"
+  if [[ -n $from ]]; then
+    mapfile -t labels < <(grep -E '^kubevision\.io/[a-z0-9-]+=' "$from" | grep -v '^kubevision.io/site=')
+    labels+=("kubevision.io/site=$site")
+  else
+    mapfile -t labels < <("$here/jetson-labels.sh" --site "$site")
+  fi
+  [[ " ${labels[*]} " == *" kubevision.io/accelerator=jetson "* ]] ||
+    die "no Jetson labels (not a Jetson, or --from holds none)"
+  run kubectl label node "$node" --overwrite "${labels[@]}"
+}
+
+main "$@"

@@ -35,6 +35,7 @@ build() {
   local pkg
   for pkg in "$@"; do
     log "go build $pkg"
+    # shellcheck disable=SC2046  # go_env prints several VAR=value words, one argument each
     (cd "$mod" && env CGO_ENABLED=0 $(go_env) go build -buildvcs=false -trimpath \
       -ldflags "$ldflags" -o "$tmp/" "$pkg")
   done
