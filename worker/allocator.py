@@ -62,9 +62,10 @@ def _mallopt() -> Callable[[int, int], int] | None:
         return None
     try:
         libc = ctypes.CDLL(name)
-        function = libc.mallopt
+        raw = libc.mallopt
     except (OSError, AttributeError):
         return None
-    function.argtypes = (ctypes.c_int, ctypes.c_int)
-    function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]
+    raw.argtypes = (ctypes.c_int, ctypes.c_int)
+    raw.restype = ctypes.c_int
+    function: Callable[[int, int], int] = raw
+    return function
