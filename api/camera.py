@@ -188,8 +188,18 @@ class CameraSpec(ApiModel):
         return self.fps
 
 
+LAST_ERROR_MAX = 512
+"""Longest ``lastError`` kept: FFmpeg messages are short, a hostile stream's must not be."""
+
+
 class CameraAssignment(ApiModel):
-    """Which worker of which Pipeline processes this camera."""
+    """Which worker of which Pipeline processes this camera, and its stream health there.
+
+    Each Pipeline writes its own entry. The health is what the worker reports (its /metrics and
+    /status), read on each autoscaling tick (metricsIntervalSeconds): written when connected or
+    lastError change; observedFps, lastFrameTime and reconnects while down refreshed at most
+    once a minute (few writes for a fleet).
+    """
 
     pipeline: str
     """Name of the Pipeline, in this namespace, that selects the camera."""
@@ -197,10 +207,23 @@ class CameraAssignment(ApiModel):
     """Name of the worker StatefulSet (one per Pipeline group) that processes the camera."""
     shard: int = Field(ge=0)
     """Ordinal of the worker replica (pod) of that StatefulSet that processes the camera."""
+    connected: bool | None = None
+    """True while the worker receives frames; false while it cannot read the stream (see
+    lastError); unset until the worker has reported the camera."""
+    reconnects: int | None = Field(default=None, ge=0)
+    """Reconnection attempts of this worker since it took the camera (counts every retry)."""
+    last_error: str | None = Field(default=None, max_length=LAST_ERROR_MAX)
+    """Why the worker cannot read the stream now (credentials redacted); unset while it streams."""
+    observed_fps: float | None = Field(default=None, ge=0)
+    """Frames per second the worker decodes from the source (refreshed at most once a minute)."""
+    last_frame_time: dt.datetime | None = None
+    """When the worker last received a frame (refreshed at most once a minute while streaming)."""
+    last_update_time: dt.datetime | None = None
+    """When the operator last wrote this entry's stream health."""
 
 
 class CameraStatus(ApiModel):
-    """Observed state of a Camera (assignments by the operator, stream health by workers)."""
+    """Observed state of a Camera: assignments and stream health per Pipeline, conditions."""
 
     observed_generation: int | None = None
     """The .metadata.generation this status was last computed for."""
@@ -213,16 +236,9 @@ class CameraStatus(ApiModel):
             "x-kubernetes-list-map-keys": ["pipeline"],
         },
     )
-    """One entry per Pipeline that selects this camera."""
-    observed_fps: float | None = None
-    """Frames per second currently received from the source, as reported by the worker."""
-    p99_latency_ms: float | None = None
-    """Observed p99 per-frame latency in milliseconds (capture to result published)."""
-    reconnects: int | None = None
-    """Times the worker has reconnected to the source since it took the camera."""
-    last_frame_time: dt.datetime | None = None
-    """When the worker last received a frame from the source."""
+    """One entry per Pipeline that selects this camera, with the stream health its worker sees."""
     conditions: list[Condition] = Field(
         default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA
     )
-    """Ready, Connected, Degraded."""
+    """Ready (a Pipeline's worker takes the camera) and Connected (True: every such worker gets
+    frames; False: one cannot read the stream, see its lastError; Unknown: not reported yet)."""

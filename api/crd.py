@@ -74,7 +74,9 @@ RESOURCES = (
             _column("Source", ".status.sourceHost"),
             _column("Pipeline", ".status.assignments[*].pipeline"),
             _column("Connected", _condition("Connected")),
-            _column("FPS", ".status.observedFps", "number"),
+            _column("FPS", ".status.assignments[*].observedFps"),
+            _column("Reconnects", ".status.assignments[*].reconnects", priority=1),
+            _column("Error", ".status.assignments[*].lastError", priority=1),
             _column("Paused", ".spec.paused", "boolean", priority=1),
             _column("Site", ".spec.site", priority=1),
             _AGE,
@@ -144,11 +146,20 @@ def _convert(node: Any, defs: dict[str, Any]) -> Any:
             out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
             out[key] = True
             continue
+        if key == "description":
+            out[key] = _unwrap(value)
+            continue
         out[key] = _convert(value, defs) if key not in ("default", "enum") else value
     if "properties" in out:
         out["type"] = "object"
         out.pop("additionalProperties", None)  # structural schemas allow one or the other
     return out
+
+
+def _unwrap(text: str) -> str:
+    """A docstring's lines joined (paragraphs kept): ``kubectl explain`` wraps them itself,
+    and a hard break turns into an empty line in the YAML."""
+    return "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
 
 
 def _unwrap_optional(node: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""Camera status the operator owns: the source host, observedGeneration and the Ready condition.
+"""Camera status the operator owns: the source host, observedGeneration and the Ready and
+Connected conditions.
 
-Stream health (Connected, observed fps, p99, reconnects) is reported by the workers; each
-Pipeline writes its own entry of ``status.assignments`` (see :mod:`.pipelines`).
+Each Pipeline writes its own entry of ``status.assignments`` (see :mod:`.pipelines`), with the
+stream health its worker reports (:mod:`.streamhealth`); ``Connected`` sums those entries up, so
+a camera read by several Pipelines is connected only when every one of their workers reads it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubevision.api.camera import CameraAssignment, CameraSpec, CameraStatus
+from kubevision.api.common import Condition, ConditionStatus
 from kubevision.operator import conditions as c
+from kubevision.operator.streamhealth import pod_name
 
 
 def desired_status(body: dict[str, Any]) -> dict[str, Any]:
@@ -24,7 +28,7 @@ def desired_status(body: dict[str, Any]) -> dict[str, Any]:
         return c.invalid_spec_status(exc, generation, current.conditions)
     if spec.paused:
         ready = c.condition(
-            c.READY, "False", "Paused", "spec.paused is true", generation, current.conditions
+            c.READY, "False", c.PAUSED, "spec.paused is true", generation, current.conditions
         )
     elif current.assignments:
         where = ", ".join(f"{a.pipeline}/{a.workload}[{a.shard}]" for a in current.assignments)
@@ -45,11 +49,47 @@ def desired_status(body: dict[str, Any]) -> dict[str, Any]:
             generation,
             current.conditions,
         )
+    connected = connected_condition(
+        current.assignments, spec.paused, generation, current.conditions
+    )
     return {
         "observedGeneration": generation,
         "sourceHost": spec.source.host,
-        "conditions": [ready.wire()],
+        "conditions": [ready.wire(), connected.wire()],
     }
+
+
+def connected_condition(
+    entries: list[CameraAssignment],
+    paused: bool,
+    generation: int | None,
+    previous: list[Condition],
+) -> Condition:
+    """True when every Pipeline's worker receives frames; False, with each failing worker's
+    error, when one cannot read the stream; Unknown while one has not reported (or none is
+    assigned). Its message changes only with the transitions, never with fps."""
+    failing = [a for a in entries if a.connected is False]
+    waiting = [a for a in entries if a.connected is None]
+    status: ConditionStatus
+    if paused or not entries:
+        reason = c.PAUSED if paused else c.NO_PIPELINE
+        status, message = "Unknown", "no worker reads the stream"
+    elif failing:
+        reason, status = c.SOURCE_UNREACHABLE, "False"
+        message = "; ".join(
+            f"pipeline {a.pipeline}: {a.last_error or 'no frames'}" for a in failing
+        )
+    elif waiting:
+        reason, status = c.AWAITING_WORKER, "Unknown"
+        message = (
+            "waiting for "
+            + ", ".join(f"pipeline {a.pipeline}'s worker {pod_name(a)}" for a in waiting)
+            + " to report the stream"
+        )
+    else:
+        reason, status = c.STREAMING, "True"
+        message = "receiving frames for pipeline " + ", ".join(a.pipeline for a in entries)
+    return c.condition(c.CONNECTED, status, reason, message, generation, previous)
 
 
 def current_status(body: dict[str, Any]) -> dict[str, Any]:

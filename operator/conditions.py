@@ -35,6 +35,9 @@ AWAITING_WORKER = "AwaitingWorker"
 SCALING_ACTIVE = "ScalingActive"
 METRICS_UNAVAILABLE = "MetricsUnavailable"
 AWAITING_METRICS = "AwaitingMetrics"
+STREAMING = "Streaming"
+SOURCE_UNREACHABLE = "SourceUnreachable"
+PAUSED = "Paused"
 
 
 def invalid_spec_status(

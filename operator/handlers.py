@@ -24,7 +24,7 @@ from kubevision.api import GROUP, VERSION
 from kubevision.api.camera import CameraSpec
 from kubevision.api.modelvariant import ModelVariantSpec
 from kubevision.api.pipeline import PipelineSpec, PipelineStatus
-from kubevision.operator import cameras, modelvariants
+from kubevision.operator import cameras, modelvariants, streamhealth
 from kubevision.operator.builders import MANAGED_BY, PIPELINE_LABEL
 from kubevision.operator.hardware import NodeInfo, node_info
 from kubevision.operator.kube import CAMERAS, MODELVARIANTS, PIPELINES, Kind, Kube
@@ -38,7 +38,7 @@ from kubevision.operator.pipelines import (
     reconcile_pipeline,
 )
 from kubevision.operator.planner import Camera
-from kubevision.operator.scaling import OperatorMetrics, PipelineScaler
+from kubevision.operator.scaling import OperatorMetrics, PipelineScaler, stream_reports
 from kubevision.operator.selection import Variant
 from kubevision.operator.settings import OperatorSettings
 from kubevision.operator.triggers import Triggers, pipeline_key
@@ -67,6 +67,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.kube = Kube.connect(operator_settings.field_manager)
     memo.triggers = Triggers()
     memo.node_facts = {}
+    memo.camera_facts = {}
     memo.operator_metrics = OperatorMetrics(REGISTRY)
     if operator_settings.operator_metrics_port:
         start_http_server(operator_settings.operator_metrics_port)
@@ -139,6 +140,7 @@ async def pipeline_reconciler(
     kube: Kube = memo.kube
     settings: OperatorSettings = memo.settings
     scaler = PipelineScaler()
+    ledger = streamhealth.StreamLedger()
     metrics: OperatorMetrics = memo.operator_metrics
     triggers.register(key)
     backoff, interval = 1.0, settings.resync_seconds
@@ -159,7 +161,7 @@ async def pipeline_reconciler(
                         _autoscale, kube, settings, scaler, body, snapshot, metrics
                     )
                     outcome = await asyncio.to_thread(
-                        reconcile_pipeline, kube, settings, body, snapshot, view
+                        reconcile_pipeline, kube, settings, body, snapshot, view, ledger
                     )
             except (ApiException, OSError, HTTPError) as exc:  # the API is away, not a bug
                 backoff = min(backoff * 2, _MAX_BACKOFF)
@@ -180,6 +182,9 @@ async def pipeline_reconciler(
                 interval = min(interval, max(_MIN_WAKE_SECONDS, until_due))
             for event in [*scaled, *outcome.events]:
                 kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            for about in outcome.camera_events:
+                kopf.event(about.camera, type=about.event.type, reason=about.event.reason,
+                           message=about.event.message)  # fmt: skip
     finally:
         triggers.unregister(key)
         metrics.forget(name)
@@ -206,6 +211,7 @@ def _autoscale(
     status = PipelineStatus.model_validate(body.get("status") or {})
     scaler.restore(status.groups)
     events = []
+    streams = None
     if status.groups and scaler.due(spec, time.monotonic()):
         meta = body["metadata"]
         for change in scaler.step(
@@ -222,12 +228,17 @@ def _autoscale(
                 "Degraded" if change.decision.degradation != change.before.degradation else "Scaled"
             )
             events.append(Event("Normal", kind, f"group {change.group}: {change.decision.reason}"))
+        if spec.autoscaling.prometheus_url or settings.prometheus_url:
+            streams = stream_reports(kube, meta["namespace"], status.groups)
+        else:  # the step scraped every ready worker pod: their pages are this tick's health
+            streams = streamhealth.reports(scaler.scrapes, since=scaler.last_run)
     view = ScalingView(
         decisions=dict(scaler.decisions),
         reasons=dict(scaler.reasons),
         held_reason=scaler.held_reason,
         p99_ms=scaler.p99_ms,
         queue_depth=scaler.queue_depth,
+        streams=streams,
     )
     return view, events
 
@@ -241,8 +252,34 @@ async def pipeline_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any)
 
 
 @kopf.on.event(GROUP, VERSION, "cameras")
-async def camera_changed(namespace: str, memo: kopf.Memo, **_: Any) -> None:
+async def camera_changed(
+    type: str,
+    namespace: str,
+    name: str,
+    labels: kopf.Labels,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """Only what plans depend on (spec, labels, placements) wakes the namespace's Pipelines:
+    the stream health they write themselves must not start a reconcile of every Pipeline."""
+    key = (namespace, name)
+    if type == "DELETED":
+        memo.camera_facts.pop(key, None)
+    else:
+        facts = _camera_facts(labels, meta, status)
+        if memo.camera_facts.get(key) == facts:
+            return
+        memo.camera_facts[key] = facts
     memo.triggers.fire_namespace(namespace)
+
+
+def _camera_facts(labels: kopf.Labels, meta: kopf.Meta, status: kopf.Status) -> tuple[Any, ...]:
+    placements = sorted(
+        (a.pipeline, a.workload, a.shard) for a in cameras.assignments(dict(status)).values()
+    )
+    return (meta.get("generation"), tuple(sorted(dict(labels).items())), tuple(placements))
 
 
 @kopf.on.event(GROUP, VERSION, "modelvariants")

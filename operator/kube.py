@@ -118,16 +118,16 @@ class Kube:
         name: str,
         status: dict[str, Any],
         field_manager: str | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
         """Server-side apply the fields in ``status`` (fields this manager set before and
-        left out now are removed; other managers' fields stay)."""
+        left out now are removed; other managers' fields stay); returns the object."""
         obj = {
             "apiVersion": kind.api_version,
             "kind": kind.kind,
             "metadata": {"name": name, "namespace": namespace},
             "status": status,
         }
-        self.apply(kind, obj, subresource="status", field_manager=field_manager)
+        return self.apply(kind, obj, subresource="status", field_manager=field_manager)
 
     def list_labeled(self, kind: Kind, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         result = self._call("GET", kind.path(namespace), query=[("labelSelector", label_selector)])

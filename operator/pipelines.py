@@ -1,4 +1,5 @@
-"""Reconciling a Pipeline: plan → apply the groups' objects → prune → camera assignments → status.
+"""Reconciling a Pipeline: plan → apply the groups' objects → prune → camera assignments (with
+their stream health) → status.
 
 ``reconcile_pipeline`` is level-triggered and idempotent: it derives everything from the
 Pipeline and snapshots of the Camera, ModelVariant and Node indexes, writes with server-side
@@ -54,6 +55,12 @@ from kubevision.operator.planner import (
 )
 from kubevision.operator.selection import Variant
 from kubevision.operator.settings import OperatorSettings
+from kubevision.operator.streamhealth import (
+    DISCONNECTED,
+    Reports,
+    StreamLedger,
+    event_message,
+)
 
 log = logging.getLogger("kubevision.operator.pipelines")
 
@@ -88,6 +95,9 @@ class ScalingView:
     """Why decisions are on hold (signals missing); None when they are not."""
     p99_ms: float | None = None
     queue_depth: float | None = None
+    streams: Reports | None = None
+    """Each camera's stream health by worker pod from this tick's scrape; None when the
+    workers were not scraped now (so Camera status keeps what it says)."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,15 @@ class Event:
     message: str
 
 
+@dataclass(frozen=True)
+class CameraEvent:
+    """An Event about a Camera (its stream went down or came back)."""
+
+    camera: dict[str, Any]
+    """The Camera as Events refer to it: apiVersion, kind and metadata (name, namespace, uid)."""
+    event: Event
+
+
 @dataclass
 class Outcome:
     """What a reconcile decided, for the caller to post as Kubernetes Events."""
@@ -104,6 +123,7 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
     ready_replicas: dict[str, int] | None = None
     """Ready replicas per group, for the operator's metrics; None when nothing was applied."""
+    camera_events: list[CameraEvent] = field(default_factory=list)
 
 
 def camera_field_manager(settings: OperatorSettings, pipeline: str) -> str:
@@ -117,7 +137,10 @@ def reconcile_pipeline(
     body: dict[str, Any],
     snapshot: Snapshot,
     scaling: ScalingView | None = None,
+    ledger: StreamLedger | None = None,
 ) -> Outcome:
+    """One level-triggered pass (see the module docstring). ``ledger``: the reconciler's memory
+    of its Camera entries across ticks; a fresh one, as after a restart, when not given."""
     meta = body["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
     previous_status = PipelineStatus.model_validate(body.get("status") or {})
@@ -140,10 +163,18 @@ def reconcile_pipeline(
     )
     ready, waiting = _apply_groups(kube, settings, body, spec, plan, owned, previous)
     _prune(kube, namespace, meta["uid"], owned, {g.name for g in plan.groups})
-    _update_camera_assignments(kube, settings, namespace, name, plan, snapshot.cameras)
-    status = _status(plan, ready, waiting, generation, previous_status, scaling or ScalingView())
+    view = scaling or ScalingView()
+    camera_events = _update_camera_assignments(
+        kube, settings, namespace, name, plan, snapshot.cameras, view.streams,
+        StreamLedger() if ledger is None else ledger,
+    )  # fmt: skip
+    status = _status(plan, ready, waiting, generation, previous_status, view)
     kube.apply_status(PIPELINES, namespace, name, status.wire())
-    return Outcome(events=_decisions(previous_status, status), ready_replicas=ready)
+    return Outcome(
+        events=_decisions(previous_status, status),
+        ready_replicas=ready,
+        camera_events=camera_events,
+    )
 
 
 def _previous_assignments(configmaps: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -279,21 +310,42 @@ def _update_camera_assignments(
     pipeline: str,
     plan: PipelinePlan,
     cameras: list[CameraRecord],
-) -> None:
-    """Write this Pipeline's entry in each Camera's status.assignments where it changed."""
-    desired: dict[str, CameraAssignmentStatus] = {}
+    streams: Reports | None,
+    ledger: StreamLedger,
+) -> list[CameraEvent]:
+    """Write this Pipeline's entry in each Camera's status.assignments where it changed
+    (placement or stream health, see :func:`.streamhealth.next_assignment`); returns the
+    Events for streams seen going down or coming back (one per episode: ``ledger``)."""
+    placements: dict[str, CameraAssignmentStatus] = {}
     for group in plan.groups:
         for shard, names in enumerate(group.shards.shards):
             for cam in names:
-                desired[cam] = CameraAssignmentStatus(
+                placements[cam] = CameraAssignmentStatus(
                     pipeline=pipeline, workload=group.name, shard=shard
                 )
     manager = camera_field_manager(settings, pipeline)
+    now = dt.datetime.now(dt.UTC)
+    events = []
+    ledger.keep_only({r.camera.name for r in cameras})
     for record in cameras:
         name = record.camera.name
-        want, have = desired.get(name), record.assignments.get(pipeline)
-        if want != have:
-            apply_camera_assignment(kube, namespace, name, want, manager)
+        change = ledger.change(
+            name, record.assignments.get(pipeline), placements.get(name), streams, now
+        )
+        if change is None:
+            continue
+        want, kind = change.entry, change.event
+        camera = apply_camera_assignment(kube, namespace, name, want, manager)
+        ledger.record(name, want)
+        if kind is not None and want is not None:
+            log.info(
+                "camera stream %s",
+                kind.lower(),
+                extra={"camera": name, "pipeline": pipeline, "error": want.last_error},
+            )
+            level = "Warning" if kind == DISCONNECTED else "Normal"
+            events.append(CameraEvent(camera, Event(level, kind, event_message(kind, want))))
+    return events
 
 
 def apply_camera_assignment(
@@ -302,10 +354,17 @@ def apply_camera_assignment(
     camera: str,
     assignment: CameraAssignmentStatus | None,
     manager: str,
-) -> None:
-    """Set (or, with ``None``, drop) one Pipeline's entry; other Pipelines' entries stay."""
+) -> dict[str, Any]:
+    """Set (or, with ``None``, drop) one Pipeline's entry; other Pipelines' entries stay.
+    Returns the Camera as Events refer to it."""
     status: dict[str, Any] = {"assignments": [assignment.wire()]} if assignment else {}
-    kube.apply_status(CAMERAS, namespace, camera, status, field_manager=manager)
+    applied = kube.apply_status(CAMERAS, namespace, camera, status, field_manager=manager)
+    meta = applied.get("metadata") or {}
+    return {
+        "apiVersion": CAMERAS.api_version,
+        "kind": CAMERAS.kind,
+        "metadata": {"name": camera, "namespace": namespace, "uid": meta.get("uid")},
+    }
 
 
 def _status(

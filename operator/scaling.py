@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -26,10 +26,19 @@ from kubevision.operator.builders import GROUP_LABEL
 from kubevision.operator.hardware import GPU_RESOURCE, NodeInfo
 from kubevision.operator.kube import CONFIGMAPS, PODS, Kube
 from kubevision.operator.planner import GroupScaling
-from kubevision.operator.signals import GroupSignals, PrometheusSource, Scrape, combine, scrape
+from kubevision.operator.signals import (
+    CameraHealth,
+    GroupSignals,
+    PrometheusSource,
+    Scrape,
+    combine,
+    read_status,
+    scrape,
+)
 
 log = logging.getLogger("kubevision.operator.scaling")
 _SCRAPE_THREADS = 8
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -234,26 +243,48 @@ class PipelineScaler:
         if prometheus_url:
             cameras = _group_cameras(kube, namespace, group.name)
             return PrometheusSource(prometheus_url).signals(pipeline, cameras)
-        pods = kube.list_labeled(PODS, namespace, f"{GROUP_LABEL}={group.name}")
-        urls = {
-            p["metadata"]["name"]: f"http://{p['status']['podIP']}:9090/metrics"
-            for p in pods
-            if _ready(p) and p["status"].get("podIP")
-        }
-        with ThreadPoolExecutor(max_workers=min(_SCRAPE_THREADS, max(len(urls), 1))) as pool:
-            scraped = dict(zip(urls, pool.map(scrape, urls.values()), strict=True))
+        scraped = fetch_each(worker_urls(kube, namespace, group.name, "/metrics"), scrape)
         current = {pod: s for pod, s in scraped.items() if s is not None}
         previous = self.scrapes.get(group.name, {})
         # each ready pod keeps its last good scrape as its baseline, so one missed scrape does
         # not turn a long-running pod's whole lifetime into "the last window"
         self.scrapes[group.name] = {
             pod: current.get(pod) or previous[pod]
-            for pod in urls
+            for pod in scraped
             if pod in current or pod in previous
         }
         if not previous:
             return None  # the first look only sets the baseline for the next window
         return combine(previous, current)
+
+
+def worker_urls(kube: Kube, namespace: str, group: str, path: str) -> dict[str, str]:
+    """Each ready worker pod of ``group`` -> the URL of ``path`` on its metrics port."""
+    pods = kube.list_labeled(PODS, namespace, f"{GROUP_LABEL}={group}")
+    return {
+        p["metadata"]["name"]: f"http://{p['status']['podIP']}:9090{path}"
+        for p in pods
+        if _ready(p) and p["status"].get("podIP")
+    }
+
+
+def fetch_each(urls: Mapping[str, str], read: Callable[[str], T]) -> dict[str, T]:
+    """``read`` of every URL, in parallel (bounded): one slow pod must not hold up the tick."""
+    with ThreadPoolExecutor(max_workers=min(_SCRAPE_THREADS, max(len(urls), 1))) as pool:
+        return dict(zip(urls, pool.map(read, urls.values()), strict=True))
+
+
+def stream_reports(
+    kube: Kube, namespace: str, groups: list[GroupStatus]
+) -> dict[str, Mapping[str, CameraHealth] | None]:
+    """Stream health by ready worker pod from their ``/status`` (when signals come from
+    Prometheus, which has no error text, so the workers' /metrics are not scraped)."""
+    urls = {
+        pod: url
+        for g in groups
+        for pod, url in worker_urls(kube, namespace, g.name, "/status").items()
+    }
+    return fetch_each(urls, read_status)
 
 
 def _ready(pod: dict[str, Any]) -> bool:

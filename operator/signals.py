@@ -4,6 +4,11 @@ Two sources, one shape (:class:`GroupSignals`): the workers' own ``/metrics`` en
 default; the operator scrapes each ready pod and differences successive scrapes), or a
 Prometheus HTTP API when the Pipeline or the operator names one. A source that cannot answer
 says so (``None``) rather than guessing: the autoscaler then holds its last decision.
+
+The same scrape also carries each camera's stream health (:class:`CameraHealth`, for Camera
+status: :mod:`.streamhealth`): its ``up``, reconnects, fps and last frame time are metrics; the
+error text, which no metric label may carry, comes from the worker's ``/status``, read only
+from a pod whose metrics show a camera down.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,6 +34,10 @@ DROPPED = "kubevision_frames_dropped_total"
 """Labelled by ``reason`` too; every reason is load, so both sources sum them all."""
 QUEUE = "kubevision_queue_depth"
 FPS = "kubevision_stream_fps"
+UP = "kubevision_camera_up"
+RECONNECTS = "kubevision_camera_reconnects_total"
+LAST_FRAME = "kubevision_camera_last_frame_timestamp_seconds"
+_STATUS_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -56,12 +66,33 @@ class Scrape:
     processed: float
     dropped: float
     queue: float
+    cameras: Mapping[str, CameraHealth] | None = field(default_factory=dict)
+    """Stream health by camera; None when the worker showed a camera down but did not say
+    why (its ``/status`` did not answer), so nothing is known about them this time."""
+
+
+@dataclass(frozen=True)
+class CameraHealth:
+    """One camera's stream as one worker reports it."""
+
+    connected: bool | None
+    """True while frames arrive; False once an attempt failed (``last_error`` says why);
+    None while the first connection is still being made (no frame, no error yet)."""
+    reconnects: int
+    """Reconnection attempts (the worker's ``kubevision_camera_reconnects_total``)."""
+    fps: float
+    """Frames per second decoded (moving average)."""
+    last_frame_time: float | None
+    """Unix time of the newest frame; None before the first."""
+    last_error: str | None = None
+    """Why the stream is down, already redacted by the worker."""
 
 
 def parse_metrics(text: str, at: float) -> Scrape:
-    """A worker's ``/metrics`` page reduced to what scaling needs."""
+    """A worker's ``/metrics`` page reduced to what scaling and Camera status need."""
     buckets: dict[float, float] = {}
     processed = dropped = queue = 0.0
+    per_camera: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == f"{LATENCY}_bucket":
@@ -73,7 +104,39 @@ def parse_metrics(text: str, at: float) -> Scrape:
                 dropped += sample.value
             elif sample.name == QUEUE:
                 queue += sample.value
-    return Scrape(at, tuple(sorted(buckets.items())), processed, dropped, queue)
+            elif sample.name in (UP, RECONNECTS, FPS, LAST_FRAME):
+                per_camera.setdefault(sample.labels["camera"], {})[sample.name] = sample.value
+    cameras = {name: _from_metrics(values) for name, values in per_camera.items()}
+    return Scrape(at, tuple(sorted(buckets.items())), processed, dropped, queue, cameras)
+
+
+def _from_metrics(values: Mapping[str, float]) -> CameraHealth:
+    """A camera's health from its series; a camera not up is undecided (None) until the
+    worker's ``/status`` says whether it failed or is still connecting."""
+    return CameraHealth(
+        connected=True if values.get(UP) == 1.0 else None,
+        reconnects=int(values.get(RECONNECTS, 0.0)),
+        fps=values.get(FPS, 0.0),
+        last_frame_time=values.get(LAST_FRAME) or None,
+    )
+
+
+def parse_status(payload: Mapping[str, Any]) -> dict[str, CameraHealth]:
+    """The worker's ``/status`` JSON (``{"cameras": [...]}``) as health by camera.
+
+    A camera that is not up and has no error is still making its first connection."""
+    out = {}
+    for entry in payload.get("cameras") or []:
+        error = entry.get("lastError") or None
+        up = bool(entry.get("connected"))
+        out[str(entry["camera"])] = CameraHealth(
+            connected=True if up else (False if error else None),
+            reconnects=int(entry.get("reconnects") or 0),
+            fps=float(entry.get("fps") or 0.0),
+            last_frame_time=float(entry["lastFrameTime"]) if entry.get("lastFrameTime") else None,
+            last_error=None if up else error,
+        )
+    return out
 
 
 def quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
@@ -135,13 +198,27 @@ def combine(previous: Mapping[str, Scrape], current: Mapping[str, Scrape]) -> Gr
 
 
 def scrape(url: str, timeout: float = 2.0) -> Scrape | None:
-    """One worker's metrics, or None if it does not answer (logged, never raised)."""
+    """One worker's metrics, or None if it does not answer (logged, never raised); where a
+    camera is not up, its ``/status`` too, for why."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return parse_metrics(resp.read().decode(), time.monotonic())
+            page = parse_metrics(resp.read().decode(), time.monotonic())
     except (OSError, http.client.HTTPException, ValueError) as exc:
         # unreachable, cut off mid-answer (a pod killed on scale-down), or not metrics text
         log.info("scrape failed url=%s error=%r", url, exc)
+        return None
+    if page.cameras is None or all(h.connected for h in page.cameras.values()):
+        return page
+    return replace(page, cameras=read_status(url.removesuffix("/metrics") + "/status"))
+
+
+def read_status(url: str) -> dict[str, CameraHealth] | None:
+    """A worker's ``/status`` as health by camera, or None if it does not answer (logged)."""
+    try:
+        with urllib.request.urlopen(url, timeout=_STATUS_TIMEOUT) as resp:
+            return parse_status(json.loads(resp.read()))
+    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as exc:
+        log.info("status read failed url=%s error=%r", url, exc)
         return None
 
 

@@ -1,15 +1,22 @@
-"""The worker's HTTP endpoint: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``.
+"""The worker's HTTP endpoint: ``/metrics`` (Prometheus), ``/healthz``, ``/readyz`` and
+``/status``.
 
 Liveness means the processing loop is still turning (its heartbeat is recent); readiness means
 the model is loaded and the loop has started, so the Service only sends scrapes and the
-autoscaler only counts replicas that really work.
+autoscaler only counts replicas that really work. ``/status`` is each camera's stream health as
+JSON (connected, reconnects, fps, last frame time and the redacted last error, which metrics
+labels must not carry); the operator reads it only for cameras its scrape of ``/metrics``
+shows down.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -37,13 +44,22 @@ class Health:
         return self._ready and self.alive
 
 
+CameraStatus = Callable[[], list[dict[str, Any]]]
+"""What ``/status`` serves under ``cameras`` (see ``WorkerMetrics.camera_status``)."""
+
+
 class HealthServer:
-    """Serves metrics and probes on ``host:port`` from a background thread."""
+    """Serves metrics, probes and camera status on ``host:port`` from a background thread."""
 
     def __init__(
-        self, registry: CollectorRegistry, health: Health, port: int, host: str = "0.0.0.0"
+        self,
+        registry: CollectorRegistry,
+        health: Health,
+        port: int,
+        host: str = "0.0.0.0",
+        cameras: CameraStatus | None = None,
     ) -> None:
-        handler = _handler(registry, health)
+        handler = _handler(registry, health, cameras or list)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True
@@ -61,11 +77,16 @@ class HealthServer:
         self._server.server_close()
 
 
-def _handler(registry: CollectorRegistry, health: Health) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    registry: CollectorRegistry, health: Health, cameras: CameraStatus
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif self.path == "/status":
+                body = json.dumps({"cameras": cameras()}).encode()
+                self._send(200, body, "application/json")
             elif self.path == "/healthz":
                 self._probe(health.alive, "loop stalled")
             elif self.path == "/readyz":

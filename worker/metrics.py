@@ -9,7 +9,7 @@ registry also carries the process' CPU and memory (``process_*``) for the dashbo
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
@@ -100,6 +100,12 @@ class WorkerMetrics:
             cam,
             registry=r,
         )
+        self.last_frame = Gauge(
+            "kubevision_camera_last_frame_timestamp_seconds",
+            "Unix time of the newest frame decoded from the camera (0 before the first).",
+            cam,
+            registry=r,
+        )
         self.camera_decoder = Gauge(
             "kubevision_camera_decoder",
             "1 for the decoder the camera uses (cpu: FFmpeg, nvdec: the GPU's video decoder).",
@@ -135,6 +141,7 @@ class WorkerMetrics:
             self.reconnects,
             self.detections,
             self.stream_fps,
+            self.last_frame,
             self.camera_decoder,
             self.tracks_active,
             self.tracks_started,
@@ -172,10 +179,46 @@ class WorkerMetrics:
             for reason in DROP_REASONS
         )
 
+    def camera_status(self) -> list[dict[str, Any]]:
+        """Each current camera's stream health, as the worker's ``/status`` serves it: the
+        values of its metric series plus the last error, which no label may carry."""
+        families = {
+            "connected": self.camera_up,
+            "reconnects": self.reconnects,
+            "fps": self.stream_fps,
+            "lastFrameTime": self.last_frame,
+        }
+        values: dict[tuple[str, str], float] = {}
+        for key, family in families.items():
+            for metric in family.collect():
+                for sample in metric.samples:
+                    if not sample.name.endswith("_created"):
+                        values[key, sample.labels["camera"]] = sample.value
+        return [
+            _camera_entry(name, metrics.last_error, values)
+            for name, metrics in sorted(dict(self._latest).items())  # a copy: threads add
+        ]
+
     def stage(self, stage: str) -> Histogram:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
         return self.stage_latency.labels(self.pipeline, stage)
+
+
+def _camera_entry(
+    name: str, error: str | None, values: dict[tuple[str, str], float]
+) -> dict[str, Any]:
+    """One camera's ``/status`` entry; the error only while it is down (the capture thread
+    marks it up before it clears the error)."""
+    connected = values.get(("connected", name)) == 1.0
+    return {
+        "camera": name,
+        "connected": connected,
+        "reconnects": int(values.get(("reconnects", name), 0.0)),
+        "fps": values.get(("fps", name), 0.0),
+        "lastFrameTime": values.get(("lastFrameTime", name)) or None,
+        "lastError": None if connected else error,
+    }
 
 
 class CameraMetrics:
@@ -193,6 +236,10 @@ class CameraMetrics:
         self.up = parent.camera_up.labels(*labels)
         self.reconnects = parent.reconnects.labels(*labels)
         self.fps = parent.stream_fps.labels(*labels)
+        self.last_frame = parent.last_frame.labels(*labels)
+        """Set by the capture thread to each decoded frame's wall-clock time."""
+        self.last_error: str | None = None
+        """Why the stream is down now (redacted by the capture thread), for ``/status``."""
         self.tracks_active = parent.tracks_active.labels(*labels)
         self._tracks_started = parent.tracks_started
         self.decode = parent.stage("decode")
@@ -202,6 +249,12 @@ class CameraMetrics:
         self._decoder_info = parent.camera_decoder
         self._decoder: str | None = None
         self._labels = labels
+
+    def set_error(self, error: str | None) -> None:
+        """Record why the stream is down (None once it delivers frames again); a stream being
+        replaced leaves its successor's error alone."""
+        if self.current:
+            self.last_error = error
 
     def dropped(self, reason: DropReason) -> None:
         self._dropped[reason].inc()

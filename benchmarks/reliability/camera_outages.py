@@ -9,6 +9,13 @@ RNG. After each restart every camera's time back is measured from the worker's o
 ``kubevision_camera_up`` is 1: a frame of the new session was decoded). The worker's file
 descriptors, threads and RSS are read from ``/proc/<pid>`` when every camera streams, after the
 first recovery (warm-up) and after the last: a leak shows as growth between the two.
+
+At every sample the worker's ``/status`` (what the operator copies into each Camera's status:
+connected, last error, reconnects) is checked against the truth: while the server is up every
+camera says connected with no error, a camera back after a restart says so at once, and one
+that is down after a failed attempt always says why. No operator runs here, so Camera objects
+and their Events are not in this loop: tests/reliability/test_camera_status_truth.py checks
+those, through the real operator, over two outages.
 """
 
 from __future__ import annotations
@@ -132,6 +139,12 @@ class WorkerProcess:
             if "camera" in s.labels and "reason" not in s.labels
         }
 
+    def status(self) -> dict[str, dict[str, Any]]:
+        """camera -> its entry of the worker's ``/status``."""
+        url = f"http://127.0.0.1:{self.port}/status"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return {e["camera"]: e for e in json.loads(resp.read())["cameras"]}
+
     def stop(self) -> None:
         terminate(self.proc, grace=30)
 
@@ -159,9 +172,29 @@ class Outcome:
     drops_while_up: int = 0
     """Times a camera went down while the server was up (should never happen)."""
     feeder_restarts: int = 0
+    status_samples: int = 0
+    """Camera entries of ``/status`` checked against the truth."""
+    status_untrue: int = 0
+    """Of those, entries that contradicted it (see :func:`_untrue`; should never happen)."""
     warm: ProcessCounts | None = None
     end: ProcessCounts | None = None
     worker_crashed: bool = False
+
+    def check_status(self, worker: WorkerProcess, cameras: list[str], streaming: set[str]) -> None:
+        """One look at ``/status``; ``streaming``: the cameras known to stream right now."""
+        status = worker.status()
+        self.status_samples += len(cameras)
+        self.status_untrue += sum(_untrue(status.get(c), c in streaming) for c in cameras)
+
+
+def _untrue(entry: dict[str, Any] | None, streaming: bool) -> bool:
+    """Whether a camera's ``/status`` entry lies: missing; not "connected, no error" while it
+    streams; or down after a failed attempt without the error that says why."""
+    if entry is None:
+        return True
+    if streaming:
+        return not entry["connected"] or entry["lastError"] is not None
+    return not entry["connected"] and entry["reconnects"] > 0 and not entry["lastError"]
 
 
 def _up(samples: dict[tuple[str, str], float], camera: str) -> bool:
@@ -173,7 +206,11 @@ def _reconnects(samples: dict[tuple[str, str], float], camera: str) -> float:
 
 
 def _wait_back(
-    worker: WorkerProcess, cameras: list[str], before: dict[str, float], since: float
+    worker: WorkerProcess,
+    cameras: list[str],
+    before: dict[str, float],
+    since: float,
+    outcome: Outcome,
 ) -> dict[str, float]:
     """Seconds from ``since`` until each camera is back; cameras not back within the goal
     are missing. A camera counts once a scrape shows it reconnected (its counter moved past
@@ -188,18 +225,20 @@ def _wait_back(
             if cam in reconnected and cam not in back and _up(samples, cam):
                 back[cam] = now - since
         reconnected |= {c for c in cameras if _reconnects(samples, c) > before[c]}
+        outcome.check_status(worker, cameras, streaming=set(back))
         time.sleep(0.1)
     return back
 
 
-def _hold(worker: WorkerProcess, cameras: list[str], seconds: float) -> int:
-    """Watch the cameras for ``seconds`` while the server is up: how many went down."""
-    until, drops = time.monotonic() + seconds, 0
+def _hold(worker: WorkerProcess, cameras: list[str], seconds: float, outcome: Outcome) -> None:
+    """Watch the cameras for ``seconds`` while the server is up: count those that went down."""
+    until = time.monotonic() + seconds
     while time.monotonic() < until:
         samples = worker.samples()
-        drops += sum(not _up(samples, c) for c in cameras)
+        up = {c for c in cameras if _up(samples, c)}
+        outcome.drops_while_up += len(cameras) - len(up)
+        outcome.check_status(worker, cameras, streaming=up)
         time.sleep(0.2)
-    return drops
 
 
 def _outage(server: RtspServer, rng: random.Random, size: Size) -> tuple[float, float]:
@@ -230,7 +269,7 @@ def _cycle(
     killed, answering = _outage(server, rng, size)
     outcome.outage_seconds.append(answering - killed)
     outcome.feeder_restarts += _revive_feeders(server)
-    back = _wait_back(worker, cameras, before, answering)
+    back = _wait_back(worker, cameras, before, answering, outcome)
     outcome.back_seconds += back.values()
     outcome.not_back += len(cameras) - len(back)
     if len(back) < len(cameras):  # let the stragglers come back before the next outage
@@ -263,7 +302,7 @@ def measure(size: Size, state_dir: Path) -> Outcome:
             _cycle(server, worker, cameras, rng, size, outcome)
             if restart == 0:
                 outcome.warm = ProcessCounts.settled(worker.pid)
-            outcome.drops_while_up += _hold(worker, cameras, rng.uniform(*size.uptime))
+            _hold(worker, cameras, rng.uniform(*size.uptime), outcome)
             if not worker.alive():
                 break
         outcome.worker_crashed = not worker.alive()
@@ -303,6 +342,8 @@ def figures(size: Size, outcome: Outcome) -> dict[str, Any]:
         "camera_recoveries": len(outcome.back_seconds),
         "not_back_within_30s": outcome.not_back,
         "drops_while_server_up": outcome.drops_while_up,
+        "status_entries_checked": outcome.status_samples,
+        "status_entries_untrue": outcome.status_untrue,
         "feeder_restarts": outcome.feeder_restarts,
         "worker_crashed": outcome.worker_crashed,
         "after_warmup": None if warm is None else vars(warm),
@@ -332,10 +373,12 @@ def run(full: bool) -> Report:
         not outcome.worker_crashed
         and outcome.not_back == 0
         and outcome.drops_while_up == 0
+        and outcome.status_untrue == 0
         and leak_free(fig)
     )
     lost = (
         f"{outcome.not_back} camera recoveries over {BACK_GOAL_SECONDS:.0f} s, "
+        f"{outcome.status_untrue} of {outcome.status_samples} worker /status entries untrue, "
         f"worker crashed: {'yes' if outcome.worker_crashed else 'no'}, growth after warm-up: "
         f"{fig['growth']}"
     )

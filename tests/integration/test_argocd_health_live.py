@@ -2,10 +2,11 @@
 
 The example site (charts/argocd/example-site/) is synced as Argo CD would sync it (server-side
 apply, after a server-side dry run against our CRDs); with a real worker process behind its
-Pipeline (the PodRunner) it becomes Healthy, a paused Camera is Suspended (Healthy once
-unpaused) and a Pipeline naming a ModelVariant that does not exist is Degraded, all computed by
-the scripts of argocd-cm.yaml as the API server returns them after the README's
-``kubectl patch``.
+Pipeline (the PodRunner) the Pipeline becomes Healthy, its camera Degraded once the worker
+reports that it cannot reach the camera's host (which does not exist here), a camera on the
+real RTSP server Healthy, a paused Camera Suspended (Healthy once unpaused and streaming) and a
+Pipeline naming a ModelVariant that does not exist Degraded, all computed by the scripts of
+argocd-cm.yaml as the API server returns them after the README's ``kubectl patch``.
 
 ``KUBEVISION_RECORD_ARGOCD_FIXTURES=1`` also writes those live objects to
 tests/fixtures/argocd/live.yaml, which the unit tests replay.
@@ -22,10 +23,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.assets import require
 from tests.envtest.cluster import LocalCluster
 from tests.envtest.controlplane import REPO_ROOT
 from tests.envtest.podrunner import PodRunner
 from tests.envtest.poll import wait_for
+from tests.envtest.rtsp import RtspServer
 from tests.integration.helpers import Namespace
 from tests.unit.test_argocd_health import FIXTURES, run_health
 
@@ -34,7 +37,8 @@ SITE = ARGOCD / "example-site"
 ARGOCD_MANAGER = "argocd-controller"
 """The field manager Argo CD's server-side apply writes under."""
 HEALTH_DEADLINE = 90
-"""Operator reconcile, worker pod bound and started (model loaded), readiness reported."""
+"""Operator reconcile, worker pod bound and started (model loaded), readiness reported, the
+streams' state scraped."""
 RECORD = os.environ.get("KUBEVISION_RECORD_ARGOCD_FIXTURES") == "1"
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -92,13 +96,15 @@ def test_operator_app_renders_the_chart_without_crds(cluster: LocalCluster, tmp_
     assert "CustomResourceDefinition" not in kinds
 
 
-def _camera(name: str, selector_value: str, paused: bool = False) -> dict[str, Any]:
+def _camera(
+    name: str, selector_value: str, paused: bool = False, url: str | None = None
+) -> dict[str, Any]:
     return {
         "apiVersion": "kubevision.io/v1alpha1",
         "kind": "Camera",
         "metadata": {"name": name, "labels": {"kubevision.io/pipeline": selector_value}},
         "spec": {
-            "source": {"url": f"rtsp://{name}-cam.site-a.example:554/stream1"},
+            "source": {"url": url or f"rtsp://{name}-cam.site-a.example:554/stream1"},
             "fps": 15,
             "site": "site-a",
             "paused": paused,
@@ -121,24 +127,43 @@ def _broken_pipeline() -> dict[str, Any]:
 
 EXPECTED = {
     ("ModelVariant", "yolox-nano-416-onnx-fp32"): "Healthy",
-    ("Camera", "entrance"): "Healthy",
+    ("Camera", "entrance"): "Degraded",
+    ("Camera", "side-gate"): "Healthy",
     ("Pipeline", "people"): "Healthy",
     ("Camera", "loading-dock"): "Suspended",
     ("Pipeline", "broken"): "Degraded",
     ("Camera", "back-door"): "Progressing",
 }
-"""What Argo CD must show for each object once the operator has settled."""
+"""What Argo CD must show for each object once the operator has settled. The example site's
+camera names a host that does not exist here: its worker cannot read it (Connected=False);
+side-gate streams from the real RTSP server (Connected=True)."""
+STREAM_REPORTED = {"entrance": "False", "side-gate": "True"}
+"""Connected, once the worker's report is in (Healthy or Degraded before it would be luck)."""
 Observed = dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]]
 """(kind, name) -> (the live object, its Argo CD health)."""
 
 
+@pytest.fixture
+def rtsp(tmp_path: Path) -> Iterator[RtspServer]:
+    """The real RTSP server with one stream, for the cameras that must connect."""
+    with RtspServer(tmp_path) as server:
+        server.publish("gate", require("videos/car-detection.mp4"))
+        yield server
+
+
+def _connected(obj: dict[str, Any]) -> str | None:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return next((c["status"] for c in conditions if c["type"] == "Connected"), None)
+
+
 def test_live_statuses_get_the_right_health(
-    ns: Namespace, runner: PodRunner, scripts: dict[str, str]
+    ns: Namespace, runner: PodRunner, scripts: dict[str, str], rtsp: RtspServer
 ) -> None:
     ns.kubectl("apply", "--server-side", f"--field-manager={ARGOCD_MANAGER}", "-f", str(SITE))
     ns.apply(
         docs=[
-            _camera("loading-dock", "people", paused=True),
+            _camera("side-gate", "people", url=rtsp.url("gate")),
+            _camera("loading-dock", "people", paused=True, url=rtsp.url("gate")),
             _broken_pipeline(),
             _camera("back-door", "broken"),
         ]
@@ -153,7 +178,11 @@ def test_live_statuses_get_the_right_health(
 
     def settled() -> Observed | None:
         now = healths()
-        return now if all(now[k][1]["status"] == v for k, v in EXPECTED.items()) else None
+        reported = all(
+            _connected(now["Camera", name][0]) == want for name, want in STREAM_REPORTED.items()
+        )
+        healthy = all(now[k][1]["status"] == v for k, v in EXPECTED.items())
+        return now if reported and healthy else None
 
     try:
         final = wait_for(settled, timeout=HEALTH_DEADLINE, what="every object's Argo CD health")
@@ -174,13 +203,14 @@ def test_live_statuses_get_the_right_health(
         _record(final)
 
     ns.kubectl("patch", "camera", "loading-dock", "--type=merge", "-p", '{"spec":{"paused":false}}')
+
+    def unpaused_streams() -> bool:
+        obj = ns.get("camera", "loading-dock")
+        healthy = run_health(scripts["Camera"], obj, "lua51")["status"] == "Healthy"
+        return healthy and _connected(obj) == "True"
+
     wait_for(
-        lambda: (
-            run_health(scripts["Camera"], ns.get("camera", "loading-dock"), "lua51")["status"]
-            == "Healthy"
-        ),
-        timeout=HEALTH_DEADLINE,
-        what="the unpaused camera to turn Healthy",
+        unpaused_streams, timeout=HEALTH_DEADLINE, what="the unpaused camera to stream, Healthy"
     )
 
 
@@ -203,9 +233,10 @@ def _record(final: Observed) -> None:
     header = (
         "# Statuses the real operator wrote, recorded by tests/integration/\n"
         "# test_argocd_health_live.py::test_live_statuses_get_the_right_health with\n"
-        "# KUBEVISION_RECORD_ARGOCD_FIXTURES=1 (the example site plus a paused Camera and a\n"
-        "# Pipeline naming a missing ModelVariant); tests/unit/test_argocd_health.py replays\n"
-        "# them. Each case: name, the expected health and message, the object.\n"
+        "# KUBEVISION_RECORD_ARGOCD_FIXTURES=1 (the example site plus a Camera on the real\n"
+        "# RTSP server, a paused Camera and a Pipeline naming a missing ModelVariant);\n"
+        "# tests/unit/test_argocd_health.py replays them. Each case: name, the expected health\n"
+        "# and message, the object.\n"
     )
     text = yaml.safe_dump(cases, sort_keys=False, width=100)
     (FIXTURES / "live.yaml").write_text(header + text)

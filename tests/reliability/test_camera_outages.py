@@ -1,8 +1,9 @@
 """Camera outages at CI size: the RTSP server SIGKILLed and restarted under a real worker.
 
 What a user relies on: every camera comes back by itself after each outage, the worker never
-crashes, nothing goes down while the server is up, and the worker's file descriptors, threads
-and memory do not grow from outage to outage. (How fast they come back is the benchmark's
+crashes, nothing goes down while the server is up, what the worker reports for Camera status
+(its ``/status``) is true at every look, and the worker's file descriptors, threads and memory
+do not grow from outage to outage. (How fast they come back is the benchmark's
 figure, not an assert: see ``python -m benchmarks.reliability --only camera_outages``.)
 """
 
@@ -21,4 +22,6 @@ def test_every_camera_returns_after_each_rtsp_server_kill_and_nothing_leaks(tmp_
     assert outcome.not_back == 0, fig
     assert fig["camera_recoveries"] == SMALL.cameras * SMALL.restarts
     assert outcome.drops_while_up == 0, fig
+    assert outcome.status_samples > 0
+    assert outcome.status_untrue == 0, fig
     assert leak_free(fig), fig
