@@ -114,6 +114,32 @@ class Accuracy(ApiModel):
     """Dataset the metric was measured on, e.g. coco128."""
 
 
+class TrackingThresholds(ApiModel):
+    """Tracker thresholds fitted to a detector's score distribution (``model_catalog.tools.
+    tracking_thresholds`` measures it on calibration images): a tracker tuned for another
+    detector starts few tracks from one that scores people lower."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.lowScore < self.highScore && self.highScore <= self.newTrackScore",
+                "spec.tracking must satisfy lowScore < highScore <= newTrackScore",
+            )
+        )
+    }
+
+    high_score: float = Field(gt=0, lt=1)
+    """ByteTrack: detections above this are matched first and may start tracks."""
+    low_score: float = Field(gt=0, lt=1)
+    """ByteTrack: detections between this and highScore only continue existing tracks."""
+    new_track_score: float = Field(gt=0, le=1)
+    """ByteTrack: least score of a detection that starts a track."""
+    match_iou: float = Field(default=0.3, gt=0, lt=1)
+    """SORT and DeepSORT: least IoU between a predicted track box and a detection to pair."""
+    calibration: str = Field(default="", max_length=1024)
+    """What the thresholds were measured on and how, e.g. coco128 persons, F1-best score."""
+
+
 class ModelVariantSpec(ApiModel):
     """Desired state of a ModelVariant."""
 
@@ -141,6 +167,11 @@ class ModelVariantSpec(ApiModel):
                 "spec.decoder is required for detect models (yolox, yolov8 or nanodet) and only "
                 "allowed there",
                 field_path=".decoder",
+            ),
+            cel(
+                "self.task == 'detect' || !has(self.tracking)",
+                "spec.tracking (tracker thresholds) is only allowed on detect models",
+                field_path=".tracking",
             ),
             cel(
                 "self.hardware.all(h, self.hardware.exists_one(o, o.accelerator == h.accelerator))",
@@ -175,6 +206,8 @@ class ModelVariantSpec(ApiModel):
     hardware: list[HardwareTarget] = Field(min_length=1, max_length=8)
     """Measured performance per hardware class; each accelerator at most once."""
     accuracy: Accuracy | None = None
+    tracking: TrackingThresholds | None = None
+    """Tracker thresholds for this detector; trackers use their references' defaults without."""
 
     def target(self, hardware_class: HardwareClass) -> HardwareTarget | None:
         """This variant's figures on ``hardware_class``, if it runs there."""

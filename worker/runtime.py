@@ -155,7 +155,9 @@ class _Camera:
         self.assignment = assignment
         self.metrics = metrics
         self.stream = open_source(assignment, metrics, options, build_sampler(assignment.sampling))
-        self.tracker: Tracker = create_tracker(config.tracker, models.embedder)
+        self.tracker: Tracker = create_tracker(
+            config.tracker, models.embedder, config.detector.model.tracking
+        )
         # trackers report only the tracks matched in this frame; a track stays alive (no
         # track.ended) for as long as the tracker keeps it
         self.events = EventBuilder(

@@ -256,6 +256,18 @@ INVALID = [
         id="modelvariant-onnx-with-triton-uri",
     ),
     pytest.param(
+        edit(MODEL, "spec.tracking.lowScore", 0.5),
+        ("spec.tracking: Invalid value", "lowScore < highScore <= newTrackScore"),
+        id="modelvariant-tracking-low-above-high",
+    ),
+    pytest.param(
+        edit(
+            CLASSIFIER, "spec.tracking", {"highScore": 0.3, "lowScore": 0.1, "newTrackScore": 0.3}
+        ),
+        ("spec.tracking: Invalid value", "only allowed on detect models"),
+        id="modelvariant-tracking-on-a-classifier",
+    ),
+    pytest.param(
         remove(MODEL, "spec.artifact.sha256"),
         ("spec.artifact.sha256: Invalid value", "is required for files"),
         id="modelvariant-file-without-sha256",

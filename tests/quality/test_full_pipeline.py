@@ -1,5 +1,6 @@
-"""The whole analytics chain on real frames: the worker's detector (YOLOX-nano) → ByteTrack →
-the crop classifier (MobileNetV2), over the MOT17-mini sequences, scored against their ground
+"""The whole analytics chain on real frames: the worker's detector (YOLOX-nano) → ByteTrack with
+the detector's thresholds (the catalog variant's ``spec.tracking``) → the crop classifier
+(MobileNetV2), over the MOT17-mini sequences, scored against their ground
 truth with py-motmetrics. Unlike ``test_tracking_mot`` (public detections), the detections here
 are our own, so this holds the detector, tracker and classifier together to a baseline."""
 
@@ -59,7 +60,9 @@ def test_detector_tracker_classifier_on_mot17_frames() -> None:
     accumulators, classified = [], 0
     for sequence in bench.MOT17_SEQUENCES:
         seq = assets_dir() / bench.MOT17_MINI / sequence
-        tracker = create_tracker(TrackerStage(type="bytetrack", min_hits=2))
+        tracker = create_tracker(
+            TrackerStage(type="bytetrack", min_hits=2), None, bench.catalog_thresholds()
+        )
         read = bench.read_frame(seq)
         lines = []
         for frame in bench.mot17_frames(seq):

@@ -1,43 +1,40 @@
-"""What every tracker is (``Tracker``) and the track bookkeeping SORT, ByteTrack and DeepSORT share.
+"""What every tracker is (``Tracker``) and the pieces SORT, ByteTrack and DeepSORT share.
 
-The trackers differ only in how they pair this frame's detections with existing tracks; the
-life cycle around that is common and lives in ``TrackTable``:
+Each tracker reproduces its reference implementation's behaviour (the authors' code on the same
+detections gives the same MOTA/IDF1: ``tests/quality/test_tracking_mot.py``); what they share
+is kept here: the protocols, threshold checks, IoU, the two assignment rules the references
+use, per-track columns that are added and dropped together, and building the output.
 
-* a new track is *tentative* and has no public id; it is confirmed, and only then gets an id,
-  once it has been matched in ``min_hits`` consecutive frames (so false positives that flicker
-  for a frame or two never burn an id);
-* a tentative track that misses a frame is dropped (DeepSORT's and ByteTrack's rule);
-* a confirmed track that goes unmatched is kept, coasting on its Kalman prediction, for
-  ``max_age`` frames and ends on the next miss.
-
-``update`` returns the detections matched to confirmed tracks, with ``track_ids`` set, in input
-order. Boxes, scores and classes are the detector's, not the filter's estimate: downstream
-stages crop and classify what was actually seen.
+Output: ``update`` returns one row per reported track with ``track_ids`` set. Ids are given
+when a track is first reported (1, 2, 3, ... per instance), so tentative tracks never burn one.
+``report_boxes`` picks the boxes: ``"filter"`` (the Kalman estimate, what the references
+report) or ``"detection"`` (the matched detector box, what a downstream crop classifier wants).
+Scores and classes are always the matched detection's.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import fields, replace
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment  # type: ignore[import-untyped]
 
 from kubevision.worker.detections import NO_TRACK, Detections, FloatArray, IntArray
-from kubevision.worker.trackers import kalman
 
 Image = npt.NDArray[np.uint8]
 """A decoded frame, H x W x 3, BGR (OpenCV's order)."""
-
-_FORBIDDEN = 1e6
-"""Stand-in cost for gated-out pairs; far above any real cost (all are in [0, 2])."""
+Array = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.bool_]
+ReportBoxes = Literal["filter", "detection"]
 
 
 class Tracker(Protocol):
     """A stateful multi-object tracker for one camera stream."""
 
     def update(self, detections: Detections, frame: Image | None = None) -> Detections:
-        """Advance one frame; return the confirmed tracks' detections with track ids set."""
+        """Advance one frame; return the reported tracks' detections with track ids set."""
         ...
 
     def reset(self) -> None:
@@ -65,136 +62,97 @@ def check_count(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def assign(cost: npt.NDArray[np.floating], max_cost: float) -> tuple[IntArray, IntArray]:
-    """Optimal one-to-one matching of rows to columns among pairs with ``cost <= max_cost``.
+def check_report_boxes(value: str) -> None:
+    if value not in ("filter", "detection"):
+        raise ValueError(f"report_boxes must be 'filter' or 'detection', got {value!r}")
 
-    Non-finite costs are forbidden pairs. Returns matched (row indices, column indices).
-    Gated-out pairs get a prohibitive cost rather than being dropped, so the solver first
-    maximises the number of admissible matches, then minimises their total cost.
-    """
-    feasible = np.isfinite(cost) & (cost <= max_cost)
-    if not feasible.any():
+
+def iou(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating], offset: float = 0.0) -> Array:
+    """(N, M) IoU of xyxy boxes in float64; ``offset`` 1 counts pixels inclusively, the
+    py-faster-rcnn convention ByteTrack's ``cython_bbox`` uses (a 10 px box spans 11)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    size = np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2])
+    size = np.maximum(size + offset, 0.0)
+    inter = size[..., 0] * size[..., 1]
+    area_a = (a[:, 2] - a[:, 0] + offset) * (a[:, 3] - a[:, 1] + offset)
+    area_b = (b[:, 2] - b[:, 0] + offset) * (b[:, 3] - b[:, 1] + offset)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: Array = inter / (area_a[:, None] + area_b[None, :] - inter)
+    return np.nan_to_num(out, nan=0.0)
+
+
+def assign_capped(cost: Array, max_cost: float) -> tuple[IntArray, IntArray]:
+    """Matching that minimises the summed cost with every cost capped at ``max_cost``; pairs
+    above it are dropped afterwards. DeepSORT's ``min_cost_matching`` (and, up to ties,
+    ByteTrack's ``lapjv`` with ``cost_limit``): a pair is worth ``max_cost - cost``, so one
+    good match can beat two mediocre ones. Returns matched (rows, columns)."""
+    if cost.size == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    rows, cols = linear_sum_assignment(np.where(feasible, cost, _FORBIDDEN))
-    keep = feasible[rows, cols]
+    capped = np.minimum(np.nan_to_num(cost, nan=np.inf), max_cost + 1e-5)
+    rows, cols = linear_sum_assignment(capped)
+    keep = capped[rows, cols] <= max_cost
     return rows[keep].astype(np.int64), cols[keep].astype(np.int64)
 
 
-def same_class(track_classes: IntArray, detection_classes: IntArray) -> npt.NDArray[np.bool_]:
+def same_class(track_classes: IntArray, detection_classes: IntArray) -> Mask:
     """(T, N) mask of pairs of equal class: a car detection never continues a person track."""
-    mask: npt.NDArray[np.bool_] = track_classes[:, None] == detection_classes[None, :]
+    mask: Mask = track_classes[:, None] == detection_classes[None, :]
     return mask
 
 
-class TrackTable:
-    """All tracks of one tracker as parallel arrays, one row per track.
+class Columns(Protocol):
+    """A dataclass of per-track arrays, one row per track."""
 
-    Attributes (T rows): ``mean``/``cov`` Kalman state, ``ids`` (``NO_TRACK`` while
-    tentative), ``hits`` (consecutive matched frames), ``misses`` (frames since the last
-    match), ``class_ids``, ``det_index`` (this frame's matched detection row or -1) and, for
-    appearance trackers, ``features`` (T, D).
-    """
+    __dataclass_fields__: ClassVar[dict[str, Any]]
 
-    def __init__(self, *, max_age: int, min_hits: int) -> None:
-        check_count("max_age", max_age)
-        check_count("min_hits", min_hits)
-        self.max_age = max_age
-        self.min_hits = min_hits
-        self.clear()
 
-    def clear(self) -> None:
-        """Drop every track and restart this table's ids at 1."""
-        self.mean: kalman.Array = np.empty((0, 8))
-        self.cov: kalman.Array = np.empty((0, 8, 8))
-        self.ids: IntArray = np.empty(0, np.int64)
-        self.hits: IntArray = np.empty(0, np.int64)
-        self.misses: IntArray = np.empty(0, np.int64)
-        self.class_ids: IntArray = np.empty(0, np.int64)
-        self.det_index: IntArray = np.empty(0, np.int64)
-        self.features: FloatArray | None = None
-        self._predicted: FloatArray = np.empty((0, 4), np.float32)
-        self._matched: list[tuple[IntArray, IntArray]] = []
-        self._next_id = 1
+C = TypeVar("C", bound=Columns)
 
-    def __len__(self) -> int:
-        return len(self.ids)
 
-    @property
-    def confirmed(self) -> npt.NDArray[np.bool_]:
-        mask: npt.NDArray[np.bool_] = self.ids != NO_TRACK
-        return mask
+def keep_rows(tracks: C, rows: Mask | IntArray) -> C:
+    """The tracks selected by ``rows`` (a mask or indices), every column alike."""
+    return replace(tracks, **{f.name: getattr(tracks, f.name)[rows] for f in fields(tracks)})
 
-    def boxes(self, rows: IntArray) -> FloatArray:
-        """This frame's predicted xyxy boxes of the given tracks (what association compares)."""
-        return self._predicted[rows]
 
-    def predict(self) -> None:
-        """Start a frame: move every track one step ahead; nothing is matched yet."""
-        if len(self):
-            self.mean, self.cov = kalman.predict(self.mean, self.cov)
-        self._predicted = kalman.xyah_to_xyxy(self.mean).astype(np.float32)
-        self.det_index = np.full(len(self), -1, np.int64)
-        self._matched = []
+def append_rows(tracks: C, new: C) -> C:
+    """``tracks`` followed by ``new``."""
+    return replace(
+        tracks,
+        **{
+            f.name: np.concatenate([getattr(tracks, f.name), getattr(new, f.name)])
+            for f in fields(tracks)
+        },
+    )
 
-    def match(self, rows: IntArray, det_rows: IntArray, detections: Detections) -> None:
-        """Pair tracks ``rows`` with detections ``det_rows`` (element-wise).
 
-        The Kalman correction waits for :meth:`finish`, one batched update for every match of
-        the frame: association passes only compare tracks still unmatched, whose state a
-        correction would not touch, so the result is the same as correcting here.
-        """
-        if len(rows) == 0:
-            return
-        self._matched.append((rows, det_rows))
-        self.hits[rows] += 1
-        self.misses[rows] = 0
-        self.class_ids[rows] = detections.class_ids[det_rows]
-        self.det_index[rows] = det_rows
+class IdCounter:
+    """Public track ids of one tracker instance: 1, 2, 3, ... in order of first report."""
 
-    def spawn(
-        self, det_rows: IntArray, detections: Detections, features: FloatArray | None = None
-    ) -> None:
-        """Start tentative tracks from detections ``det_rows`` (with their features, if any)."""
-        if len(det_rows) == 0:
-            return
-        mean, cov = kalman.initiate(kalman.xyxy_to_xyah(detections.xyxy[det_rows]))
-        n = len(det_rows)
-        self.mean = np.concatenate([self.mean, mean])
-        self.cov = np.concatenate([self.cov, cov])
-        self.ids = np.concatenate([self.ids, np.full(n, NO_TRACK, np.int64)])
-        self.hits = np.concatenate([self.hits, np.ones(n, np.int64)])
-        self.misses = np.concatenate([self.misses, np.zeros(n, np.int64)])
-        self.class_ids = np.concatenate([self.class_ids, detections.class_ids[det_rows]])
-        self.det_index = np.concatenate([self.det_index, det_rows])
-        if features is not None:
-            old = self.features if self.features is not None else np.empty((0, features.shape[1]))
-            self.features = np.concatenate([old, features]).astype(np.float32)
+    def __init__(self) -> None:
+        self.next = 1
 
-    def finish(self, detections: Detections) -> Detections:
-        """End the frame: correct matched tracks, age unmatched ones, drop dead ones, confirm,
-        return the output."""
-        if self._matched:
-            rows, det_rows = (np.concatenate(parts) for parts in zip(*self._matched, strict=True))
-            z = kalman.xyxy_to_xyah(detections.xyxy[det_rows])
-            self.mean[rows], self.cov[rows] = kalman.update(self.mean[rows], self.cov[rows], z)
-            self._matched = []
-        unmatched = self.det_index < 0
-        self.misses[unmatched] += 1
-        self.hits[unmatched] = 0
-        dead = (self.misses > self.max_age) | (~self.confirmed & (self.misses > 0))
-        if dead.any():
-            self._keep(~dead)
-        fresh = ~self.confirmed & (self.hits >= self.min_hits)
-        n_new = int(fresh.sum())
-        self.ids[fresh] = np.arange(self._next_id, self._next_id + n_new)
-        self._next_id += n_new
-        shown = np.flatnonzero(self.confirmed & (self.det_index >= 0))
-        shown = shown[np.argsort(self.det_index[shown])]
-        return detections[self.det_index[shown]].with_tracks(self.ids[shown])
+    def give(self, ids: IntArray, rows: IntArray) -> None:
+        """Set an id, in place, on every track of ``rows`` that has none yet."""
+        fresh = rows[ids[rows] == NO_TRACK]
+        ids[fresh] = np.arange(self.next, self.next + len(fresh))
+        self.next += len(fresh)
 
-    def _keep(self, rows: npt.NDArray[np.bool_]) -> None:
-        self.mean, self.cov = self.mean[rows], self.cov[rows]
-        self.ids, self.hits, self.misses = self.ids[rows], self.hits[rows], self.misses[rows]
-        self.class_ids, self.det_index = self.class_ids[rows], self.det_index[rows]
-        if self.features is not None:
-            self.features = self.features[rows]
+
+def output(
+    detections: Detections,
+    det_rows: IntArray,
+    ids: IntArray,
+    filter_boxes: Array,
+    report_boxes: ReportBoxes,
+) -> Detections:
+    """The reported tracks, matched to detections ``det_rows``, in detection order."""
+    order = np.argsort(det_rows, kind="stable")
+    det_rows, ids, filter_boxes = det_rows[order], ids[order], filter_boxes[order]
+    seen = detections[det_rows].with_tracks(ids)
+    if report_boxes == "detection":
+        return seen
+    return Detections(
+        filter_boxes.astype(np.float32), seen.scores, seen.class_ids, ids, seen.embeddings
+    )

@@ -1,41 +1,87 @@
-"""DeepSORT (Wojke et al., 2017) with one global appearance assignment instead of the cascade.
+"""DeepSORT (Wojke et al., ICIP 2017): SORT plus appearance, for ids that survive occlusions.
 
-Each track keeps an appearance feature. Per frame:
+Behaviour is that of the authors' ``nwojke/deep_sort`` (same output on the same detections and
+features). Per frame, after every track is predicted:
 
-1. appearance: confirmed tracks vs all detections, cost = cosine distance between the track's
-   feature and the detection's embedding; a pair is allowed only if that distance is at most
-   ``max_cosine_distance``, the detection lies inside the track's 95% Kalman gate (squared
-   Mahalanobis distance <= chi2(4 dof) = 9.49) and the classes agree;
-2. IoU: tentative tracks, plus confirmed tracks that were seen last frame and are still
-   unmatched, vs the remaining detections, cost 1 - IoU with IoU at least ``min_iou``
-   (DeepSORT's fallback for tracks whose appearance is not yet reliable);
-3. detections left start tentative tracks.
+1. matching cascade: confirmed tracks, those seen most recently first (one assignment per
+   number of frames since the last match), against the detections still free; cost = the
+   smallest cosine distance between a detection's embedding and the track's gallery (its last
+   ``gallery_size`` embeddings), pairs allowed up to ``max_cosine_distance`` and only inside
+   the track's 95% Kalman gate (squared Mahalanobis distance <= chi2(4 dof) = 9.49);
+2. IoU: tentative tracks and confirmed tracks missed for just this frame against the
+   detections left, cost 1 - IoU, up to ``1 - min_iou``;
+3. unmatched tentative tracks and tracks unmatched for more than ``max_age`` frames end;
+   unmatched detections start tentative tracks, confirmed on their ``min_hits``-th match.
 
-Simplifications, after StrongSORT (Du et al., IEEE TMM 2023), which found both to help once
-the re-id features are decent: the matching cascade (confirmed tracks matched in order of
-age) is replaced by one optimal assignment over all confirmed tracks, since the gate already
-bounds how far a stale track may jump; and the per-track gallery of the last 100 features is
-replaced by an exponential moving average (``feature_momentum``), one vector per track, so the
-appearance cost is a single matrix product.
+Reported: confirmed tracks matched this frame and, with ``report_boxes="filter"`` (the
+reference's output), also those missed for this one frame, at their predicted box.
 
-Embeddings come from ``detections.embeddings`` when an earlier stage computed them, otherwise
-from ``embedder(frame, boxes)``.
+Real-time cost: the embeddings of a frame are one batched re-id call (``ReidEmbedder``), made
+only when detections carry none; each track's gallery is a fixed (gallery_size, D) array, so
+the appearance cost of all tracks is one matrix product per frame.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from kubevision.worker.detections import Detections, FloatArray, IntArray, box_iou
-from kubevision.worker.trackers import kalman
+from kubevision.worker.detections import NO_TRACK, Detections, FloatArray, IntArray
 from kubevision.worker.trackers.base import (
+    Array,
     Embedder,
+    IdCounter,
     Image,
-    TrackTable,
-    assign,
+    Mask,
+    ReportBoxes,
+    append_rows,
+    assign_capped,
+    check_count,
     check_fraction,
+    check_report_boxes,
+    iou,
+    keep_rows,
+    output,
     same_class,
 )
+from kubevision.worker.trackers.kalman import CHI2_95_4DOF, HeightScaled
+
+
+@dataclass
+class _Tracks:
+    mean: Array
+    cov: Array
+    ids: IntArray
+    class_ids: IntArray
+    scores: FloatArray
+    hits: IntArray
+    since: IntArray
+    """Frames since the last match (0: matched this frame)."""
+    confirmed: Mask
+    det: IntArray
+    """This frame's detection row, -1 if unmatched."""
+    gallery: FloatArray
+    """(T, gallery_size, D) unit embeddings, a ring buffer per track."""
+    stored: IntArray
+    """Embeddings ever written to each gallery (the next slot is ``stored % gallery_size``)."""
+
+    @classmethod
+    def empty(cls, gallery_size: int, dim: int) -> _Tracks:
+        none = np.empty(0, np.int64)
+        return cls(
+            np.empty((0, 8)),
+            np.empty((0, 8, 8)),
+            none,
+            none,
+            np.empty(0, np.float32),
+            none,
+            none,
+            np.empty(0, bool),
+            none,
+            np.empty((0, gallery_size, dim), np.float32),
+            none,
+        )
 
 
 class DeepSort:
@@ -45,61 +91,57 @@ class DeepSort:
         self,
         *,
         embedder: Embedder | None = None,
-        max_age: int = 30,
+        max_age: int = 70,
         min_hits: int = 3,
         max_cosine_distance: float = 0.2,
         min_iou: float = 0.3,
-        feature_momentum: float = 0.9,
+        gallery_size: int = 100,
+        report_boxes: ReportBoxes = "filter",
     ) -> None:
-        """``feature_momentum``: weight of a track's old feature when a new one is averaged in."""
+        """Defaults are the paper's: n_init 3, max_age 70, cosine 0.2, IoU distance 0.7 and
+        a gallery (nn_budget) of 100."""
+        check_count("max_age", max_age)
+        check_count("min_hits", min_hits)
+        check_count("gallery_size", gallery_size)
         check_fraction("max_cosine_distance", max_cosine_distance)
         check_fraction("min_iou", min_iou)
-        check_fraction("feature_momentum", feature_momentum)
+        check_report_boxes(report_boxes)
         self.embedder = embedder
+        self.max_age = max_age
+        self.min_hits = min_hits
         self.max_cosine_distance = max_cosine_distance
         self.min_iou = min_iou
-        self.feature_momentum = feature_momentum
-        self._tracks = TrackTable(max_age=max_age, min_hits=min_hits)
+        self.gallery_size = gallery_size
+        self.report_boxes: ReportBoxes = report_boxes
+        self._filter = HeightScaled()
+        self.reset()
+
+    def reset(self) -> None:
+        self._tracks = _Tracks.empty(self.gallery_size, 0)
+        self._ids = IdCounter()
 
     def update(self, detections: Detections, frame: Image | None = None) -> Detections:
         """Advance one frame; needs ``frame`` and an embedder unless detections carry embeddings."""
         features = self._features(detections, frame)
-        tracks = self._tracks
-        was_tracked = tracks.confirmed & (tracks.misses == 0)
-        tracks.predict()
-        all_dets = np.arange(len(detections))
-
-        confirmed = np.flatnonzero(tracks.confirmed)
-        track_features = self._track_features(features.shape[1])[confirmed]
-        cosine = 1.0 - track_features.astype(np.float64) @ features.T.astype(np.float64)
-        z = kalman.xyxy_to_xyah(detections.xyxy)
-        in_gate = kalman.mahalanobis_sq(tracks.mean[confirmed], tracks.cov[confirmed], z)
-        allowed = (in_gate <= kalman.CHI2_95_4DOF) & same_class(
-            tracks.class_ids[confirmed], detections.class_ids
-        )
-        r, c = assign(np.where(allowed, cosine, np.inf), self.max_cosine_distance)
-        self._match(confirmed[r], c, detections, features)
-        matched_rows, dets_left = confirmed[r], np.setdiff1d(all_dets, c)
-
-        candidates = np.setdiff1d(np.flatnonzero(~tracks.confirmed | was_tracked), matched_rows)
-        iou = box_iou(tracks.boxes(candidates), detections.xyxy[dets_left])
-        allowed = same_class(tracks.class_ids[candidates], detections.class_ids[dets_left])
-        r, c = assign(np.where(allowed, 1.0 - iou, np.inf), 1.0 - self.min_iou)
-        self._match(candidates[r], dets_left[c], detections, features)
-        dets_left = np.setdiff1d(dets_left, dets_left[c])
-
-        tracks.spawn(dets_left, detections, features[dets_left])
-        return tracks.finish(detections.with_embeddings(features))
-
-    def reset(self) -> None:
-        self._tracks.clear()
+        if self._tracks.gallery.shape[2] != features.shape[1] and not len(self._tracks.ids):
+            self._tracks = _Tracks.empty(self.gallery_size, features.shape[1])
+        t = self._tracks
+        t.mean, t.cov = self._filter.predict(t.mean, t.cov)
+        t.since += 1
+        t.det[:] = -1
+        free = self._cascade(detections, features)
+        free = self._match_iou(detections, features, free)
+        dead = (~t.confirmed & (t.det < 0)) | (t.since > self.max_age)
+        self._tracks = keep_rows(t, ~dead)
+        self._spawn(detections, features, free)
+        return self._report(detections.with_embeddings(features))
 
     def _features(self, detections: Detections, frame: Image | None) -> FloatArray:
         """L2-normalised (N, D) embeddings of this frame's detections."""
         if detections.embeddings is not None:
             emb = detections.embeddings
         elif len(detections) == 0:
-            emb = np.empty((0, self._track_features(0).shape[1]), np.float32)
+            emb = np.empty((0, self._tracks.gallery.shape[2]), np.float32)
         elif frame is None or self.embedder is None:
             raise ValueError(
                 "DeepSort needs appearance: pass the frame to update() and give the tracker an "
@@ -110,23 +152,116 @@ class DeepSort:
         unit: FloatArray = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         return unit.astype(np.float32)
 
-    def _track_features(self, dim: int) -> FloatArray:
-        """Every track's feature; (0, dim) before the first track exists."""
-        stored = self._tracks.features
-        return stored if stored is not None else np.empty((0, dim), np.float32)
+    def _appearance_cost(self, rows: IntArray, features: FloatArray) -> Array:
+        """(rows, N) nearest-gallery cosine distance, inf outside the Kalman gate."""
+        t = self._tracks
+        depth = int(min(self.gallery_size, t.stored[rows].max()))
+        gallery = t.gallery[rows, :depth]
+        distance = 1.0 - (gallery.reshape(-1, gallery.shape[2]) @ features.T).reshape(
+            len(rows), depth, -1
+        )
+        empty = np.arange(depth)[None, :] >= t.stored[rows][:, None]
+        distance[empty] = np.inf
+        cost: Array = distance.min(axis=1).astype(np.float64)
+        return cost
+
+    def _cascade(self, detections: Detections, features: FloatArray) -> IntArray:
+        """Match confirmed tracks by appearance, most recently seen first; the free detections."""
+        t = self._tracks
+        free = np.arange(len(detections))
+        confirmed = np.flatnonzero(t.confirmed)
+        if len(confirmed) == 0 or len(free) == 0:
+            return free
+        cost = self._appearance_cost(confirmed, features)
+        gate = self._filter.mahalanobis_sq(t.mean[confirmed], t.cov[confirmed], detections.xyxy)
+        allowed = (gate <= CHI2_95_4DOF) & same_class(t.class_ids[confirmed], detections.class_ids)
+        cost[~allowed] = np.inf
+        levels = np.unique(t.since[confirmed])
+        for level in levels[levels <= self.max_age]:
+            if len(free) == 0:
+                break
+            at_level = np.flatnonzero(t.since[confirmed] == level)
+            r, c = assign_capped(cost[np.ix_(at_level, free)], self.max_cosine_distance)
+            self._match(confirmed[at_level[r]], free[c], detections, features)
+            free = np.delete(free, c)
+        return free
+
+    def _match_iou(self, detections: Detections, features: FloatArray, free: IntArray) -> IntArray:
+        """Tentative tracks and confirmed ones missed only this frame, by IoU; the free left."""
+        t = self._tracks
+        candidates = np.flatnonzero((~t.confirmed | (t.since == 1)) & (t.det < 0))
+        if len(candidates) == 0 or len(free) == 0:
+            return free
+        similarity = iou(self._filter.boxes(t.mean[candidates]), detections.xyxy[free])
+        similarity[~same_class(t.class_ids[candidates], detections.class_ids[free])] = 0.0
+        r, c = assign_capped(1.0 - similarity, 1.0 - self.min_iou)
+        self._match(candidates[r], free[c], detections, features)
+        return np.delete(free, c)
 
     def _match(
         self, rows: IntArray, det_rows: IntArray, detections: Detections, features: FloatArray
     ) -> None:
-        """Kalman-correct the matched tracks and fold the new embeddings into their features."""
-        tracks = self._tracks
-        tracks.match(rows, det_rows, detections)
-        if len(rows) == 0 or tracks.features is None:
+        """Correct the matched tracks and add the new embeddings to their galleries."""
+        if len(rows) == 0:
             return
-        mixed = (
-            self.feature_momentum * tracks.features[rows]
-            + (1.0 - self.feature_momentum) * features[det_rows]
+        t = self._tracks
+        t.mean[rows], t.cov[rows] = self._filter.update(
+            t.mean[rows], t.cov[rows], detections.xyxy[det_rows]
         )
-        tracks.features[rows] = mixed / np.maximum(
-            np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12
+        t.gallery[rows, t.stored[rows] % self.gallery_size] = features[det_rows]
+        t.stored[rows] += 1
+        t.hits[rows] += 1
+        t.since[rows], t.det[rows] = 0, det_rows
+        t.class_ids[rows], t.scores[rows] = (
+            detections.class_ids[det_rows],
+            detections.scores[det_rows],
         )
+        t.confirmed[rows] |= t.hits[rows] >= self.min_hits
+
+    def _spawn(self, detections: Detections, features: FloatArray, det_rows: IntArray) -> None:
+        mean, cov = self._filter.initiate(detections.xyxy[det_rows])
+        n = len(det_rows)
+        gallery = np.zeros((n, self.gallery_size, features.shape[1]), np.float32)
+        gallery[:, 0] = features[det_rows]
+        ones = np.ones(n, np.int64)
+        new = _Tracks(
+            mean,
+            cov,
+            np.full(n, NO_TRACK, np.int64),
+            detections.class_ids[det_rows],
+            detections.scores[det_rows],
+            ones,
+            np.zeros(n, np.int64),
+            ones >= self.min_hits,
+            det_rows.astype(np.int64),
+            gallery,
+            ones.copy(),
+        )
+        self._tracks = append_rows(self._tracks, new)
+
+    def _report(self, detections: Detections) -> Detections:
+        """Confirmed tracks matched now; with filter boxes also those missed just this frame."""
+        t = self._tracks
+        matched = np.flatnonzero(t.confirmed & (t.since == 0))
+        coasting = np.flatnonzero(t.confirmed & (t.since == 1))
+        if self.report_boxes == "detection":
+            coasting = coasting[:0]
+        self._ids.give(t.ids, np.concatenate([matched, coasting]))
+        seen = output(
+            detections,
+            t.det[matched],
+            t.ids[matched],
+            self._filter.boxes(t.mean[matched]),
+            self.report_boxes,
+        )
+        if len(coasting) == 0:
+            return seen
+        newest = t.gallery[coasting, (t.stored[coasting] - 1) % self.gallery_size]
+        missed = Detections(
+            self._filter.boxes(t.mean[coasting]).astype(np.float32),
+            t.scores[coasting],
+            t.class_ids[coasting],
+            t.ids[coasting],
+            newest,
+        )
+        return Detections.merge([seen, missed])

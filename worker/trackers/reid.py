@@ -1,10 +1,15 @@
 """Person re-identification embeddings with ONNX Runtime, for DeepSORT.
 
-Built for OpenVINO Open Model Zoo's ``person-reid-retail-0288`` exported to ONNX: input
-``N x 256 x 128 x 3`` (NHWC, BGR, 0-255, no normalisation), output one 256-d vector per crop.
-All crops of a frame are resized into one array; the model is then run in chunks of its batch
-size (the shipped export fixes it at 1, so that is one run per crop; an export with a
-dynamic batch runs all crops in one call).
+Two input layouts, recognised from the model's input shape:
+
+* OpenVINO Open Model Zoo's ``person-reid-retail-0288``: ``N x 256 x 128 x 3`` (NHWC, BGR,
+  0-255, no normalisation), one 256-d vector per crop;
+* torchreid's OSNet exports: ``N x 3 x 256 x 128`` (NCHW, RGB, ImageNet mean/std), 512-d.
+
+All crops of a frame are resized into one array and run in one call when the export takes a
+dynamic batch (``python -m model_catalog.tools.prepare dynamic`` makes one from a batch-1
+export); a fixed-batch export is run in chunks of its batch. CUDA is used when ONNX Runtime
+has it, else the CPU.
 """
 
 from __future__ import annotations
@@ -20,22 +25,42 @@ from kubevision.worker.detections import FloatArray
 from kubevision.worker.trackers.base import Image
 
 INPUT_HEIGHT, INPUT_WIDTH = 256, 128
-"""Crop size the model was trained on (people are about twice as tall as wide)."""
+"""Crop size the models were trained on (people are about twice as tall as wide)."""
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+def default_providers() -> tuple[str, ...]:
+    """CUDA first where this ONNX Runtime build has it."""
+    available = ort.get_available_providers()
+    return tuple(p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available)
+
+
+def _fits(shape: Sequence[object], wanted: Sequence[int]) -> bool:
+    """Whether a model's (non-batch) input dims are ``wanted``, symbolic ones matching any."""
+    return len(shape) == len(wanted) and all(
+        not isinstance(d, int) or d == w for d, w in zip(shape, wanted, strict=True)
+    )
 
 
 class ReidEmbedder:
     """Callable ``(frame, xyxy) -> (N, D)`` L2-normalised embeddings (the ``Embedder`` protocol)."""
 
-    def __init__(
-        self, model_path: Path, providers: Sequence[str] = ("CPUExecutionProvider",)
-    ) -> None:
-        self.session = ort.InferenceSession(str(model_path), providers=list(providers))
+    def __init__(self, model_path: Path, providers: Sequence[str] | None = None) -> None:
+        self.session = ort.InferenceSession(
+            str(model_path), providers=list(providers or default_providers())
+        )
         model_input = self.session.get_inputs()[0]
-        batch, *hwc = model_input.shape
-        if hwc != [INPUT_HEIGHT, INPUT_WIDTH, 3]:
+        batch, *rest = model_input.shape
+        if _fits(rest, (INPUT_HEIGHT, INPUT_WIDTH, 3)):
+            self.nchw = False
+        elif _fits(rest, (3, INPUT_HEIGHT, INPUT_WIDTH)):
+            self.nchw = True
+        else:
             raise ValueError(
-                f"{model_path} takes input {model_input.shape}; this embedder needs an NHWC "
-                f"N x {INPUT_HEIGHT} x {INPUT_WIDTH} x 3 model such as person-reid-retail-0288"
+                f"{model_path} takes input {model_input.shape}; this embedder needs "
+                f"N x {INPUT_HEIGHT} x {INPUT_WIDTH} x 3 (person-reid-retail-0288) or "
+                f"N x 3 x {INPUT_HEIGHT} x {INPUT_WIDTH} (OSNet)"
             )
         self._input = model_input.name
         self._batch = batch if isinstance(batch, int) else None
@@ -45,6 +70,8 @@ class ReidEmbedder:
         crops = self.crops(frame, xyxy)
         if len(crops) == 0:
             return np.empty((0, self.dim), np.float32)
+        if self.nchw:
+            crops = ((crops[..., ::-1] - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)
         chunk = self._batch or len(crops)
         outputs = []
         for start in range(0, len(crops), chunk):
