@@ -187,14 +187,21 @@ class Output(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
             cel(
-                "self.type in ['webhook', 'mqtt'] ? has(self.url) : !has(self.url)",
-                "outputs[].url is required for webhook and mqtt outputs and not allowed otherwise",
+                "self.type in ['webhook', 'mqtt', 'kafka'] ? has(self.url) : !has(self.url)",
+                "outputs[].url is required for webhook, mqtt and kafka outputs and not allowed "
+                "otherwise",
                 field_path=".url",
             ),
             cel(
-                "self.type == 'mqtt' ? has(self.topic) : !has(self.topic)",
-                "outputs[].topic is required for mqtt outputs and only allowed there",
+                "self.type in ['mqtt', 'kafka'] ? has(self.topic) : !has(self.topic)",
+                "outputs[].topic is required for mqtt and kafka outputs and only allowed there",
                 field_path=".topic",
+            ),
+            cel(
+                "!has(self.url) || (self.type == 'kafka') == self.url.matches('^kafkas?://')",
+                "outputs[].url of a kafka output is kafka://host:port[,host:port] (kafkas:// "
+                "for TLS), and only kafka outputs take such a URL",
+                field_path=".url",
             ),
             cel(
                 "self.type == 'file' ? has(self.path) : !has(self.path)",
@@ -209,17 +216,57 @@ class Output(ApiModel):
         )
     }
 
-    type: Literal["stdout", "file", "webhook", "mqtt"]
-    """Sink kind: stdout, file, webhook or mqtt."""
+    type: Literal["stdout", "file", "webhook", "mqtt", "kafka"]
+    """Sink kind: stdout, file, webhook, mqtt or kafka."""
     url: str | None = Field(
-        default=None, max_length=2048, pattern=r"^(https?|mqtts?|tcp|ssl|wss?)://.+$"
+        default=None, max_length=2048, pattern=r"^(https?|mqtts?|tcp|ssl|wss?|kafkas?)://.+$"
     )
-    """Webhook or MQTT broker URL; required for those types, never with a password."""
+    """Webhook URL, MQTT broker URL or Kafka bootstrap servers (kafka://host:port,...);
+    required for those types, never with a password."""
     topic: str | None = Field(default=None, max_length=1024)
-    """MQTT topic events are published to; required for mqtt outputs."""
+    """MQTT topic (events go to <topic>/<camera>) or Kafka topic (keyed by camera); required
+    for mqtt and kafka outputs."""
     path: str | None = Field(default=None, max_length=4096)
     """File path on the worker that events are written to; required for file outputs."""
     credentials_secret_ref: SecretKeyNames | None = None
+
+
+MIB = 2**20
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+"""A storage size as Kubernetes writes it (``512Mi``, ``1Gi``, ``10G``)."""
+
+
+class SpoolClaim(ApiModel):
+    """A PersistentVolumeClaim per worker replica (the StatefulSet's volumeClaimTemplates)."""
+
+    size: str = Field(default="1Gi", max_length=32, pattern=QUANTITY_PATTERN)
+    """Requested storage, e.g. 1Gi: (maxBytes x 1.5 + 5Mi) per webhook/MQTT output."""
+    storage_class_name: str | None = Field(default=None, max_length=253, pattern=SUBDOMAIN_PATTERN)
+    """StorageClass of the claims; unset uses the cluster's default (K3s: local-path)."""
+
+
+class Spool(ApiModel):
+    """Where each webhook and MQTT output keeps the events its destination has not
+    acknowledged yet, and how many: beyond the bounds the oldest are dropped and counted."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.storage == 'disk' || !has(self.persistentVolumeClaim)",
+                "spec.spool.persistentVolumeClaim needs spec.spool.storage disk",
+                field_path=".persistentVolumeClaim",
+            )
+        )
+    }
+
+    storage: Literal["disk", "memory"] = "disk"
+    """disk (a SQLite file per output, kept across worker restarts) or memory (lost with it)."""
+    max_events: int = Field(default=100_000, ge=1, le=10_000_000)
+    """Most events spooled per output."""
+    max_bytes: int = Field(default=64 * MIB, ge=MIB, le=2**40)
+    """Most bytes of event JSON spooled per output."""
+    persistent_volume_claim: SpoolClaim | None = None
+    """A claim per replica, outliving the pod; unset: an emptyDir or the chart's spoolHostPath."""
 
 
 class PipelineSpec(ApiModel):
@@ -245,6 +292,8 @@ class PipelineSpec(ApiModel):
     placement: Placement = Field(default_factory=Placement)
     outputs: list[Output] = Field(default_factory=list, max_length=8)
     """Where events go (at most 8); at most one stdout output."""
+    spool: Spool = Field(default_factory=Spool)
+    """How webhook and MQTT outputs hold events while their destination is unreachable."""
     worker_image: str | None = Field(default=None, max_length=512)
     """Overrides the operator's worker image for this Pipeline."""
 

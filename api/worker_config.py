@@ -7,6 +7,8 @@ as environment variables that the pod gets through ``secretKeyRef``. Each replic
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import ConfigDict, Field
 
 from kubevision.api.camera import Line, Sampling, Zone
@@ -18,6 +20,7 @@ from kubevision.api.modelvariant import (
     ModelFormat,
     Precision,
     Task,
+    TrackingThresholds,
 )
 from kubevision.api.pipeline import Output, Slo, TrackerStage
 
@@ -75,6 +78,8 @@ class ModelConfig(StrictModel):
     batch_max: int
     labels: list[str] = Field(default_factory=list)
     artifact: Artifact
+    tracking: TrackingThresholds | None = None
+    """The detector's tracker thresholds (spec.tracking), for the camera trackers."""
 
 
 class DetectorConfig(StrictModel):
@@ -87,6 +92,16 @@ class DetectorConfig(StrictModel):
 class ClassifierConfig(StrictModel):
     model: ModelConfig
     refresh_frames: int
+
+
+class SpoolConfig(StrictModel):
+    """How each webhook and MQTT sink of the worker spools undelivered events (per sink). A
+    disk spool lives in the folder ``kubevision-worker serve --spool-dir`` names: the pod's
+    spool volume. The defaults are for configs the operator did not render."""
+
+    storage: Literal["disk", "memory"] = "memory"
+    max_events: int = Field(default=10_000, ge=1)
+    max_bytes: int = Field(default=64 * 2**20, ge=1)
 
 
 class WorkerConfig(StrictModel):
@@ -104,6 +119,7 @@ class WorkerConfig(StrictModel):
     pose: ModelConfig | None = None
     slo: Slo
     outputs: list[Output] = Field(default_factory=list)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
     shards: list[list[CameraAssignment]]
     """shards[i] are the cameras of the replica with ordinal i."""
 

@@ -27,6 +27,7 @@ from kubevision.api.worker_config import (
     CredentialEnv,
     DetectorConfig,
     ModelConfig,
+    SpoolConfig,
     WorkerConfig,
     output_credential_env,
 )
@@ -97,6 +98,7 @@ def _model(choice: Choice) -> ModelConfig:
         batch_max=spec.batch.max,
         labels=spec.labels,
         artifact=spec.artifact,
+        tracking=spec.tracking,
     )
 
 
@@ -168,6 +170,11 @@ def build_worker_config(
         pose=_model(group.pose) if group.pose else None,
         slo=spec.slo,
         outputs=spec.outputs,
+        spool=SpoolConfig(
+            storage=spec.spool.storage,
+            max_events=spec.spool.max_events,
+            max_bytes=spec.spool.max_bytes,
+        ),
         shards=[
             [_assignment(cam, group.cameras[cam].spec, frame_skip) for cam in home]
             + [
@@ -293,6 +300,11 @@ SCRATCH_DIR = "/tmp"
 read-only): temporary files and, as ``$HOME``, library caches (CUDA's JIT cache, torch)."""
 WORKER_UID = 65532
 """The distroless ``nonroot`` user the worker images run as."""
+SPOOL_DIR = "/var/spool/kubevision"
+"""Where a disk spool's files live: an emptyDir by default (kept across container restarts),
+a PersistentVolumeClaim per replica (``spec.spool.persistentVolumeClaim``: outlives the pod),
+or a node folder (``spool_host_path``; each pod writes in ``<namespace>/<pod>`` under it)."""
+SPOOL_VOLUME = "spool"
 
 
 def _accelerator_env(group: GroupPlan) -> list[dict[str, Any]]:
@@ -316,11 +328,55 @@ def _engine_cache(settings: OperatorSettings) -> dict[str, Any]:
     return {"name": "engines", "emptyDir": {}}
 
 
+def _spool_volume(spec: PipelineSpec, settings: OperatorSettings) -> dict[str, Any] | None:
+    """The pod volume of a disk spool; None for a memory spool, or a claim (which the
+    StatefulSet's volumeClaimTemplates provide, :func:`_spool_claims`)."""
+    if spec.spool.storage != "disk" or spec.spool.persistent_volume_claim is not None:
+        return None
+    if settings.spool_host_path:
+        # "Directory", not "DirectoryOrCreate": a folder the kubelet creates belongs to root,
+        # and the worker (UID 65532) could not write it; the node's admin creates it
+        return {
+            "name": SPOOL_VOLUME,
+            "hostPath": {"path": settings.spool_host_path, "type": "Directory"},
+        }
+    return {"name": SPOOL_VOLUME, "emptyDir": {}}
+
+
+def _spool_claims(spec: PipelineSpec) -> dict[str, Any]:
+    """StatefulSet fields for a spool on a PersistentVolumeClaim per replica: a replica gets
+    its claim (and its spooled events) back wherever it is rescheduled; the claims are
+    deleted with the StatefulSet (the Pipeline), kept when it scales down."""
+    claim = spec.spool.persistent_volume_claim
+    if spec.spool.storage != "disk" or claim is None:
+        return {}
+    claim_spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": claim.size}},
+    }
+    if claim.storage_class_name:
+        claim_spec["storageClassName"] = claim.storage_class_name
+    return {
+        "volumeClaimTemplates": [{"metadata": {"name": SPOOL_VOLUME}, "spec": claim_spec}],
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
+    }
+
+
+def _spool_args(spec: PipelineSpec, settings: OperatorSettings, namespace: str) -> list[str]:
+    """``--spool-dir`` for a disk spool: the volume's root, or on a node folder shared by
+    the node's pods, a folder per pod (the kubelet expands ``$(KUBEVISION_POD_NAME)``)."""
+    if spec.spool.storage != "disk":
+        return []
+    if settings.spool_host_path and spec.spool.persistent_volume_claim is None:
+        return [f"--spool-dir={SPOOL_DIR}/{namespace}/$(KUBEVISION_POD_NAME)"]
+    return [f"--spool-dir={SPOOL_DIR}"]
+
+
 def _volumes(
-    group: GroupPlan, settings: OperatorSettings
+    spec: PipelineSpec, group: GroupPlan, settings: OperatorSettings
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(pod volumes, container mounts): the config, scratch space, and the engine cache on
-    accelerators."""
+    """(pod volumes, container mounts): the config, scratch space, the engine cache on
+    accelerators and the spool of a disk spool."""
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": group.name}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
@@ -332,6 +388,11 @@ def _volumes(
     if group.hardware != "cpu":
         volumes.append(_engine_cache(settings))
         mounts.append({"name": "engines", "mountPath": ENGINE_CACHE_DIR})
+    spool = _spool_volume(spec, settings)
+    if spool is not None:
+        volumes.append(spool)
+    if spec.spool.storage == "disk":
+        mounts.append({"name": SPOOL_VOLUME, "mountPath": SPOOL_DIR})
     return volumes, mounts
 
 
@@ -381,12 +442,16 @@ def build_statefulset(
     meta = _metadata(pipeline, group)
     placement = _placement(spec, group, settings)
     image = spec.worker_image or settings.worker_images[group.hardware]
-    volumes, mounts = _volumes(group, settings)
+    volumes, mounts = _volumes(spec, group, settings)
     pod_security, container_security = _security_contexts()
     container = {
         "name": "worker",
         "image": image,
-        "args": ["serve", f"--config={CONFIG_DIR}/{CONFIG_FILE}"],
+        "args": [
+            "serve",
+            f"--config={CONFIG_DIR}/{CONFIG_FILE}",
+            *_spool_args(spec, settings, meta["namespace"]),
+        ],
         "env": _env(spec, group),
         "ports": [{"name": "metrics", "containerPort": settings.metrics_port}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},
@@ -408,6 +473,7 @@ def build_statefulset(
             "serviceName": group.name,
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": {GROUP_LABEL: group.name}},
+            **_spool_claims(spec),
             "template": {
                 "metadata": {
                     "labels": meta["labels"],

@@ -42,6 +42,10 @@ class OperatorSettings(BaseModel):
     """Keep GPU workers' TensorRT engines in this node folder (hostPath), so each node builds an
     engine once. None (the default): a per-pod emptyDir, as Pod Security "restricted" allows
     no hostPath volumes."""
+    spool_host_path: str | None = None
+    """Keep disk spools in this node folder (hostPath; it must exist, writable by UID 65532),
+    so a worker's undelivered events outlive its pod on that node. None (the default): an
+    emptyDir, or a Pipeline's spec.spool.persistentVolumeClaim."""
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -62,5 +66,6 @@ class OperatorSettings(BaseModel):
             prometheus_url=os.environ.get("KUBEVISION_PROMETHEUS_URL") or None,
             handover_seconds=float(os.environ.get("KUBEVISION_HANDOVER_SECONDS", "90")),
             engine_cache_host_path=os.environ.get("KUBEVISION_ENGINE_CACHE_HOST_PATH") or None,
+            spool_host_path=os.environ.get("KUBEVISION_SPOOL_HOST_PATH") or None,
             jetson_runtime_class=os.environ.get("KUBEVISION_JETSON_RUNTIME_CLASS") or "nvidia",
         )

@@ -59,9 +59,17 @@ def serve(args: argparse.Namespace) -> int:
     shard = shard_index(args.shard)
     metrics = WorkerMetrics(config.pipeline)
     health = Health()
-    server = HealthServer(metrics.registry, health, args.port, host=args.host)
+    server = HealthServer(
+        metrics.registry, health, args.port, host=args.host, cameras=metrics.camera_status
+    )
     server.start()
-    sink = build_sinks(config.outputs, config.pipeline, metrics.registry)
+    sink = build_sinks(
+        config.outputs,
+        config.pipeline,
+        metrics.registry,
+        spool=config.spool,
+        spool_dir=Path(args.spool_dir) if args.spool_dir else None,
+    )
     runtime = WorkerRuntime(config, shard, metrics, health, sink, _runtime_options(args))
     watcher = ConfigWatcher(config_path, runtime.apply)
     runtime.start()
@@ -253,6 +261,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default="/etc/kubevision/worker.json")
     s.add_argument("--shard", type=int, help="default: KUBEVISION_SHARD (the pod index)")
     s.add_argument("--port", type=int, default=9090, help="metrics and probes")
+    s.add_argument("--spool-dir", help="folder of the outputs' disk spools (the spool volume)")
     s.add_argument(
         "--host", default="0.0.0.0", help="address the metrics and probe server binds to"
     )

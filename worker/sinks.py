@@ -1,14 +1,19 @@
 """Where events go: stdout, a file, a webhook or an MQTT broker, several side by side.
 
 The pipeline calls :meth:`FanOut.publish` with each frame's events and must never wait on the
-network, so the webhook and MQTT sinks only enqueue and a background thread delivers. Their
-queues are bounded: while a destination is down the oldest events are dropped and counted,
-rather than memory growing until the pod is killed. One failing sink never stops the others.
+network, so the webhook and MQTT sinks only append to a spool (:mod:`.spool`: in memory, or a
+SQLite file that outlives the process) and a background thread delivers, oldest first, and
+deletes only what the destination acknowledged. A destination that is down or answers 5xx is
+retried without end; the spool is bounded, so beyond its bounds the oldest events are dropped
+and counted, rather than memory or disk growing until the pod is evicted. One failing sink
+never stops the others. Delivery is at least once and in order per sink (README, "Delivery
+semantics").
 
-Counters, one set per registry, labelled ``pipeline`` and ``sink`` (the output type):
+Metrics, one set per registry, labelled ``pipeline`` and ``sink`` (the output type):
 ``kubevision_sink_events_published_total`` (written; webhook answered 2xx; MQTT PUBACK),
-``kubevision_sink_events_failed_total`` (an error, or retries exhausted) and
-``kubevision_sink_events_dropped_total`` (discarded unsent: queue full, or left at close).
+``kubevision_sink_events_failed_total`` (refused for good: a 4xx other than 408/429),
+``kubevision_sink_events_dropped_total`` with ``reason`` (:data:`DROP_REASONS`: discarded
+unsent) and the gauge ``kubevision_sink_events_pending`` (spooled, not acknowledged yet).
 
 Credentials: an output with ``credentialsSecretRef`` gets its username and password from the
 env vars ``KUBEVISION_OUTPUT_<index>_USERNAME`` and ``KUBEVISION_OUTPUT_<index>_PASSWORD``,
@@ -20,7 +25,7 @@ CONNECT. They never appear in logs, reprs or exception messages, and URLs are lo
 MQTT: one QoS 1 message per event on ``<topic>/<camera>``, so a consumer subscribes to one
 camera or to ``<topic>/+`` and a broker can grant ACLs per camera; the payload names the camera
 as well. Messages of one camera (of the whole sink, in fact) arrive in publish order, also
-across reconnections.
+across reconnections and restarts of a disk-spooled worker.
 """
 
 from __future__ import annotations
@@ -33,10 +38,10 @@ import random
 import ssl
 import sys
 import threading
+import time
 import uuid
 import weakref
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, TextIO
@@ -46,12 +51,13 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import SecretStr
 
 from kubevision.api.pipeline import Output
-from kubevision.api.worker_config import output_credential_env
+from kubevision.api.worker_config import SpoolConfig, output_credential_env
 from kubevision.worker.events import TrackEvent
+from kubevision.worker.spool import Limits, MemorySpool, Record, Spool, SpoolError, SqliteSpool
 
 log = logging.getLogger("kubevision.worker.sinks")
 
@@ -61,6 +67,8 @@ _MQTT_TLS = ("mqtts", "ssl", "wss")
 _TOPIC_UNSAFE = str.maketrans({"/": "_", "+": "_", "#": "_", "\0": "_"})
 _RETRY_STATUSES = frozenset({408, 429})
 """Besides 5xx: statuses after which the same request may succeed later."""
+DEFAULT_LIMITS = Limits(max_events=SpoolConfig().max_events, max_bytes=SpoolConfig().max_bytes)
+"""A sink's memory spool when none is given (the worker config's defaults)."""
 
 
 class SinkConfigError(ValueError):
@@ -94,21 +102,58 @@ def safe_url(url: str) -> str:
 
 # -- metrics ----------------------------------------------------------------------------------
 
+DropReason = Literal["spool_full", "closed", "spool_error"]
+DROP_REASONS: tuple[DropReason, ...] = ("spool_full", "closed", "spool_error")
+"""Why a sink discarded events unsent: its spool was full (the oldest made room), the sink
+closed with them in a memory spool, or the spool could not store them (disk full, I/O)."""
+
+
+class _HasPending(Protocol):
+    @property
+    def pending(self) -> int: ...
+
+
+class PendingGauge:
+    """The pending gauge of one (pipeline, sink type): the sum over that type's open sinks,
+    read at scrape time (two webhooks of a pipeline share the label set)."""
+
+    def __init__(self) -> None:
+        self._sinks: weakref.WeakSet[_HasPending] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def add(self, sink: _HasPending) -> None:
+        with self._lock:
+            self._sinks.add(sink)
+
+    def discard(self, sink: _HasPending) -> None:
+        with self._lock:
+            self._sinks.discard(sink)
+
+    def total(self) -> float:
+        with self._lock:
+            sinks = list(self._sinks)
+        return float(sum(s.pending for s in sinks))
+
 
 @dataclass(frozen=True)
 class SinkCounters:
-    """The counters of one sink type of one pipeline, labels bound."""
+    """The metrics of one sink type of one pipeline, labels bound."""
 
     published: Counter
     failed: Counter
-    dropped: Counter
+    dropped: Mapping[DropReason, Counter]
+    pending: PendingGauge
+
+    def drop(self, reason: DropReason, count: int) -> None:
+        if count:
+            self.dropped[reason].inc(count)
 
 
 class SinkMetrics:
-    """The three event counters on one registry; :meth:`on` creates them once per registry.
+    """The sink metrics on one registry; :meth:`on` creates them once per registry.
 
     Sinks are rebuilt when a new worker config arrives, without a restart; registering the
-    counters again on the same registry would fail, and they must keep counting anyway.
+    metrics again on the same registry would fail, and they must keep counting anyway.
     """
 
     _by_registry: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, SinkMetrics]] = (
@@ -126,16 +171,24 @@ class SinkMetrics:
         )
         self.failed = Counter(
             "kubevision_sink_events_failed",
-            "Events a sink gave up on after an error or exhausted retries.",
+            "Events a sink gave up on: the destination refused them for good (HTTP 4xx).",
             labels,
             registry=registry,
         )
         self.dropped = Counter(
             "kubevision_sink_events_dropped",
-            "Events discarded unsent: the sink's queue was full, or they were left at close.",
+            "Events discarded unsent, by reason: spool_full (the oldest made room), closed "
+            "(left in a memory spool at close), spool_error (the spool could not store them).",
+            [*labels, "reason"],
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "kubevision_sink_events_pending",
+            "Events spooled and not acknowledged by the destination yet.",
             labels,
             registry=registry,
         )
+        self._gauges: dict[tuple[str, str], PendingGauge] = {}
 
     @classmethod
     def on(cls, registry: CollectorRegistry) -> SinkMetrics:
@@ -146,10 +199,16 @@ class SinkMetrics:
             return metrics
 
     def bind(self, pipeline: str, sink: str) -> SinkCounters:
+        with self._lock:
+            gauge = self._gauges.get((pipeline, sink))
+            if gauge is None:
+                gauge = self._gauges[(pipeline, sink)] = PendingGauge()
+                self.pending.labels(pipeline, sink).set_function(gauge.total)
         return SinkCounters(
             self.published.labels(pipeline, sink),
             self.failed.labels(pipeline, sink),
-            self.dropped.labels(pipeline, sink),
+            {reason: self.dropped.labels(pipeline, sink, reason) for reason in DROP_REASONS},
+            gauge,
         )
 
 
@@ -219,50 +278,125 @@ class FileSink(JsonLinesSink):
             self._stream.close()
 
 
-class _QueuedSink:
-    """What the sinks that send from a background thread share: ``publish`` only enqueues, and
-    a full queue drops its oldest events (counted, warned once per episode) rather than block
-    the pipeline."""
+class SpooledSink:
+    """What the sinks that send from a background thread share: ``publish`` only appends to
+    the spool, and a full spool drops its oldest events (counted, warned once per episode)
+    rather than block the pipeline. The sender deletes only what the destination
+    acknowledged, so events leave in publish order across retries and reconnections."""
 
     kind: str
     counters: SinkCounters
-    _queue: deque[TrackEvent]
+    _spool: Spool
     _cond: threading.Condition
     _dropping: bool
     _safe_url: str
+    _spool_broken: bool = False
 
     def _is_closing(self) -> bool:
         raise NotImplementedError
 
+    @property
+    def pending(self) -> int:
+        """Events spooled and not acknowledged yet (being sent included)."""
+        return self._spool.pending
+
     def publish(self, events: list[TrackEvent]) -> None:
-        """Enqueue without blocking; when full, the oldest queued events make room."""
+        """Append to the spool without waiting on the network; when full, the oldest events
+        not being sent make room."""
+        items = [(e.camera, e.to_json().encode()) for e in events]
         with self._cond:
             if self._is_closing():
-                overflow = len(events)
-            else:
-                overflow = _enqueue(self._queue, events)
-                self._cond.notify_all()
-            first_drop = overflow > 0 and not self._dropping
-            self._dropping = self._dropping or overflow > 0
-        if overflow:
-            self.counters.dropped.inc(overflow)
+                self.counters.drop("closed", len(items))
+                return
+            try:
+                dropped = self._spool.append(items)
+            except SpoolError as exc:
+                self.counters.drop("spool_error", len(items))
+                self._spool_failed(exc)
+                return
+            self._spool_broken = False
+            self._cond.notify_all()
+            first_drop = dropped > 0 and not self._dropping
+            self._dropping = self._dropping or dropped > 0
+        self.counters.drop("spool_full", dropped)
         if first_drop:
             log.warning(
-                "%s queue full, dropping the oldest events: sink=%s url=%s",
+                "%s spool full, dropping the oldest events: sink=%s url=%s",
                 self.kind,
                 self.kind,
                 self._safe_url,
                 extra={"sink": self.kind, "url": self._safe_url},
             )
 
+    def _ack(self, records: Iterable[Record]) -> None:
+        """Forget acknowledged events; a disk spool that cannot is logged, and its events are
+        sent again after a restart (at least once)."""
+        try:
+            self._spool.ack(records)
+        except SpoolError as exc:
+            self._spool_failed(exc)
 
-class WebhookSink(_QueuedSink):
-    """POSTs JSON arrays of events from a background thread, retrying transient failures.
+    def _take(self, limit: int) -> list[Record]:
+        """The next events to send; none while the spool cannot be read (logged)."""
+        try:
+            return self._spool.take(limit)
+        except SpoolError as exc:
+            self._spool_failed(exc)
+            return []
 
-    Connection errors, timeouts, 408, 429 and 5xx are retried up to ``max_attempts`` times
-    with capped exponential backoff and jitter, or after ``Retry-After`` when the server says
-    so; other answers fail the batch at once. Delivery is at least once: a timed-out request
-    may have arrived. ``close`` drains the queue for up to ``drain_timeout`` seconds.
+    def _spool_failed(self, exc: SpoolError) -> None:
+        """Log a spool failure once per episode (a full disk fails every write)."""
+        first, self._spool_broken = not self._spool_broken, True
+        log.log(
+            logging.ERROR if first else logging.DEBUG,
+            "%s spool failed: sink=%s error=%s",
+            self.kind,
+            self.kind,
+            exc,
+            extra={"sink": self.kind, "url": self._safe_url, "error": str(exc)},
+        )
+
+    def _close_spool(self) -> None:
+        """Close the spool and say what a memory spool loses (a disk spool keeps it)."""
+        kept = self._spool.pending
+        lost = self._spool.close()
+        self.counters.pending.discard(self)
+        self.counters.drop("closed", lost)
+        if lost:
+            log.warning(
+                "%s closed with %d events undelivered: sink=%s url=%s",
+                self.kind,
+                lost,
+                self.kind,
+                self._safe_url,
+                extra={"sink": self.kind, "url": self._safe_url, "dropped": lost},
+            )
+        elif kept:
+            log.info(
+                "%s closed with %d events kept in its spool for the next start: sink=%s url=%s",
+                self.kind,
+                kept,
+                self.kind,
+                self._safe_url,
+                extra={"sink": self.kind, "url": self._safe_url, "pending": kept},
+            )
+
+
+def batch_limit(spool: Spool, wanted: int) -> int:
+    """At most half the spool is being sent at once, so while a destination is down the
+    newest events (not only the batch stuck in flight) keep their place."""
+    return max(1, min(wanted, spool.limits.max_events // 2))
+
+
+class WebhookSink(SpooledSink):
+    """POSTs JSON arrays of spooled events from a background thread, in order.
+
+    Connection errors, timeouts, 408, 429 and 5xx are transient: the batch stays at the head
+    of the spool and is retried with capped exponential backoff and jitter (or after
+    ``Retry-After``) for as long as it takes; the spool bounds what waits meanwhile. Other
+    answers are permanent: the batch is counted as failed and the next one goes, so one bad
+    event cannot block the queue. Delivery is at least once: a timed-out request may have
+    arrived. ``close`` keeps delivering for up to ``drain_timeout`` seconds.
     """
 
     kind = "webhook"
@@ -273,11 +407,10 @@ class WebhookSink(_QueuedSink):
         counters: SinkCounters,
         *,
         credentials: Credentials | None = None,
-        queue_size: int = 10_000,
+        spool: Spool | None = None,
         batch_max: int = 100,
-        max_attempts: int = 6,
         backoff_base: float = 0.5,
-        backoff_cap: float = 30.0,
+        backoff_cap: float = 10.0,
         retry_after_cap: float = 300.0,
         timeout: float = 5.0,
         drain_timeout: float = 5.0,
@@ -287,12 +420,13 @@ class WebhookSink(_QueuedSink):
         self.counters = counters
         self._url = url
         self._safe_url = safe_url(url)
-        self._batch_max = batch_max
-        self._max_attempts = max_attempts
+        self._spool = spool if spool is not None else MemorySpool(DEFAULT_LIMITS)
+        self._batch_max = batch_limit(self._spool, batch_max)
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._retry_after_cap = retry_after_cap
         self._drain_timeout = drain_timeout
+        self._timeout = timeout
         _quiet_httpx()
         auth = None
         if credentials is not None:
@@ -302,65 +436,67 @@ class WebhookSink(_QueuedSink):
             timeout=timeout,
             headers={"Content-Type": "application/json", "User-Agent": "kubevision-worker"},
         )
-        self._queue: deque[TrackEvent] = deque(maxlen=queue_size)
         self._cond = threading.Condition()
         self._closing = threading.Event()
-        self._failing = False
+        self._stalled = False  # closing, and the destination failed or the drain time is up
+        self._unreachable_since: float | None = None
+        self._rejecting = False
         self._dropping = False
+        counters.pending.add(self)
         self._sender = threading.Thread(target=self._run, name="sink-webhook", daemon=True)
         self._sender.start()
 
     def __repr__(self) -> str:
         return f"WebhookSink(url={self._safe_url!r})"
 
-    @property
-    def pending(self) -> int:
-        """Events queued and not yet taken by the sender."""
-        with self._cond:
-            return len(self._queue)
-
     def _is_closing(self) -> bool:
         return self._closing.is_set()
 
     def close(self) -> None:
+        """Keep delivering for up to ``drain_timeout``, then send no new batch and wait for the
+        request in flight (one ``timeout`` at most), so what a memory spool loses is counted
+        exactly: an event is never both delivered and counted as dropped."""
         with self._cond:
             self._closing.set()
             self._cond.notify_all()
         self._sender.join(self._drain_timeout)
         with self._cond:
-            left = len(self._queue)
-            self._queue.clear()
-        if left:
-            self.counters.dropped.inc(left)
-            log.warning(
-                "webhook closed with %d events undelivered: sink=webhook url=%s",
-                left,
-                self._safe_url,
-                extra={"sink": self.kind, "url": self._safe_url, "dropped": left},
-            )
+            self._stalled = True  # what is left stays spooled: a disk spool sends it next start
+        self._sender.join(self._timeout)
+        with self._cond:
+            self._close_spool()
 
     def _run(self) -> None:
         try:
-            while batch := self._take():
+            while batch := self._next_batch():
                 try:
                     self._deliver(batch)
                 except Exception as exc:  # noqa: BLE001 - the sender must outlive a bad batch
+                    self._ack(batch)
                     self.counters.failed.inc(len(batch))
-                    self._failed(self._scrub(exc), len(batch))
+                    self._rejected(self._scrub(exc), len(batch))
         finally:
             self._client.close()
 
-    def _take(self) -> list[TrackEvent]:
-        """The next batch, waiting for one; empty once closing and drained."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._queue or self._closing.is_set())
-            count = min(len(self._queue), self._batch_max)
-            return [self._queue.popleft() for _ in range(count)]
+    def _next_batch(self) -> list[Record]:
+        """The oldest events, waiting for some; empty once closing and drained (or stalled).
+        A spool that cannot be read is tried again every second."""
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._spool.ready or self._closing.is_set())
+                if self._stalled or not self._spool.ready:
+                    return []
+                batch = self._take(self._batch_max)
+            if batch or self._closing.wait(1.0):
+                return batch
 
-    def _deliver(self, batch: list[TrackEvent]) -> None:
-        body = ("[" + ",".join(event.to_json() for event in batch) + "]").encode()
-        problem = ""
-        for attempt in range(1, self._max_attempts + 1):
+    def _deliver(self, batch: list[Record]) -> None:
+        """Send ``batch`` until it is acknowledged (2xx) or refused for good (other 4xx);
+        transient failures are retried without end, except once closing."""
+        body = b"[" + b",".join(record.payload for record in batch) + b"]"
+        attempt = 0
+        while True:
+            attempt += 1
             retry_after = None
             try:
                 response = self._client.post(self._url, content=body)
@@ -368,26 +504,23 @@ class WebhookSink(_QueuedSink):
                 problem = self._scrub(exc)
             else:
                 if response.is_success:
+                    self._ack(batch)
                     self.counters.published.inc(len(batch))
                     self._recovered()
                     return
                 problem = f"HTTP {response.status_code}"
                 if response.status_code < 500 and response.status_code not in _RETRY_STATUSES:
-                    break
+                    self._ack(batch)
+                    self.counters.failed.inc(len(batch))
+                    self._rejected(problem, len(batch))
+                    return
                 retry_after = _retry_after(response.headers.get("Retry-After"))
-            if attempt == self._max_attempts or self._closing.is_set():
-                break
+            self._unreachable(problem, attempt)
+            if self._closing.is_set():
+                self._stalled = True  # the batch stays spooled: a disk spool sends it next start
+                return
             delay = self._backoff(attempt) if retry_after is None else retry_after
-            log.debug(
-                "webhook attempt %d failed (%s); retrying in %.2fs",
-                attempt,
-                problem,
-                delay,
-                extra={"sink": self.kind, "url": self._safe_url, "attempt": attempt},
-            )
             self._closing.wait(min(delay, self._retry_after_cap))
-        self.counters.failed.inc(len(batch))
-        self._failed(problem, len(batch))
 
     def _scrub(self, exc: Exception) -> str:
         """The error as text, the URL (whose query may hold a token) cut to its host."""
@@ -395,16 +528,32 @@ class WebhookSink(_QueuedSink):
 
     def _backoff(self, attempt: int) -> float:
         """Exponential, capped, with jitter so many workers do not retry in lockstep."""
-        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** (attempt - 1))
+        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** min(attempt - 1, 32))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
-    def _failed(self, problem: str, count: int) -> None:
-        """Log when delivery starts failing (then debug only, not once per batch)."""
-        level = logging.DEBUG if self._failing else logging.WARNING
-        self._failing = True
+    def _unreachable(self, problem: str, attempt: int) -> None:
+        """Warn when the destination stops answering (then debug only, not once per retry)."""
+        first = self._unreachable_since is None
+        if first:
+            self._unreachable_since = time.monotonic()
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "webhook unreachable, keeping events in the spool: sink=webhook url=%s error=%s "
+            "attempt=%d pending=%d",
+            self._safe_url,
+            problem,
+            attempt,
+            self.pending,
+            extra={"sink": self.kind, "url": self._safe_url, "error": problem, "attempt": attempt},
+        )
+
+    def _rejected(self, problem: str, count: int) -> None:
+        """Warn when the destination starts refusing events (then debug, not once per batch)."""
+        level = logging.DEBUG if self._rejecting else logging.WARNING
+        self._rejecting = True
         log.log(
             level,
-            "webhook gave up on %d events: sink=webhook url=%s error=%s",
+            "webhook refused %d events, dropping them: sink=webhook url=%s error=%s",
             count,
             self._safe_url,
             problem,
@@ -414,20 +563,17 @@ class WebhookSink(_QueuedSink):
     def _recovered(self) -> None:
         with self._cond:
             self._dropping = False
-        if self._failing:
-            self._failing = False
+        self._rejecting = False
+        if self._unreachable_since is not None:
+            down = time.monotonic() - self._unreachable_since
+            self._unreachable_since = None
             log.info(
-                "webhook delivering again: sink=webhook url=%s",
+                "webhook delivering again after %.0fs: sink=webhook url=%s pending=%d",
+                down,
                 self._safe_url,
-                extra={"sink": self.kind, "url": self._safe_url},
+                self.pending,
+                extra={"sink": self.kind, "url": self._safe_url, "down_seconds": round(down, 1)},
             )
-
-
-def _enqueue(queue: deque[TrackEvent], events: list[TrackEvent]) -> int:
-    """Append to a bounded deque; returns how many of the oldest events fell out."""
-    overflow = max(0, len(queue) + len(events) - (queue.maxlen or 0))
-    queue.extend(events)
-    return overflow
 
 
 def _quiet_httpx() -> None:
@@ -455,13 +601,14 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
-class MqttSink(_QueuedSink):
-    """Publishes one QoS 1 message per event on ``<topic>/<camera>`` through paho-mqtt.
+class MqttSink(SpooledSink):
+    """Publishes one QoS 1 message per spooled event on ``<topic>/<camera>`` through paho-mqtt.
 
-    paho connects in its own thread and reconnects on its own. Events wait in a bounded queue
-    (oldest dropped when full) and a sender thread hands them to paho only while connected, at
-    most ``inflight_max`` unacknowledged. Messages unacknowledged when the connection dropped
-    are re-sent by paho after reconnecting, before any newer one, so order is kept.
+    paho connects in its own thread and reconnects on its own. A sender thread hands spooled
+    events to paho only while connected, at most ``inflight_max`` unacknowledged, and an event
+    leaves the spool on its PUBACK. Messages unacknowledged when the connection dropped are
+    re-sent by paho after reconnecting, before any newer one, so order is kept; after a worker
+    restart a disk spool sends them again (at least once).
     """
 
     kind = "mqtt"
@@ -473,10 +620,10 @@ class MqttSink(_QueuedSink):
         counters: SinkCounters,
         *,
         credentials: Credentials | None = None,
-        queue_size: int = 10_000,
+        spool: Spool | None = None,
         inflight_max: int = 100,
         keepalive: int = 60,
-        reconnect_max_delay: int = 30,
+        reconnect_max_delay: int = 10,
         drain_timeout: float = 5.0,
     ) -> None:
         parts = urlsplit(url)
@@ -492,12 +639,13 @@ class MqttSink(_QueuedSink):
         self._safe_url = safe_url(url)
         self._topic = base
         self._drain_timeout = drain_timeout
-        self._queue: deque[TrackEvent] = deque(maxlen=queue_size)
-        self._inflight_max = inflight_max
+        self._spool = spool if spool is not None else MemorySpool(DEFAULT_LIMITS)
+        self._inflight_max = batch_limit(self._spool, inflight_max)
         self._cond = threading.Condition()
+        self._inflight: dict[int, Record] = {}  # paho message id -> spooled event
+        self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat publish() returning
         self._connected = False
         self._resync = False  # unacknowledged messages await paho's re-send
-        self._unacked = 0
         self._closing = False
         self._stopped = False
         self._problem_logged = False
@@ -517,12 +665,13 @@ class MqttSink(_QueuedSink):
             client.tls_set_context(ssl.create_default_context())
         if credentials is not None:
             client.username_pw_set(credentials.username, credentials.password.get_secret_value())
-        client.max_inflight_messages_set(inflight_max)
+        client.max_inflight_messages_set(self._inflight_max)
         client.reconnect_delay_set(1, reconnect_max_delay)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         self._client = client
+        counters.pending.add(self)
         self._sender = threading.Thread(target=self._run, name="sink-mqtt", daemon=True)
         self._sender.start()
         client.connect_async(parts.hostname, parts.port or _MQTT_PORTS[parts.scheme], keepalive)
@@ -536,12 +685,6 @@ class MqttSink(_QueuedSink):
         with self._cond:
             return self._connected
 
-    @property
-    def pending(self) -> int:
-        """Events queued or sent and not yet acknowledged."""
-        with self._cond:
-            return len(self._queue) + self._unacked
-
     def topic_for(self, camera: str) -> str:
         """``<topic>/<camera>``; characters MQTT reserves in topics become ``_``."""
         return f"{self._topic}/{camera.translate(_TOPIC_UNSAFE)}"
@@ -550,7 +693,7 @@ class MqttSink(_QueuedSink):
         return self._closing
 
     def close(self) -> None:
-        """Wait up to ``drain_timeout`` for queued events to be acknowledged, then disconnect.
+        """Wait up to ``drain_timeout`` for spooled events to be acknowledged, then disconnect.
 
         A sink disconnected at close (broker down, credentials refused) does not wait: the
         worker's shutdown must not hang on a broker that may never come back.
@@ -558,8 +701,7 @@ class MqttSink(_QueuedSink):
         with self._cond:
             self._closing = True
             self._cond.wait_for(
-                lambda: not self._connected or not (self._queue or self._unacked),
-                self._drain_timeout,
+                lambda: not self._connected or not self._spool.pending, self._drain_timeout
             )
             self._stopped = True
             self._cond.notify_all()
@@ -567,46 +709,55 @@ class MqttSink(_QueuedSink):
         self._client.disconnect()
         self._client.loop_stop()
         with self._cond:
-            left, unacked = len(self._queue), self._unacked
-            self._queue.clear()
-            self._unacked = 0
-        if left:
-            self.counters.dropped.inc(left)
-        if unacked:
-            self.counters.failed.inc(unacked)
-        if left or unacked:
-            log.warning(
-                "MQTT closed with %d events unsent and %d unacknowledged: sink=mqtt url=%s",
-                left,
-                unacked,
-                self._safe_url,
-                extra={"sink": self.kind, "url": self._safe_url},
-            )
+            self._inflight.clear()
+            self._close_spool()
 
     def _can_send(self) -> bool:
         return (
             self._connected
             and not self._resync
-            and self._unacked < self._inflight_max
-            and bool(self._queue)
+            and len(self._inflight) < self._inflight_max
+            and self._spool.ready > 0
         )
 
     def _run(self) -> None:
-        """Hands queued events to paho; never holds our lock while calling paho (whose
+        """Hands spooled events to paho; never holds our lock while calling paho (whose
         callbacks take it while holding paho's own locks)."""
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._stopped or self._can_send())
                 if self._stopped:
                     return
-                event = self._queue.popleft()
-                self._unacked += 1
-            info = self._client.publish(self.topic_for(event.camera), event.to_json(), qos=1)
-            # NO_CONN: the connection dropped just now; paho keeps the message and re-sends it
-            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                with self._cond:
-                    self._unacked -= 1
-                self.counters.failed.inc()
+                records = self._take(self._inflight_max - len(self._inflight))
+                if not records:  # the spool cannot be read: try again in a second
+                    self._cond.wait_for(lambda: self._stopped, 1.0)
+            for record in records:
+                info = self._client.publish(self.topic_for(record.camera), record.payload, qos=1)
+                self._handed(record, info.mid, info.rc)
+
+    def _handed(self, record: Record, mid: int, rc: MQTTErrorCode) -> None:
+        """Track a message paho accepted until its PUBACK; settle one it refused."""
+        # NO_CONN: the connection dropped just now; paho keeps the message and re-sends it
+        if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            self._settle(record, failed=True)
+            return
+        with self._cond:
+            early = self._early.pop(mid, None)
+            if early is None:
+                self._inflight[mid] = record
+                # the connection dropped before _on_disconnect could see this one in flight:
+                # paho re-sends it after reconnecting, and nothing newer may go before it
+                self._resync = self._resync or rc == MQTTErrorCode.MQTT_ERR_NO_CONN
+        if early is not None:
+            self._settle(record, failed=early.is_failure)
+
+    def _settle(self, record: Record, *, failed: bool) -> None:
+        self._ack([record])
+        (self.counters.failed if failed else self.counters.published).inc()
+        with self._cond:
+            if not failed:
+                self._dropping = False
+            self._cond.notify_all()
 
     def _on_connect(
         self,
@@ -624,8 +775,9 @@ class MqttSink(_QueuedSink):
             self._problem_logged = False
             self._cond.notify_all()
         log.info(
-            "MQTT connected: sink=mqtt url=%s",
+            "MQTT connected: sink=mqtt url=%s pending=%d",
             self._safe_url,
+            self.pending,
             extra={"sink": self.kind, "url": self._safe_url},
         )
 
@@ -639,22 +791,22 @@ class MqttSink(_QueuedSink):
     ) -> None:
         with self._cond:
             self._connected = False
-            self._resync = self._unacked > 0
+            self._resync = bool(self._inflight)
             closing = self._closing
         if not closing:
-            self._log_problem("MQTT disconnected, queueing events", str(reason))
+            self._log_problem("MQTT disconnected, keeping events in the spool", str(reason))
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any
     ) -> None:
         with self._cond:
-            self._unacked -= 1
-            if not self._unacked:
+            record = self._inflight.pop(mid, None)
+            if record is None:
+                self._early[mid] = reason
+                return
+            if not self._inflight:
                 self._resync = False
-            if not reason.is_failure:
-                self._dropping = False
-            self._cond.notify_all()
-        (self.counters.failed if reason.is_failure else self.counters.published).inc()
+        self._settle(record, failed=reason.is_failure)
 
     def _log_problem(self, message: str, reason: str) -> None:
         """Warn once per outage (paho retries every few seconds), not once per attempt."""
@@ -662,10 +814,11 @@ class MqttSink(_QueuedSink):
             first, self._problem_logged = not self._problem_logged, True
         log.log(
             logging.WARNING if first else logging.DEBUG,
-            "%s: sink=mqtt url=%s reason=%s",
+            "%s: sink=mqtt url=%s reason=%s pending=%d",
             message,
             self._safe_url,
             reason,
+            self.pending,
             extra={"sink": self.kind, "url": self._safe_url, "reason": reason},
         )
 
@@ -730,32 +883,63 @@ def build_sinks(
     registry: CollectorRegistry,
     *,
     environ: Mapping[str, str] | None = None,
+    spool: SpoolConfig | None = None,
+    spool_dir: Path | None = None,
 ) -> FanOut:
     """One sink per output, in order, behind a :class:`FanOut`.
 
+    The webhook and MQTT sinks get a spool each as ``spool`` says: in memory, or a SQLite file
+    ``output-<index>-<type>.sqlite`` in ``spool_dir`` (what a restarted worker resumes from).
     Raises :class:`SinkConfigError` (after closing the sinks already built) when an output is
-    incomplete or its credentials env vars are unset.
+    incomplete, its credentials env vars are unset or its spool cannot be opened.
     """
     env = os.environ if environ is None else environ
     metrics = SinkMetrics.on(registry)
+    config = spool if spool is not None else SpoolConfig()
+    if config.storage == "disk" and spool_dir is None:
+        raise SinkConfigError("the worker config asks for a disk spool but no --spool-dir is set")
     sinks: list[Sink] = []
     try:
         for index, output in enumerate(outputs):
-            sinks.append(_build_sink(index, output, pipeline, metrics, env))
+            sinks.append(_build_sink(index, output, pipeline, metrics, env, config, spool_dir))
     except BaseException:
         FanOut(sinks, pipeline).close()
         raise
     log.info(
-        "event sinks ready: pipeline=%s sinks=%s",
+        "event sinks ready: pipeline=%s sinks=%s spool=%s",
         pipeline,
         ",".join(s.kind for s in sinks) or "none",
-        extra={"pipeline": pipeline, "sinks": [s.kind for s in sinks]},
+        config.storage,
+        extra={"pipeline": pipeline, "sinks": [s.kind for s in sinks], "spool": config.storage},
     )
     return FanOut(sinks, pipeline)
 
 
+def spool_path(spool_dir: Path, index: int, output: Output) -> Path:
+    """The file of ``outputs[index]``'s disk spool: by position and type, so a corrected URL
+    still gets the events spooled while the old one was unreachable."""
+    return spool_dir / f"output-{index}-{output.type}.sqlite"
+
+
+def _open_spool(index: int, output: Output, config: SpoolConfig, spool_dir: Path | None) -> Spool:
+    limits = Limits(max_events=config.max_events, max_bytes=config.max_bytes)
+    if config.storage == "memory":
+        return MemorySpool(limits)
+    assert spool_dir is not None  # build_sinks checked
+    try:
+        return SqliteSpool(spool_path(spool_dir, index, output), limits)
+    except SpoolError as exc:
+        raise SinkConfigError(f"outputs[{index}]: {exc}") from exc
+
+
 def _build_sink(
-    index: int, output: Output, pipeline: str, metrics: SinkMetrics, env: Mapping[str, str]
+    index: int,
+    output: Output,
+    pipeline: str,
+    metrics: SinkMetrics,
+    env: Mapping[str, str],
+    spool: SpoolConfig,
+    spool_dir: Path | None,
 ) -> Sink:
     counters = metrics.bind(pipeline, output.type)
 
@@ -765,7 +949,7 @@ def _build_sink(
         return value
 
     credentials = None
-    if output.credentials_secret_ref is not None and output.type in ("webhook", "mqtt"):
+    if output.credentials_secret_ref is not None and output.type in ("webhook", "mqtt", "kafka"):
         credentials = credentials_from_env(index, env)
     match output.type:
         case "stdout":
@@ -773,11 +957,35 @@ def _build_sink(
         case "file":
             return FileSink(Path(required(output.path, "a path")), counters)
         case "webhook":
-            return WebhookSink(required(output.url, "a url"), counters, credentials=credentials)
-        case "mqtt":
-            return MqttSink(
-                required(output.url, "a url"),
-                required(output.topic, "a topic"),
-                counters,
-                credentials=credentials,
+            url = required(output.url, "a url")
+            return _spooled(
+                lambda spool_: WebhookSink(url, counters, credentials=credentials, spool=spool_),
+                _open_spool(index, output, spool, spool_dir),
             )
+        case "mqtt":
+            url, topic = required(output.url, "a url"), required(output.topic, "a topic")
+            return _spooled(
+                lambda spool_: MqttSink(
+                    url, topic, counters, credentials=credentials, spool=spool_
+                ),
+                _open_spool(index, output, spool, spool_dir),
+            )
+        case "kafka":
+            from kubevision.worker.kafka_sink import KafkaSink  # librdkafka only where used
+
+            url, topic = required(output.url, "a url"), required(output.topic, "a topic")
+            return _spooled(
+                lambda spool_: KafkaSink(
+                    url, topic, counters, credentials=credentials, spool=spool_
+                ),
+                _open_spool(index, output, spool, spool_dir),
+            )
+
+
+def _spooled(make: Callable[[Spool], Sink], spool: Spool) -> Sink:
+    """``make(spool)``, closing the spool when the sink cannot be built (a bad URL)."""
+    try:
+        return make(spool)
+    except BaseException:
+        spool.close()
+        raise

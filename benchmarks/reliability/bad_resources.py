@@ -435,6 +435,21 @@ def cel_cases() -> list[Case]:
         ),
         _case("output path", (*out0, "path"), _set(PIPELINE, out0, st.just({"type": "file"}))),
         _case(
+            "kafka url",
+            (*out0, "url"),
+            _set(
+                PIPELINE,
+                out0,
+                st.sampled_from(
+                    [
+                        {"type": "kafka", "url": "https://broker.example:9092", "topic": "e"},
+                        {"type": "mqtt", "url": "kafka://broker.example:9092", "topic": "e"},
+                        {"type": "webhook", "url": "kafkas://broker.example:9093"},
+                    ]
+                ),
+            ),
+        ),
+        _case(
             "output password",
             (*out0, "url"),
             _set(
@@ -449,6 +464,18 @@ def cel_cases() -> list[Case]:
             "two stdout",
             ("spec", "outputs"),
             st.just(_with(PIPELINE, ("spec", "outputs"), [{"type": "stdout"}] * 2)),
+        ),
+        _case(
+            "spool claim in memory",
+            ("spec", "spool", "persistentVolumeClaim"),
+            _set(
+                PIPELINE,
+                ("spec", "spool"),
+                st.builds(
+                    lambda size: {"storage": "memory", "persistentVolumeClaim": {"size": size}},
+                    st.sampled_from(["1Gi", "512Mi", "10G"]),
+                ),
+            ),
         ),
         _case(
             "degradation repeats",
@@ -515,6 +542,22 @@ def cel_cases() -> list[Case]:
         ),
         _case(
             "decoder", ("spec", "decoder"), st.just(_with(VARIANT, ("spec", "task"), "classify"))
+        ),
+        _case(
+            "tracking thresholds order",
+            ("spec", "tracking"),
+            _set(
+                VARIANT,
+                ("spec", "tracking"),
+                st.tuples(
+                    _floats(min_value=0.01, max_value=0.99), _floats(min_value=0.01, max_value=0.99)
+                ).map(lambda ab: {"highScore": min(ab), "lowScore": max(ab), "newTrackScore": 1.0}),
+            ),
+        ),
+        _case(
+            "tracking on a classifier",
+            ("spec", "tracking"),
+            st.just(_without(_with(VARIANT, ("spec", "task"), "classify"), ("spec", "decoder"))),
         ),
         _case(
             "accelerators",

@@ -9,7 +9,8 @@ for them, and only for them (label ``app.kubernetes.io/name=kubevision-worker``,
   nothing ever leaves this machine) and starts ``kubevision-worker serve`` bound to it, with
   the pod's env resolved (``fieldRef``, ``secretKeyRef``, ``configMapKeyRef``, plain values)
   and its ConfigMap volumes written to a per-pod folder that follows the ConfigMap, as the
-  kubelet's atomic symlink swap does;
+  kubelet's atomic symlink swap does (emptyDir volumes are folders of the pod's own, kept
+  across restarts of its process);
 * it reports the pod through ``pods/status`` (Running, IPs, container status, conditions),
   with Ready following the worker's real ``/readyz``, so the StatefulSet's readyReplicas and
   the operator's Pipeline status are the real thing, and ``http://<podIP>:9090/metrics``
@@ -359,11 +360,15 @@ class PodRunner:
         volumes: list[_Volume] = []
         mounts: list[tuple[str, Path]] = []
         for mount in container.get("volumeMounts") or []:
+            local = folder / "volumes" / mount["name"]
+            if "emptyDir" in by_name.get(mount["name"], {}):  # the pod's own, as long as it lives
+                local.mkdir(parents=True, exist_ok=True)
+                mounts.append((mount["mountPath"].rstrip("/"), local))
+                continue
             source = by_name.get(mount["name"], {}).get("configMap")
             if source is None:  # e.g. the service-account token: workers do not use it
                 log.debug("ignoring a non-ConfigMap mount pod=%s volume=%s", key, mount["name"])
                 continue
-            local = folder / "volumes" / mount["name"]
             local.mkdir(parents=True, exist_ok=True)
             volumes.append(
                 _Volume(

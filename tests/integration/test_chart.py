@@ -42,6 +42,8 @@ SAMPLE_FILES = (
     CATALOG / "classifiers.yaml",
 )
 
+NODE_SPOOL = "/var/lib/kubevision/spool"
+"""A node folder for the workers' disk spools (``workers.spoolHostPath``)."""
 EVERYTHING = [
     "serviceMonitor.enabled=true",
     "serviceMonitor.labels.release=prometheus",
@@ -52,6 +54,7 @@ EVERYTHING = [
     "networkPolicy.workers.enabled=true",
     "operator.priorityClassName=system-cluster-critical",
     "workers.engineCacheHostPath=/var/lib/kubevision/engines",
+    f"workers.spoolHostPath={NODE_SPOOL}",
 ]
 """``--set`` values turning every optional object of the chart on."""
 
@@ -125,6 +128,7 @@ def test_chart_passes_helm_lint_strict(cluster: LocalCluster, values: list[str])
         ("image.pullPolicy=Sometimes", "image/pullPolicy"),
         ("prometheusRule.enable=true", "enable"),
         ("dashboards.labelValue.x=1", "dashboards/labelValue"),
+        ("workers.spoolHostPath=var/spool", "workers/spoolHostPath"),  # a node path is absolute
     ],
 )
 def test_bad_values_fail_with_a_message_naming_the_value(
@@ -196,6 +200,21 @@ def test_images_per_worker_flavour_reach_the_operator(
     for name, image in expected.items():
         actual = operator["image"] if name == "operator" else env[name]
         assert actual == image.format(v=version)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [([], None), ([f"workers.spoolHostPath={NODE_SPOOL}"], NODE_SPOOL)],
+    ids=["defaults", "node-folder"],
+)
+def test_the_spool_host_path_reaches_the_operator_only_when_set(
+    cluster: LocalCluster, values: list[str], expected: str | None
+) -> None:
+    (operator,) = one(template(cluster, "kv-system", *values), "Deployment")["spec"]["template"][
+        "spec"
+    ]["containers"]
+    env = {e["name"]: e.get("value") for e in operator["env"]}
+    assert env.get("KUBEVISION_SPOOL_HOST_PATH") == expected
 
 
 def prometheus_operator_crds() -> Path:
@@ -451,6 +470,34 @@ def test_restricted_namespace_rejects_a_worker_pod_with_a_host_path(release: Rel
     assert "hostPath" in out.stderr
 
 
+def test_restricted_namespace_admits_a_spool_claim_but_not_a_spool_host_path(
+    release: Release,
+) -> None:
+    """A worker's disk spool on a PersistentVolumeClaim (``spec.spool.persistentVolumeClaim``,
+    mounted from the StatefulSet's claim template) keeps the pod "restricted"; on the chart's
+    ``workers.spoolHostPath`` it does not, as the README says."""
+    ns = release.ns
+    sts = wait_for(
+        lambda: ns.get("statefulset", group_name("people", "site-b", "jetson")),
+        timeout=60,
+        what="the Jetson group's StatefulSet",
+    )
+    pod: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe"}}
+    pod["spec"] = sts["spec"]["template"]["spec"]
+    spool = next(v for v in pod["spec"]["volumes"] if v["name"] == "spool")
+    spool.clear()
+    spool.update(name="spool", persistentVolumeClaim={"claimName": "spool-probe-0"})
+    accepted = ns.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(pod))
+    assert "created (server dry run)" in accepted
+    spool.pop("persistentVolumeClaim")
+    spool["hostPath"] = {"path": NODE_SPOOL, "type": "Directory"}
+    out = ns.cluster.control_plane.kubectl(
+        "-n", ns.name, "create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False
+    )
+    assert out.returncode != 0
+    assert 'violates PodSecurity "restricted:latest"' in out.stderr
+
+
 def test_only_one_replica_reconciles_and_the_standby_takes_over_when_it_dies(
     release: Release, record_property: Any
 ) -> None:
@@ -490,10 +537,11 @@ def assignments(ns: Namespace) -> dict[str, Any]:
 def test_upgrade_rolls_the_operator_and_cameras_stay_assigned(release: Release) -> None:
     ns = release.ns
     before = release.deployment()["spec"]["template"]
+    pipelines = len(ns.items("pipelines"))  # every sample camera matches every Pipeline
     assigned = wait_for(
-        lambda: (a := assignments(ns)) and all(a.values()) and a,
+        lambda: (a := assignments(ns)) and all(len(v or []) == pipelines for v in a.values()) and a,
         timeout=60,
-        what="every camera assigned",
+        what="every camera assigned by every Pipeline (one may just have been created)",
     )
     release.helm("upgrade", "operator.resyncSeconds=7", "operator.logLevel=debug")
     after = release.deployment()["spec"]["template"]

@@ -1,34 +1,25 @@
 """Event sinks against real peers: a mosquitto broker, local HTTP servers, files.
 
 The broker is the Debian ``mosquitto`` binary on a free port with its own config; webhooks
-are ``ThreadingHTTPServer``s that answer from a script of statuses. Nothing is mocked.
+are ``ThreadingHTTPServer``s that answer from a script of statuses (:mod:`tests.envtest.sinks`).
+Nothing is mocked. The outages that outlast the old retry budget, and a worker killed with its
+spool on disk, are in ``tests/reliability/test_sinks_down.py``.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import io
 import json
 import logging
-import os
-import pwd
-import shutil
-import signal
 import socket
 import subprocess
-import threading
+import sys
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
@@ -47,38 +38,36 @@ from kubevision.worker.sinks import (
     WebhookSink,
     build_sinks,
 )
-from tests.envtest.controlplane import free_port
+from kubevision.worker.spool import Limits, MemorySpool
+from tests.envtest.controlplane import REPO_ROOT, free_port
 from tests.envtest.poll import wait_for
+from tests.envtest.sinks import (
+    MOSQUITTO,
+    MOSQUITTO_PASSWD,
+    Mosquitto,
+    WebhookReceiver,
+    sink_counts,
+    subscriber,
+    track_event,
+    webhook,
+)
 
 PIPELINE = "shop"
 TOPIC = "kubevision/shop"
 SECRET = "hunter2-very-secret"
-MOSQUITTO = shutil.which("mosquitto", path="/usr/sbin:/usr/bin:/usr/local/sbin")
-MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd", path="/usr/bin:/usr/local/bin")
-CAPTURED = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
 
 
 def event(camera: str, track_id: int, kind: str = "track.started") -> TrackEvent:
-    return TrackEvent.model_validate(
-        {
-            "kind": kind,
-            "pipeline": PIPELINE,
-            "camera": camera,
-            "trackId": track_id,
-            "className": "person",
-            "confidence": 0.9,
-            "box": (track_id, 1.5, track_id + 10, 20.25),
-            "captureTime": CAPTURED + dt.timedelta(milliseconds=track_id),
-            "publishedTime": CAPTURED + dt.timedelta(seconds=1),
-        }
-    )
+    return track_event(PIPELINE, camera, track_id, kind)
 
 
 def counted(registry: CollectorRegistry, sink: str) -> dict[str, float]:
-    labels = {"pipeline": PIPELINE, "sink": sink}
+    """published, failed and dropped (all reasons) of ``sink``."""
+    counts = sink_counts(registry, PIPELINE, sink)
     return {
-        what: registry.get_sample_value(f"kubevision_sink_events_{what}_total", labels) or 0.0
-        for what in ("published", "failed", "dropped")
+        "published": counts["published"],
+        "failed": counts["failed"],
+        "dropped": sum(v for k, v in counts.items() if k.startswith("dropped_")),
     }
 
 
@@ -94,70 +83,6 @@ def counters(registry: CollectorRegistry, sink: str) -> SinkCounters:
 # -- MQTT -------------------------------------------------------------------------------------
 
 
-class Mosquitto:
-    """A real broker on 127.0.0.1 that can be stopped and started again on the same port.
-
-    Persistence is on so a persistent subscriber's session (its subscription and the messages
-    queued for it) survives a restart, as it would in production.
-    """
-
-    def __init__(self, workdir: Path, users: dict[str, str] | None = None) -> None:
-        assert MOSQUITTO is not None
-        self.port = free_port()
-        self.workdir = workdir
-        self.log_path = workdir / "mosquitto.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            f"allow_anonymous {'false' if users else 'true'}",
-            "persistence true",
-            f"persistence_location {workdir}/",
-            # as root, mosquitto would switch to the `mosquitto` user, which cannot read tmp_path
-            f"user {pwd.getpwuid(os.geteuid()).pw_name}",
-            "log_dest stderr",
-            # hold everything for a subscriber that reconnects after the sink (default: 1000)
-            "max_queued_messages 100000",
-        ]
-        if users:
-            assert MOSQUITTO_PASSWD is not None
-            password_file = workdir / "passwords"
-            for i, (user, password) in enumerate(users.items()):
-                create = ["-c"] if i == 0 else []
-                subprocess.run(
-                    [MOSQUITTO_PASSWD, *create, "-b", str(password_file), user, password],
-                    check=True,
-                    capture_output=True,
-                )
-            password_file.chmod(0o600)
-            lines.append(f"password_file {password_file}")
-        self.config = workdir / "mosquitto.conf"
-        self.config.write_text("\n".join(lines) + "\n")
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as out:
-            self._proc = subprocess.Popen(
-                [str(MOSQUITTO), "-c", str(self.config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        wait_for(self._accepting, timeout=10, what=f"mosquitto on port {self.port}")
-
-    def stop(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.send_signal(signal.SIGTERM)
-        self._proc.wait(10)
-
-    def _accepting(self) -> bool:
-        assert self._proc is not None
-        if self._proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited: {self.log_path.read_text()[-2000:]}")
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-            return True
-
-
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     if MOSQUITTO is None:
@@ -166,59 +91,6 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     b.start()
     yield b
     b.stop()
-
-
-class Subscriber:
-    """A paho client recording every message under ``TOPIC/#`` in arrival order.
-
-    Its session is persistent (clean_session=False), so messages published while it is
-    reconnecting after a broker restart wait for it instead of being lost.
-    """
-
-    def __init__(self, port: int, credentials: tuple[str, str] | None = None) -> None:
-        self.messages: list[tuple[str, TrackEvent]] = []
-        self.subscribed = threading.Event()
-        self._seen: set[bytes] = set()
-        self._lock = threading.Lock()
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"test-subscriber-{uuid.uuid4().hex[:8]}",
-            clean_session=False,
-        )
-        if credentials:
-            client.username_pw_set(*credentials)
-        client.reconnect_delay_set(1, 1)
-        client.on_connect = lambda c, *_: c.subscribe(f"{TOPIC}/#", qos=1)
-        client.on_subscribe = lambda *_: self.subscribed.set()
-        client.on_message = self._on_message
-        client.connect_async("127.0.0.1", port)
-        client.loop_start()
-        self._client = client
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            if msg.dup and msg.payload in self._seen:
-                return  # QoS 1 is at least once: the broker re-sent what we had already
-            self._seen.add(bytes(msg.payload))
-            self.messages.append((msg.topic, TrackEvent.model_validate_json(msg.payload)))
-
-    def received(self) -> list[tuple[str, TrackEvent]]:
-        with self._lock:
-            return list(self.messages)
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-
-@contextmanager
-def subscriber(port: int, credentials: tuple[str, str] | None = None) -> Iterator[Subscriber]:
-    sub = Subscriber(port, credentials)
-    try:
-        wait_for(sub.subscribed.is_set, timeout=10, what="the test subscriber's SUBACK")
-        yield sub
-    finally:
-        sub.close()
 
 
 def by_camera(messages: list[tuple[str, TrackEvent]]) -> dict[str, list[TrackEvent]]:
@@ -237,7 +109,7 @@ def test_mqtt_delivers_in_order_per_camera_and_queues_across_a_broker_restart(
     )
     sent: dict[str, list[TrackEvent]] = {"door": [], "yard": []}
     try:
-        with subscriber(broker.port) as sub:
+        with subscriber(broker.port, TOPIC) as sub:
             wait_for(lambda: sink.connected, timeout=10, what="the sink to connect")
             for track_id in range(20):  # one "frame" per track id, both cameras in each
                 frame = [event("door", track_id), event("yard", track_id, "track.updated")]
@@ -279,18 +151,18 @@ def test_mqtt_queue_is_bounded_and_drops_the_oldest_while_the_broker_is_down(
         f"mqtt://127.0.0.1:{broker.port}",
         TOPIC,
         counters(registry, "mqtt"),
-        queue_size=5,
+        spool=MemorySpool(Limits(max_events=5, max_bytes=2**20)),
         reconnect_max_delay=1,
     )
     try:
-        with subscriber(broker.port) as sub:
+        with subscriber(broker.port, TOPIC) as sub:
             wait_for(lambda: sink.connected, timeout=10, what="the sink to connect")
             broker.stop()
             wait_for(lambda: not sink.connected, timeout=10, what="the sink to notice")
             sink.publish([event("door", i) for i in range(8)])
             sink.publish([event("door", 8), event("door", 9)])
             assert sink.pending == 5
-            assert counted(registry, "mqtt")["dropped"] == 5
+            assert sink_counts(registry, PIPELINE, "mqtt")["dropped_spool_full"] == 5
             broker.start()
             wait_for(lambda: len(sub.received()) == 5, timeout=30, what="the 5 kept events")
             assert [e.track_id for _, e in sub.received()] == [5, 6, 7, 8, 9]
@@ -317,7 +189,7 @@ def test_mqtt_authenticates_from_env_and_never_shows_the_password(
     bad = good | {"KUBEVISION_OUTPUT_0_PASSWORD": SECRET + "-wrong"}
     caplog.set_level(logging.DEBUG, "kubevision.worker.sinks")
     try:
-        with subscriber(broker.port, ("reader", "reader-pw")) as sub:
+        with subscriber(broker.port, TOPIC, ("reader", "reader-pw")) as sub:
             fan_out = build_sinks([output], PIPELINE, registry, environ=good)
             rejected = build_sinks([output], PIPELINE, registry, environ=bad)
             try:
@@ -343,60 +215,6 @@ def test_mqtt_authenticates_from_env_and_never_shows_the_password(
 
 
 # -- webhook ----------------------------------------------------------------------------------
-
-
-class Webhook(ThreadingHTTPServer):
-    """Answers POSTs from a script of (status, headers), the last entry repeating, and records
-    every request as (status answered, body, Authorization header, monotonic arrival time)."""
-
-    def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
-        self.script = script
-        self.requests: list[tuple[int, bytes, str | None, float]] = []
-        self.lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _WebhookHandler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/events?token=query-token"
-
-    def delivered(self) -> list[TrackEvent]:
-        """Events of the requests answered 2xx, in order."""
-        with self.lock:
-            bodies = [body for status, body, _, _ in self.requests if status < 300]
-        return [TrackEvent.model_validate(e) for body in bodies for e in json.loads(body)]
-
-
-class _WebhookHandler(BaseHTTPRequestHandler):
-    server: Webhook
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        with self.server.lock:
-            n = len(self.server.requests)
-            status, headers = self.server.script[min(n, len(self.server.script) - 1)]
-            auth = self.headers.get("Authorization")
-            self.server.requests.append((status, body, auth, time.monotonic()))
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the test asserts on what was recorded."""
-
-
-@contextmanager
-def webhook(*script: tuple[int, dict[str, str]]) -> Iterator[Webhook]:
-    server = Webhook(list(script))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def test_webhook_retries_5xx_and_delivers_exactly_once(
@@ -456,17 +274,28 @@ def test_webhook_does_not_retry_a_client_error(registry: CollectorRegistry) -> N
         assert len(server.requests) == 1
 
 
-def test_webhook_down_bounds_the_queue_and_never_blocks_the_caller(
-    registry: CollectorRegistry,
+@pytest.fixture
+def silent_listener() -> Iterator[str]:
+    """The URL of a port that takes connections and never answers (it never accepts: the
+    kernel completes the handshakes), so a request to it hangs until its timeout."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/events"
+
+
+def test_webhook_down_bounds_the_spool_and_never_blocks_the_caller(
+    registry: CollectorRegistry, silent_listener: str
 ) -> None:
+    """A destination that never answers: its requests hang for the whole 1 s timeout, yet no
+    publish waits for them (none takes half of it, however loaded the machine), the spool
+    stays at its bound and exactly the overflow is dropped."""
     sink = WebhookSink(
-        f"http://127.0.0.1:{free_port()}/events",  # nothing listens: connection refused
+        silent_listener,
         counters(registry, "webhook"),
-        queue_size=50,
+        spool=MemorySpool(Limits(max_events=50, max_bytes=2**20)),
         batch_max=10,
-        max_attempts=3,
         backoff_base=0.01,
         backoff_cap=0.05,
+        timeout=1.0,
         drain_timeout=2,
     )
     slowest = 0.0
@@ -476,21 +305,22 @@ def test_webhook_down_bounds_the_queue_and_never_blocks_the_caller(
             sink.publish([event("door", i)])
             slowest = max(slowest, time.perf_counter() - started)
             assert sink.pending <= 50
-        wait_for(
-            lambda: counted(registry, "webhook")["failed"] > 0,
-            timeout=10,
-            what="a batch to exhaust its retries",
-        )
-        assert counted(registry, "webhook")["dropped"] >= 500 - 50 - 2 * 10
+        # retried without end: nothing given up on, exactly the overflow dropped
+        counts = sink_counts(registry, PIPELINE, "webhook")
+        assert counts["failed"] == 0
+        assert counts["dropped_spool_full"] == 450
+        assert counts["pending"] == sink.pending == 50
     finally:
         closing = time.monotonic()
         sink.close()
-        assert time.monotonic() - closing < 2.5
-    # the interpreter may switch threads mid-call (every 5 ms by default); a few ms is the bound
-    assert slowest < 0.01, f"publish blocked for {slowest * 1000:.1f} ms"
-    totals = counted(registry, "webhook")
-    assert totals["published"] == 0
-    assert totals["failed"] + totals["dropped"] == 500, "every event accounted for"
+        # the drain time, then at most the request in flight
+        assert time.monotonic() - closing < 2 + 1.0 + 0.5
+    assert slowest < 0.5, f"publish waited {slowest:.2f} s: on the network"
+    totals = sink_counts(registry, PIPELINE, "webhook")
+    assert totals["published"] == totals["failed"] == 0
+    assert totals["dropped_closed"] == 50, "a memory spool loses what it holds at close"
+    assert totals["dropped_spool_full"] + totals["dropped_closed"] == 500
+    assert totals["pending"] == 0, "a closed sink no longer counts as pending"
 
 
 # -- files, stdout, fan-out, building ---------------------------------------------------------
@@ -621,7 +451,7 @@ def test_mqtt_loses_nothing_and_keeps_order_when_the_broker_dies_mid_stream(
     )
     sent = [event("door", i) for i in range(3000)]
     try:
-        with subscriber(broker.port) as sub:
+        with subscriber(broker.port, TOPIC) as sub:
             wait_for(lambda: sink.connected, timeout=10, what="the sink to connect")
             for i in range(0, 1000, 10):
                 sink.publish(sent[i : i + 10])
@@ -648,3 +478,70 @@ def test_mqtt_loses_nothing_and_keeps_order_when_the_broker_dies_mid_stream(
     finally:
         sink.close()
     assert counted(registry, "mqtt") == {"published": 3000.0, "failed": 0.0, "dropped": 0.0}
+
+
+FULL_DISK = """
+import json, resource, signal, sys
+from pathlib import Path
+from prometheus_client import CollectorRegistry
+from kubevision.worker.sinks import SinkMetrics, WebhookSink
+from kubevision.worker.spool import Limits, SqliteSpool
+from tests.envtest.poll import wait_for
+from tests.envtest.sinks import sink_counts, track_event
+
+url, folder = sys.argv[1], Path(sys.argv[2])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+registry = CollectorRegistry()
+spool = SqliteSpool(folder / "spool.sqlite", Limits(100_000, 2**26))
+sink = WebhookSink(url, SinkMetrics.on(registry).bind("shop", "webhook"), spool=spool,
+                   backoff_base=0.05, backoff_cap=0.2)
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, hard))  # the disk fills up
+n = 0
+while sink_counts(registry, "shop", "webhook")["dropped_spool_error"] < 20:
+    sink.publish([track_event("shop", "door", n)])
+    n += 1
+stored = sink.pending
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # room again
+for m in range(n, n + 10):
+    sink.publish([track_event("shop", "door", m)])
+print(json.dumps({"published": n + 10, "stored_when_full": stored, "pending": sink.pending}))
+sys.stdout.flush()
+sys.stdin.readline()  # the test starts the receiver, then says go
+wait_for(lambda: sink.pending == 0, timeout=30, what="the spool to drain")
+sink.close()
+print(json.dumps(sink_counts(registry, "shop", "webhook")))
+"""
+
+
+def test_a_full_disk_drops_only_what_it_cannot_store_and_counts_it(tmp_path: Path) -> None:
+    """A webhook sink in a process of its own whose disk spool cannot grow (RLIMIT_FSIZE, as on
+    a full disk): the events it cannot store are counted as ``spool_error``, those stored
+    before stay, storing resumes once there is room, and every stored event is delivered."""
+    receiver = WebhookReceiver([(200, {})])  # not listening yet: everything stays spooled
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FULL_DISK, receiver.url, str(tmp_path)],
+        cwd=REPO_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        spooled = json.loads(proc.stdout.readline())
+        assert spooled["stored_when_full"] > 0
+        assert spooled["pending"] == spooled["stored_when_full"] + 10, "storing resumed"
+        receiver.start()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        counts = json.loads(proc.stdout.readline())
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        receiver.stop()
+    delivered = [e.track_id for e in receiver.delivered()]
+    assert counts["dropped_spool_error"] == 20
+    assert counts["published"] == len(delivered) == spooled["published"] - 20
+    assert delivered == sorted(delivered), "in order, the failed ones left out"
+    assert counts["dropped_spool_full"] == counts["failed"] == 0

@@ -42,16 +42,23 @@ def worker_config(cameras: list[dict[str, Any]], events: Path) -> dict[str, Any]
 class Worker:
     """``kubevision-worker serve`` in a subprocess, read through its metrics endpoint."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, *args: str) -> None:
         self.port = free_port()
         env = {
             **os.environ,
             "KUBEVISION_SHARD": "0",
             "KUBEVISION_MODEL_DIR": str(require("models/yolox_nano_416.onnx").parent),
         }
-        with log.open("wb") as out:
+        with log.open("ab") as out:  # a restarted worker appends
             self.proc = subprocess.Popen(
-                [str(WORKER), "serve", f"--config={config}", f"--port={self.port}", "--threads=1"],
+                [
+                    str(WORKER),
+                    "serve",
+                    f"--config={config}",
+                    f"--port={self.port}",
+                    "--threads=1",
+                    *args,
+                ],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -12,10 +12,16 @@ import pytest
 from kubevision.api.camera import CameraSpec
 from kubevision.api.modelvariant import HardwareClass
 from kubevision.api.pipeline import PipelineSpec
-from kubevision.api.worker_config import CONFIG_FILE, WorkerConfig, output_credential_env
+from kubevision.api.worker_config import (
+    CONFIG_FILE,
+    SpoolConfig,
+    WorkerConfig,
+    output_credential_env,
+)
 from kubevision.operator.builders import (
     GROUP_LABEL,
     PIPELINE_LABEL,
+    SPOOL_DIR,
     build_configmap,
     build_service,
     build_statefulset,
@@ -282,7 +288,11 @@ def test_statefulset_runs_one_replica_per_shard_and_mounts_its_configmap() -> No
     template_labels = sts["spec"]["template"]["metadata"]["labels"]
     assert sts["spec"]["selector"]["matchLabels"].items() <= template_labels.items()
     assert {"name": "config", "configMap": {"name": g.name}} in pod_spec(sts)["volumes"]
-    assert container(sts)["args"] == ["serve", f"--config=/etc/kubevision/{CONFIG_FILE}"]
+    assert container(sts)["args"] == [
+        "serve",
+        f"--config=/etc/kubevision/{CONFIG_FILE}",
+        "--spool-dir=/var/spool/kubevision",  # the default disk spool
+    ]
     shard_env = next(e for e in container(sts)["env"] if e["name"] == "KUBEVISION_SHARD")
     assert "apps.kubernetes.io/pod-index" in shard_env["valueFrom"]["fieldRef"]["fieldPath"]
 
@@ -536,3 +546,76 @@ def test_a_read_only_worker_still_has_a_writable_home_and_tmp(hardware: Hardware
     assert env["HOME"] == "/tmp"
     assert "emptyDir" in volumes[mounts["/tmp"]]
     assert pod["securityContext"]["fsGroup"] == 65532, "emptyDirs writable by the worker"
+
+
+# -- the spool of the webhook and MQTT outputs ------------------------------------------------
+
+
+def spool_mount(sts: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    """(the --spool-dir argument, the volume mounted there) of a worker StatefulSet."""
+    args = [a for a in container(sts)["args"] if a.startswith("--spool-dir=")]
+    mounts = [m for m in container(sts)["volumeMounts"] if m["mountPath"] == SPOOL_DIR]
+    volumes = {v["name"]: v for v in pod_spec(sts)["volumes"]}
+    if not args:
+        assert not mounts
+        return None, None
+    (mount,) = mounts
+    assert args[0].startswith(f"--spool-dir={SPOOL_DIR}"), "the folder is on the spool volume"
+    return args[0].removeprefix("--spool-dir="), volumes.get(mount["name"])
+
+
+def test_a_disk_spool_gets_an_emptydir_by_default_and_its_bounds_reach_the_worker() -> None:
+    spec = pipeline_spec(spool={"maxEvents": 500, "maxBytes": 2**21})
+    sts = statefulset_for("cpu", spec=spec)
+    assert spool_mount(sts) == (SPOOL_DIR, {"name": "spool", "emptyDir": {}})
+    assert "volumeClaimTemplates" not in sts["spec"]
+    config = build_worker_config("people", "vision", spec, group("cpu", site="site-a"))
+    assert config.spool == SpoolConfig(storage="disk", max_events=500, max_bytes=2**21)
+
+
+def test_a_memory_spool_mounts_nothing() -> None:
+    spec = pipeline_spec(spool={"storage": "memory"})
+    assert spool_mount(statefulset_for("jetson", spec=spec)) == (None, None)
+    config = build_worker_config("people", "vision", spec, group("jetson", site="site-a"))
+    assert config.spool.storage == "memory"
+
+
+def test_a_spool_claim_is_a_volume_claim_template_per_replica_deleted_with_the_pipeline() -> None:
+    claim = {"size": "2Gi", "storageClassName": "local-path"}
+    sts = statefulset_for("jetson", spec=pipeline_spec(spool={"persistentVolumeClaim": claim}))
+    directory, volume = spool_mount(sts)
+    assert directory == SPOOL_DIR
+    assert volume is None, "the StatefulSet controller adds the claim of each replica"
+    assert sts["spec"]["volumeClaimTemplates"] == [
+        {
+            "metadata": {"name": "spool"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "2Gi"}},
+                "storageClassName": "local-path",
+            },
+        }
+    ]
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Delete",  # no orphaned claims once the Pipeline is gone
+        "whenScaled": "Retain",  # a replica scaled back up gets its undelivered events back
+    }
+
+
+def test_a_node_spool_folder_is_a_host_path_with_a_folder_per_pod() -> None:
+    settings = OperatorSettings(spool_host_path="/var/lib/kubevision/spool")
+    sts = build_statefulset(
+        sample_pipeline_body(), pipeline_spec(), group("jetson", site="site-a"), settings
+    )
+    directory, volume = spool_mount(sts)
+    assert directory == f"{SPOOL_DIR}/vision/$(KUBEVISION_POD_NAME)"
+    # the folder must exist (owned by the worker's UID): one the kubelet created is root's
+    assert volume == {
+        "name": "spool",
+        "hostPath": {"path": "/var/lib/kubevision/spool", "type": "Directory"},
+    }
+    env = {e["name"] for e in container(sts)["env"]}
+    assert "KUBEVISION_POD_NAME" in env, "the kubelet expands $(KUBEVISION_POD_NAME) from it"
+    claimed = pipeline_spec(spool={"persistentVolumeClaim": {}})
+    sts = build_statefulset(sample_pipeline_body(), claimed, group("jetson"), settings)
+    assert spool_mount(sts) == (SPOOL_DIR, None), "a Pipeline's claim wins over the node folder"
