@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+# TrackEval (HOTA, benchmarks/hota.py) without its dependencies: it requires opencv-python,
+# a second owner of cv2 beside opencv-python-headless; its metrics need only numpy/scipy
+	$(PY) -m pip install -q --no-deps trackeval==1.3.0
 	touch $@
 
 install: $(STAMP) ## create .venv and install kubevision with its dev tools
@@ -26,9 +29,10 @@ install: $(STAMP) ## create .venv and install kubevision with its dev tools
 system-packages: ## install the Debian packages the tests run (ffmpeg, GStreamer RTSP, mosquitto, prometheus)
 	bash tests/toolchain/system_packages.sh
 
-toolchain: $(STAMP) ## build (or find cached) the pinned Kubernetes binaries and helm; fetch tritonserver (pytriton's CPU build) with its Python-backend env
+toolchain: $(STAMP) ## build (or find cached) the pinned Kubernetes binaries and helm; fetch tritonserver (pytriton's CPU build) with its Python-backend env and the Kafka broker's jars
 	bash tests/toolchain/build.sh
 	bash tests/toolchain/triton.sh
+	bash tests/toolchain/kafka.sh
 
 # mypy cannot follow the package-dir mapping (operator/ -> kubevision.operator), so it checks a
 # view of symlinks shaped like the import names.

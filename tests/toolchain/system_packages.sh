@@ -2,7 +2,8 @@
 # Install the Debian packages the test suite runs for real, when any is missing.
 #
 # Real components the tests start on loopback ports: GStreamer's RTSP server (through the
-# system python3-gi) fed by ffmpeg, mosquitto (MQTT) and prometheus + promtool. The tests run
+# system python3-gi) fed by ffmpeg, mosquitto (MQTT) and prometheus + promtool; Maven fetches
+# the Kafka broker's jars (tests/toolchain/kafka.sh), which run on the machine's Java. The tests run
 # each binary themselves; the packages' system services are never used.
 #
 # As root this runs apt-get; otherwise it uses `sudo -n` where that works without a password,
@@ -12,6 +13,7 @@ set -euo pipefail
 
 packages=(
   ffmpeg
+  maven
   mosquitto
   prometheus
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base
