@@ -132,13 +132,16 @@ class KafkaSink(SpooledSink):
             self._producer.poll(0.05 if not records else 0)
 
     def _produce(self, record: Record) -> None:
+        def report(err: KafkaError | None, msg: Message | None) -> None:
+            self._delivered(record, err, msg)
+
         while True:
             try:
                 self._producer.produce(
                     self._topic,
                     value=record.payload,
                     key=record.camera.encode(),
-                    on_delivery=lambda err, msg, record=record: self._delivered(record, err, msg),
+                    on_delivery=report,
                 )
                 return
             except BufferError:  # librdkafka's own queue is full: let it drain

@@ -179,5 +179,5 @@ class TopicReader:
                 continue
             with self._lock:
                 self._messages.append(
-                    (message.partition(), message.key() or b"", message.value() or b"")
+                    (message.partition() or 0, message.key() or b"", message.value() or b"")
                 )

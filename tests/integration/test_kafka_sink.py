@@ -73,6 +73,10 @@ def _publish(sink: KafkaSink, count: int, rate: float) -> threading.Thread:
     return thread
 
 
+def _wait_for_more(reader: TopicReader, seen: int) -> None:
+    wait_for(lambda: len(reader.messages()) > seen, timeout=60, what="events flowing")
+
+
 def _expected(count: int) -> dict[str, list[int]]:
     return {c: [n for n in range(count) if CAMERAS[n % len(CAMERAS)] == c] for c in CAMERAS}
 
@@ -106,10 +110,7 @@ def test_broker_restarts_lose_nothing_and_keep_each_cameras_order(
     try:
         publisher = _publish(sink, count, rate)
         for _ in range(2):
-            seen = len(reader.messages())
-            wait_for(
-                lambda seen=seen: len(reader.messages()) > seen, timeout=60, what="events flowing"
-            )
+            _wait_for_more(reader, len(reader.messages()))
             broker.restart(kill=kill)
         publisher.join()
         wait_for(lambda: len(reader.messages()) >= count, timeout=120, what=f"{count} events")
