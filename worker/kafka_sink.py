@@ -179,19 +179,6 @@ class KafkaSink(SpooledSink):
         by itself; warn once per outage."""
         self._log_problem("Kafka broker unreachable, keeping events in the spool", err.str())
 
-    def _log_problem(self, message: str, reason: str) -> None:
-        with self._cond:
-            first, self._problem_logged = not self._problem_logged, True
-        log.log(
-            logging.WARNING if first else logging.DEBUG,
-            "%s: sink=kafka url=%s reason=%s pending=%d",
-            message,
-            self._safe_url,
-            reason,
-            self.pending,
-            extra={"sink": self.kind, "url": self._safe_url, "reason": reason},
-        )
-
 
 def _producer_config(
     servers: str, protocol: str, credentials: Credentials | None, on_error: Any

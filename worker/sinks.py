@@ -291,6 +291,7 @@ class SpooledSink:
     _dropping: bool
     _safe_url: str
     _spool_broken: bool = False
+    _problem_logged: bool = False
 
     def _is_closing(self) -> bool:
         raise NotImplementedError
@@ -354,6 +355,22 @@ class SpooledSink:
             self.kind,
             exc,
             extra={"sink": self.kind, "url": self._safe_url, "error": str(exc)},
+        )
+
+    def _log_problem(self, message: str, reason: str) -> None:
+        """Warn once per outage (clients retry every few seconds), not once per attempt; a
+        delivery clears ``_problem_logged``."""
+        with self._cond:
+            first, self._problem_logged = not self._problem_logged, True
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "%s: sink=%s url=%s reason=%s pending=%d",
+            message,
+            self.kind,
+            self._safe_url,
+            reason,
+            self.pending,
+            extra={"sink": self.kind, "url": self._safe_url, "reason": reason},
         )
 
     def _close_spool(self) -> None:
@@ -807,20 +824,6 @@ class MqttSink(SpooledSink):
             if not self._inflight:
                 self._resync = False
         self._settle(record, failed=reason.is_failure)
-
-    def _log_problem(self, message: str, reason: str) -> None:
-        """Warn once per outage (paho retries every few seconds), not once per attempt."""
-        with self._cond:
-            first, self._problem_logged = not self._problem_logged, True
-        log.log(
-            logging.WARNING if first else logging.DEBUG,
-            "%s: sink=mqtt url=%s reason=%s pending=%d",
-            message,
-            self._safe_url,
-            reason,
-            self.pending,
-            extra={"sink": self.kind, "url": self._safe_url, "reason": reason},
-        )
 
 
 # -- fan-out ----------------------------------------------------------------------------------
