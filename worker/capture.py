@@ -37,6 +37,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from kubevision.api.camera import LAST_ERROR_MAX
 from kubevision.api.worker_config import CameraAssignment
 from kubevision.worker.metrics import CameraMetrics
 from kubevision.worker.nvdec import (
@@ -541,7 +542,7 @@ class CameraStream:
             key_frame=decoded.key_frame,
         )
         self._next_index += 1
-        self._count_arrival(mono)
+        self._count_arrival(mono, wall)
         sampled = self._sample(frame, first=first)
         with self._cond:
             if sampled:
@@ -552,8 +553,9 @@ class CameraStream:
                 self._state = StreamState.STREAMING
                 self._last_error = None
             self._cond.notify()
-        if first:
+        if first:  # up before the error is cleared: /status never shows down without a reason
             self._metrics.up.set(1)
+            self._metrics.set_error(None)
             log.info("capture streaming camera=%s", self.name)
 
     def _sample(self, frame: Frame, *, first: bool) -> bool:
@@ -568,8 +570,10 @@ class CameraStream:
         self._metrics.skipped.inc()
         return False
 
-    def _count_arrival(self, mono: float) -> None:
-        """``kubevision_stream_fps``: decoded frames per second, sampled or not."""
+    def _count_arrival(self, mono: float, wall: float) -> None:
+        """``kubevision_stream_fps``: decoded frames per second, sampled or not; and the time of
+        the newest frame."""
+        self._metrics.last_frame.set(wall)
         self._arrivals.append(mono)
         if len(self._arrivals) >= 2 and mono > self._arrivals[0]:
             self._metrics.fps.set((len(self._arrivals) - 1) / (mono - self._arrivals[0]))
@@ -621,10 +625,12 @@ class CameraStream:
         return CaptureError(f"{phase} failed: {detail}")
 
     def _fail(self, error: str, retry_in: float) -> None:
+        error = error[:LAST_ERROR_MAX]  # a hostile stream's message must not fill the status
         with self._cond:
             self._last_error = error
             if self._state not in (StreamState.STOPPED, StreamState.FINISHED):
                 self._state = StreamState.BACKOFF
+        self._metrics.set_error(error)
         self._mark_down()
         log.warning("capture failed camera=%s error=%r retry_in=%.2fs", self.name, error, retry_in)
 
