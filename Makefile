@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TYPECHECK_ROOT := .kubevision/typecheck
 
-.PHONY: system-packages bench bench-reliability bench-operator bench-worker bench-tracking bench-autoscaling bench-gpu bench-gpu-decode bench-gpu-density help install toolchain lint format crds dashboards test test-unit demo cluster-up cluster-down cluster-status images images-smoke clean
+.PHONY: system-packages bench bench-reliability bench-operator bench-worker bench-tracking bench-autoscaling bench-gpu bench-gpu-decode bench-gpu-nvdec bench-gpu-density help install toolchain lint format crds dashboards test test-unit demo cluster-up cluster-down cluster-status images images-smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -90,6 +90,33 @@ bench-gpu: $(STAMP) ## GPU: detector throughput vs batch (YOLOX-nano; YOLOv8 s/m
 
 bench-gpu-decode: $(STAMP) $(GPU_CLIP) ## GPU: NVDEC vs CPU decode throughput, N concurrent 1080p streams
 	$(PY) -m benchmarks.gpu.decode_throughput --clip $(GPU_CLIP)
+
+# NVDEC ceiling vs the worker's path (benchmarks/gpu/nvdec_on_device.sh runs the same on a machine
+# without network): 1080p H.264 clips with and without B-frames; the baseline is capture.py and
+# nvdec.py as of NVDEC_BASELINE, the commit before the NVDEC work of issue 15.
+NVDEC_DIR := .kubevision/gpu
+NVDEC_BASELINE ?= afd3a10
+NVDEC_CONFIGS ?= decode@1,4,8,16,32,64;worker-baseline@1,4,16,32,64;worker@1,4,16,32,64,96;\
+worker-exact@16,64;worker-baseline/p4@64;worker/p4@64,128;decode/t8@64;bgr-sync@16;rgb@16
+NVDEC_IPPP_CONFIGS ?= decode@16,64;worker-baseline@16,64;worker@16,64,96;worker/p4@96
+
+$(NVDEC_DIR)/clip.mp4:
+	bash benchmarks/gpu/make_clip.sh $@ 150 2
+
+$(NVDEC_DIR)/clip_ippp.mp4:
+	bash benchmarks/gpu/make_clip.sh $@ 150 0
+
+$(NVDEC_DIR)/baseline/nvdec.py:
+	mkdir -p $(@D)
+	git show $(NVDEC_BASELINE):worker/capture.py > $(@D)/capture.py
+	git show $(NVDEC_BASELINE):worker/nvdec.py > $@
+
+bench-gpu-nvdec: $(STAMP) $(NVDEC_DIR)/clip.mp4 $(NVDEC_DIR)/clip_ippp.mp4 $(NVDEC_DIR)/baseline/nvdec.py ## GPU: NVDEC ceiling (decode only) vs the worker's NVDEC path, N streams, same run
+	$(PY) -m benchmarks.gpu.nvdec_ceiling --clip $(NVDEC_DIR)/clip.mp4 --name gpu_nvdec_ceiling \
+	  --baseline $(NVDEC_DIR)/baseline --configs '$(NVDEC_CONFIGS)' --seconds 4 \
+	  --check-videos ../shared/assets/videos/*.mp4
+	$(PY) -m benchmarks.gpu.nvdec_ceiling --clip $(NVDEC_DIR)/clip_ippp.mp4 \
+	  --name gpu_nvdec_ceiling_ippp --baseline $(NVDEC_DIR)/baseline --configs '$(NVDEC_IPPP_CONFIGS)'
 
 bench-gpu-density: $(STAMP) $(GPU_CLIP) ## GPU: most 30 FPS 1080p streams at p99 <= 100 ms vs the batch-1 loop
 	$(PY) -m model_catalog.tools.prepare dynamic ../shared/assets/models/yolox_nano_416.onnx .kubevision/bench/yolox_nano_dynamic.onnx

@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache, cached_property
@@ -51,6 +52,7 @@ from kubevision.worker.nvdec import (
     Pixels,
     VideoPacket,
     decide_decoder,
+    order_after,
 )
 
 if TYPE_CHECKING:
@@ -105,6 +107,9 @@ class Frame:
     capture_wall: float
     capture_mono: float
     key_frame: bool = False
+    ready: torch.cuda.Event | None = field(default=None, repr=False)
+    """NVDEC's event for ``pixels`` (see :attr:`Picture.ready`); :meth:`CameraStream.get`
+    orders the caller's CUDA stream after it."""
 
     @cached_property
     def image(self) -> npt.NDArray[np.uint8]:
@@ -112,12 +117,15 @@ class Frame:
         so frames that are dropped or consumed on the GPU never cost a copy."""
         if isinstance(self.pixels, np.ndarray):
             return self.pixels
+        if self.ready is not None:
+            self.ready.synchronize()  # any thread may ask, on any stream
         return cast("npt.NDArray[np.uint8]", self.pixels.cpu().numpy())
 
     @property
     def device_image(self) -> torch.Tensor | None:
-        """The frame as a CUDA tensor when NVDEC decoded it (None for CPU-decoded frames);
-        see :class:`~kubevision.worker.nvdec.NvdecDecoder` for using it on another stream."""
+        """The frame as a CUDA tensor when NVDEC decoded it (None for CPU-decoded frames),
+        ready for work on the stream that was current where :meth:`CameraStream.get` was
+        called (another stream must wait for :attr:`ready` first)."""
         return None if isinstance(self.pixels, np.ndarray) else self.pixels
 
 
@@ -190,6 +198,10 @@ class PacketDecoder(Protocol):
         """The container was sought back to the start: the next packet begins a new pass."""
         ...
 
+    def streaming(self) -> AbstractContextManager[None]:
+        """Held around a whole session on the capture thread (NVDEC: its CUDA stream)."""
+        ...
+
     def close(self) -> None:
         """Release the decoder's resources."""
         ...
@@ -214,6 +226,10 @@ class CpuDecoder:
 
     def restart(self) -> None:
         """Nothing to do: seeking the container flushes FFmpeg's decoder."""
+
+    def streaming(self) -> AbstractContextManager[None]:
+        """Nothing to hold: FFmpeg keeps no per-thread state."""
+        return nullcontext()
 
     def close(self) -> None:
         """Nothing to do: the codec context closes with its container."""
@@ -341,10 +357,17 @@ class CameraStream:
 
     def get(self, timeout: float | None = None) -> Frame | None:
         """The oldest buffered frame (the newest with buffer size 1), waiting up to ``timeout``
-        seconds; None on timeout or once the stream is stopped/finished and drained."""
+        seconds; None on timeout or once the stream is stopped/finished and drained.
+
+        An NVDEC frame is handed over without waiting for the GPU: the caller's current CUDA
+        stream is made to wait for its decoding, so work queued there afterwards sees it whole.
+        """
         with self._cond:
             self._cond.wait_for(lambda: self._buffer or self._done(), timeout)
-            return self._buffer.popleft() if self._buffer else None
+            frame = self._buffer.popleft() if self._buffer else None
+        if frame is not None and frame.ready is not None:
+            order_after(cast("torch.Tensor", frame.pixels), frame.ready)
+        return frame
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the thread; returns within ``timeout`` (default: the read timeout + 1 s) even
@@ -429,7 +452,8 @@ class CameraStream:
             stream = container.streams.video[0]
             decoder = self._open_decoder(stream)
             try:
-                self._stream_session(container, stream, decoder, target, timeout)
+                with decoder.streaming():
+                    self._stream_session(container, stream, decoder, target, timeout)
             finally:
                 decoder.close()
 
@@ -540,6 +564,7 @@ class CameraStream:
             capture_wall=wall,
             capture_mono=mono,
             key_frame=decoded.key_frame,
+            ready=decoded.ready,
         )
         self._next_index += 1
         self._count_arrival(mono, wall)

@@ -6,7 +6,9 @@ timestamps behave the same on either decoder. NVDEC's parser reads an Annex B by
 H.264/HEVC packets from MP4-style containers are rewritten by FFmpeg's ``*_mp4toannexb``
 filter, and parameter sets that a live source only sent out of band (SDP) are put in front of
 the first packet. Decoded NV12/P016/YUV444 surfaces are read in place through DLPack and
-converted to BGR on the GPU with torch, so a frame never travels through host memory.
+converted to BGR on the GPU with torch, so a frame never travels through host memory, and the
+host never waits for the GPU per packet: each packet's pictures carry a CUDA event
+(:attr:`Picture.ready`) that consumers order their own stream after.
 
 Nothing here needs a GPU to import: torch and PyNvVideoCodec are loaded when a decoder is
 built, and :func:`nvdec_unavailable_reason` says, without raising, why NVDEC cannot be used.
@@ -14,6 +16,7 @@ built, and :func:`nvdec_unavailable_reason` says, without raising, why NVDEC can
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib
@@ -21,6 +24,7 @@ import importlib.util
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -223,6 +227,18 @@ class ColorSpec:
         return cls(_AVCOL_SPC.get(colorspace, default), color_range == _AVCOL_RANGE_JPEG)
 
 
+NVDEC_RGB_SPECS = frozenset({ColorSpec(ColorMatrix.BT709), ColorSpec(ColorMatrix.BT601)})
+"""Colour specs whose conversion PyNvVideoCodec does itself, inside ``Decode``: limited-range
+BT.709 and BT.601, the matrices its converter takes from the stream's tags
+(``benchmarks/gpu/nvdec_ceiling.py`` compares it with :class:`BgrConverter`: within one code
+value on the H200, it truncates where the converter rounds). A stream tagged with one of them
+is decoded straight to RGB, and a frame then costs one tensor operation (the flip to BGR)
+instead of the converter's eight torch calls, each of which lets go of the GIL and waits to
+take it back while every other capture thread wants it (one process on the H200: 2,677
+against 1,366 frames/s); untagged, full-range and BT.2020 streams go through
+:class:`BgrConverter`."""
+
+
 class BgrConverter:
     """Y'CbCr planes -> ``(H, W, 3)`` uint8 BGR with one stream's colour spec, on one device.
 
@@ -322,6 +338,20 @@ class Picture:
     time: float | None
     """``pts`` in seconds."""
     key_frame: bool
+    ready: torch.cuda.Event | None = field(default=None, repr=False)
+    """Recorded on the decoder's CUDA stream once ``pixels`` are written (None: they already
+    are, e.g. host pixels). Wait for it before reading ``pixels`` on another stream or the host
+    (:func:`order_after`)."""
+
+
+def order_after(pixels: torch.Tensor, ready: torch.cuda.Event) -> None:
+    """Make the calling thread's current CUDA stream wait, on the GPU, for the decoder's work
+    on ``pixels``, and keep their memory from being reused before that stream is done."""
+    import torch  # optional (kubevision[gpu]): loaded only where GPUs are used
+
+    stream = torch.cuda.current_stream(pixels.device)
+    stream.wait_event(ready)
+    pixels.record_stream(stream)
 
 
 class AnnexB:
@@ -363,10 +393,27 @@ class NvdecDecoder:
     """Decodes one PyAV video stream's packets on NVDEC into BGR CUDA tensors.
 
     Owns a CUDA stream: NVDEC writes its output surface on it and the colour conversion runs
-    on it, and every :meth:`decode` waits for that stream before returning, so the next call
-    can reuse the surface and the returned tensors are complete for any consumer stream. A
-    consumer that keeps using a tensor asynchronously on another stream must call
-    ``tensor.record_stream(its_stream)`` before dropping it.
+    on it. The host does not wait for it: the pictures of one packet share a CUDA event
+    recorded after their conversion (:attr:`Picture.ready`), which a consumer waits for on
+    its own stream (:func:`order_after`; :meth:`CameraStream.get` does it). The next
+    :meth:`decode` waits on the host only if the GPU has not yet reached that event, so that
+    NVDEC never overwrites a surface still being read (normally it has, and that costs no
+    wait and no GIL hand-over).
+
+    Every capture thread runs this per packet under the GIL, so the work per picture is kept
+    to a few Python calls: NVDEC converts tagged BT.601/709 streams to RGB itself
+    (:data:`NVDEC_RGB_SPECS`), :meth:`streaming` keeps the decoder's stream current for a whole
+    session instead of switching per packet, the surface is imported through DLPack with the
+    stream already known, and :meth:`restart` (a looping file) keeps the NVDEC session: a new
+    one costs ~50 ms of GIL-holding setup per pass.
+
+    Streams without B-frames (what cameras send) decode in NVDEC's low-latency mode. When the
+    stream also signals that it never reorders (``max_num_reorder_frames`` 0, as x264 writes
+    it), each picture comes out of the :meth:`decode` that submitted it; with the native mode
+    the 1080p B-frame clip's pictures left 3 to 6 packets (100-200 ms at 30 FPS) after their
+    own. A stream whose SPS does not say so is still held until the decoded picture buffer
+    bumps it (six pictures for ``car-detection.mp4``; ``benchmarks/gpu/nvdec_ceiling.py``
+    measures it as ``worker_decoder_lag``).
 
     Raises:
         NvdecError: the codec, the GPU or the driver cannot decode this stream.
@@ -388,27 +435,44 @@ class NvdecDecoder:
         self._nvc = importlib.import_module("PyNvVideoCodec")
         self._codec = getattr(self._nvc.cudaVideoCodec, _NV_CODECS[codec_name])
         self._gpu = gpu
-        self._time_base = stream.time_base
         context = stream.codec_context
+        self._tick = float(stream.time_base) if stream.time_base else None
+        """Seconds per pts unit (a float: Fraction arithmetic per frame costs microseconds)."""
+        self.low_latency = not context.has_b_frames
+        """Each packet's picture is output at once (IPPP streams; B-frames need reordering)."""
+        self._end_of_picture = self._nvc.VideoPacketFlag.ENDOFPICTURE if self.low_latency else None
         color = ColorSpec.of_stream(context.colorspace, context.color_range, context.height)
+        self.native_rgb = context.colorspace in _AVCOL_SPC and color in NVDEC_RGB_SPECS
+        """NVDEC converts to RGB itself (see :data:`NVDEC_RGB_SPECS`); else BgrConverter."""
         self._annexb = AnnexB(stream)
         self._key_pts: deque[int] = deque(maxlen=_KEY_PTS_KEPT)
         self._timed = False  # packets carry pts (a raw bitstream's do not)
+        self._last_ready: torch.cuda.Event | None = None
+        self._flushed = False  # the last packet was the end of stream
+        self._on_stream: Callable[[], AbstractContextManager[Any]] = self._switch_stream
         try:
             device = torch.device("cuda", gpu)
             self._cuda_stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+            self._stream_id: int = self._cuda_stream.cuda_stream
             self._convert = BgrConverter(color, device)
             self._decoder: Any = self._create()
         except Exception as exc:
             raise NvdecError(f"NVDEC setup on GPU {gpu} failed: {exc}") from exc
-        log.debug("nvdec decoder ready gpu=%d codec=%s color=%s", gpu, codec_name, color)
+        log.debug(
+            "nvdec decoder ready gpu=%d codec=%s color=%s native_rgb=%s low_latency=%s",
+            gpu, codec_name, color, self.native_rgb, self.low_latency,
+        )  # fmt: skip
 
     def _create(self) -> Any:
-        return self._nvc.CreateDecoder(
+        nvc = self._nvc
+        color, latency = nvc.OutputColorType, nvc.DisplayDecodeLatencyType
+        return nvc.CreateDecoder(
             gpuid=self._gpu,
             codec=self._codec,
-            cudastream=self._cuda_stream.cuda_stream,
+            cudastream=self._stream_id,
             usedevicememory=True,
+            outputColorType=color.RGB if self.native_rgb else color.NATIVE,
+            latency=latency.LOW if self.low_latency else latency.NATIVE,
         )
 
     def decode(self, packet: VideoPacket) -> list[Picture]:
@@ -425,18 +489,32 @@ class NvdecDecoder:
             pictures.extend(self._submit(payload, pts))
         return pictures
 
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator[None]:
+        """Keep the decoder's CUDA stream current on the calling thread while it decodes a
+        whole session (a capture thread), so that :meth:`decode` need not switch to it and
+        back per packet (tens of µs of Python each time)."""
+        with self._torch.cuda.stream(self._cuda_stream):
+            self._on_stream = contextlib.nullcontext
+            try:
+                yield
+            finally:
+                self._on_stream = self._switch_stream
+
+    def _switch_stream(self) -> AbstractContextManager[Any]:
+        return self._torch.cuda.stream(self._cuda_stream)
+
     def restart(self) -> None:
-        """Start a new pass (after a seek): a fresh NVDEC session and Annex B state."""
+        """Start a new pass (after a seek): Annex B state anew, the NVDEC session kept (it
+        decodes on after an end-of-stream flush; a new session costs far more)."""
+        if not self._flushed:  # a seek before the end: what NVDEC still holds is dropped
+            self._submit(None, None)
         self._annexb.restart()
         self._key_pts.clear()
-        self._decoder = None
-        try:
-            self._decoder = self._create()
-        except Exception as exc:
-            raise NvdecError(f"NVDEC restart on GPU {self._gpu} failed: {exc}") from exc
 
     def close(self) -> None:
         """Release the NVDEC session (its surfaces) now rather than at garbage collection."""
+        self._surface_free()
         self._decoder = None
 
     def _submit(self, payload: npt.NDArray[np.uint8] | None, pts: int | None) -> list[Picture]:
@@ -445,33 +523,61 @@ class NvdecDecoder:
             packet.bsl_data = payload.ctypes.data
             packet.bsl = payload.size
             packet.pts = pts if pts is not None else 0
-        torch = self._torch
+            if self._end_of_picture is not None:
+                packet.decode_flag = self._end_of_picture
+        self._flushed = payload is None
+        self._surface_free()
         try:
-            with torch.cuda.stream(self._cuda_stream):
-                pictures = [self._picture(frame) for frame in self._decoder.Decode(packet)]
-            self._cuda_stream.synchronize()
+            with self._on_stream():
+                frames = self._decoder.Decode(packet)
+                if not frames:
+                    return []
+                ready = self._torch.cuda.Event()  # type: ignore[no-untyped-call]
+                pictures = [self._picture(frame, ready) for frame in frames]
+                ready.record(self._cuda_stream)
         except NvdecError:
             raise
         except Exception as exc:
             raise NvdecError(f"NVDEC decode failed: {exc}") from exc
+        self._last_ready = ready
         return pictures
 
-    def _picture(self, frame: Any) -> Picture:
+    def _surface_free(self) -> None:
+        """Wait until the GPU has converted the last packet's pictures: NVDEC may reuse their
+        surfaces from the next ``Decode`` on. A query first, since waiting hands the GIL over
+        even when there is nothing to wait for."""
+        ready, self._last_ready = self._last_ready, None
+        if ready is not None and not ready.query():  # type: ignore[no-untyped-call]
+            ready.synchronize()
+
+    def _picture(self, frame: Any, ready: torch.cuda.Event) -> Picture:
         pts = int(frame.timestamp) if self._timed else None
-        image = surface_to_bgr(
-            self._torch.utils.dlpack.from_dlpack(frame), _format_name(frame), self._convert
-        )
+        # the capsule, not the frame: torch would look the current stream up again per call
+        surface = self._torch.utils.dlpack.from_dlpack(frame.__dlpack__(stream=self._stream_id))
+        if self.native_rgb:
+            image = rgb_to_bgr(surface)
+        else:
+            image = surface_to_bgr(surface, _format_name(frame), self._convert)
         return Picture(
             pixels=image,
             pts=pts,
-            time=float(pts * self._time_base) if pts is not None and self._time_base else None,
+            time=pts * self._tick if pts is not None and self._tick else None,
             key_frame=pts is not None and pts in self._key_pts,
+            ready=ready,
         )
 
 
 def _format_name(frame: Any) -> str:
     fmt = frame.format
     return str(getattr(fmt, "name", fmt)).rsplit(".", 1)[-1]
+
+
+def rgb_to_bgr(surface: torch.Tensor) -> torch.Tensor:
+    """PyNvVideoCodec's interleaved ``(H, W, 3)`` RGB output -> a new BGR tensor: one copy,
+    which also frees the decoder's output buffer for the next picture."""
+    if surface.ndim != 3 or surface.shape[-1] != 3:
+        raise NvdecError(f"NVDEC RGB output must be (H, W, 3), got {tuple(surface.shape)}")
+    return surface.flip(-1)
 
 
 def surface_to_bgr(surface: torch.Tensor, pixel_format: str, convert: BgrConverter) -> torch.Tensor:
@@ -501,7 +607,8 @@ def read_nvdec(
     timeout: float | None = None,
 ) -> Iterator[Picture]:
     """Every frame of ``url`` (a file path or an FFmpeg URL such as ``rtsp://``) decoded on
-    GPU ``gpu``, as BGR CUDA tensors; ``options`` and ``timeout`` go to ``av.open``.
+    GPU ``gpu``, as BGR CUDA tensors complete when yielded; ``options`` and ``timeout`` go to
+    ``av.open``.
 
     Raises:
         NvdecError: NVDEC cannot decode it (see :func:`nvdec_unavailable_reason`).
@@ -513,6 +620,9 @@ def read_nvdec(
         decoder = NvdecDecoder(stream, gpu)
         try:
             for packet in container.demux(stream):
-                yield from decoder.decode(packet)
+                for picture in decoder.decode(packet):
+                    if picture.ready is not None:
+                        picture.ready.synchronize()
+                    yield picture
         finally:
             decoder.close()

@@ -527,6 +527,27 @@ def test_a_frame_copies_gpu_pixels_to_the_host_once_on_demand() -> None:
     assert frame.image is image
 
 
+class CountingEvent:
+    """Stands in for NVDEC's CUDA event (``Frame.ready``): counts the host waits on it."""
+
+    def __init__(self) -> None:
+        self.waits = 0
+
+    def synchronize(self) -> None:
+        self.waits += 1
+
+
+def test_a_gpu_frame_waits_for_its_decoding_before_the_host_copy() -> None:
+    """NVDEC frames are delivered before the GPU has finished them (no per-packet host
+    synchronisation), so the host copy must wait for the decoder's event first, once."""
+    pixels = torch.arange(2 * 3 * 3, dtype=torch.uint8).reshape(2, 3, 3)
+    event = CountingEvent()
+    frame = Frame("cam", pixels, 0, pts=0, capture_wall=0.0, capture_mono=0.0, ready=event)  # type: ignore[arg-type]
+    assert np.array_equal(frame.image, pixels.numpy())
+    assert frame.image is frame.image
+    assert event.waits == 1
+
+
 @pytest.fixture
 def gpu() -> int:
     reason = nvdec_unavailable_reason(0)

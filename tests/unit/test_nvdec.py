@@ -26,17 +26,20 @@ from kubevision.worker.nvdec import (
     ColorMatrix,
     ColorSpec,
     DecoderChoice,
+    NvdecDecoder,
     NvdecError,
     decide_decoder,
     nv12_to_bgr,
     nvdec_unavailable_reason,
+    order_after,
     read_nvdec,
     surface_to_bgr,
 )
 from tests import hardware
 from tests.assets import require
 
-BOTTLE_FRAMES = 1189  # bottle-detection.mp4: 640x360 H.264, untagged colour (BT.601 at SD)
+BOTTLE_FRAMES = 1189  # bottle-detection.mp4: 640x360 H.264 High with B-frames, untagged colour
+CAR_FRAMES = 377  # car-detection.mp4: 768x432 H.264 Baseline (no B-frames), BT.601
 
 # (Y gain, Cb->B, Cb->G, Cr->G, Cr->R) as the standards publish them, for 8-bit samples
 PUBLISHED = {
@@ -357,21 +360,115 @@ def gpu() -> int:
     return 0
 
 
-def test_nvdec_decodes_every_frame_like_ffmpeg(gpu: int) -> None:
+VIDEOS = [  # (video, frames, low-latency mode, NVDEC's own RGB conversion)
+    pytest.param("videos/bottle-detection.mp4", BOTTLE_FRAMES, False, False, id="b-frames"),
+    pytest.param("videos/car-detection.mp4", CAR_FRAMES, True, True, id="ippp"),
+]
+NVDEC_RGB_TOLERANCE = 2
+"""Code values between PyNvVideoCodec's own conversion and BgrConverter (it rounds
+differently); BgrConverter itself matches FFmpeg's NV12 converted on the CPU to 1."""
+
+
+@pytest.mark.parametrize(("video", "frames", "low_latency", "native_rgb"), VIDEOS)
+def test_nvdec_decodes_every_frame_like_ffmpeg(
+    gpu: int, video: str, frames: int, low_latency: bool, native_rgb: bool
+) -> None:
     """H.264 decoding is exact, so NVDEC's frames converted on the GPU must match FFmpeg's
-    converted on the CPU to a code value; timestamps and order must be the same."""
-    video = require("videos/bottle-detection.mp4")
-    with av.open(str(video)) as container:
+    converted on the CPU to a code value (two where NVDEC converts, for a tagged stream);
+    timestamps and order must be the same, in NVDEC's native (B-frames) and low-latency
+    (IPPP) modes alike."""
+    path = require(video)
+    with av.open(str(path)) as container:
         expected = [
             (f.pts, np.asarray(f.reformat(format="nv12").to_ndarray(), np.uint8))
             for f in container.decode(video=0)
         ]
     count = 0
-    for picture, (pts, nv12) in zip(read_nvdec(str(video), gpu), expected, strict=True):
+    for picture, (pts, nv12) in zip(read_nvdec(str(path), gpu), expected, strict=True):
         assert isinstance(picture.pixels, torch.Tensor)
         assert picture.pixels.device == torch.device("cuda", gpu)
         assert picture.pts == pts
         cpu = nv12_to_bgr(*planes(nv12), ColorMatrix.BT601).numpy()
-        assert max_diff(picture.pixels.cpu().numpy(), cpu) <= 1
+        assert max_diff(picture.pixels.cpu().numpy(), cpu) <= (
+            NVDEC_RGB_TOLERANCE if native_rgb else 1
+        )
         count += 1
-    assert count == BOTTLE_FRAMES
+    assert count == frames
+
+
+def packet_lags(decoder: NvdecDecoder, container: av.container.InputContainer) -> list[int]:
+    """For each picture, how many packets after its own it came out of ``decode``."""
+    stream = container.streams.video[0]
+    submitted: dict[int | None, int] = {}
+    lags = []
+    for index, packet in enumerate(container.demux(stream)):
+        if packet.size:
+            submitted[packet.pts] = index
+        lags += [index - submitted[picture.pts] for picture in decoder.decode(packet)]
+    return lags
+
+
+def encode_ippp(path: Path, frames: int = 60) -> Path:
+    """A 320x240 H.264 IPPP clip from x264, which signals in the SPS that it never reorders
+    (``max_num_reorder_frames`` 0), as camera encoders do; moving noise so frames differ."""
+    rng = np.random.default_rng(7)
+    with av.open(str(path), "w") as container:
+        options = {"x264-params": "bframes=0:keyint=30"}
+        stream = container.add_stream("libx264", rate=30, options=options)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        base = rng.integers(0, 256, (240, 640, 3), dtype=np.uint8)
+        for i in range(frames):
+            image = np.ascontiguousarray(base[:, i : i + 320])
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("video", "frames", "low_latency"),
+    [
+        pytest.param("videos/bottle-detection.mp4", BOTTLE_FRAMES, False, id="b-frames"),
+        pytest.param(None, 60, True, id="ippp"),
+    ],
+)
+def test_a_stream_without_b_frames_is_not_held_back_for_reordering(
+    gpu: int, video: str | None, frames: int, low_latency: bool, tmp_path: Path
+) -> None:
+    """Cameras send IPPP streams: NVDEC's low-latency mode hands each picture out of the
+    ``decode`` that submitted it when the stream signals that it never reorders (measured on
+    the H200: car-detection.mp4, whose SPS does not say so, is still held six pictures deep
+    for the decoded picture buffer). B-frame streams keep NVDEC's reordering."""
+    path = require(video) if video else encode_ippp(tmp_path / "ippp.mp4")
+    with av.open(str(path)) as container:
+        decoder = NvdecDecoder(container.streams.video[0], gpu)
+        assert decoder.low_latency is low_latency
+        lags = packet_lags(decoder, container)
+        decoder.close()
+    assert len(lags) == frames
+    histogram = {lag: lags.count(lag) for lag in sorted(set(lags))}
+    if low_latency:
+        assert max(lags) == 0, f"pictures per packets late: {histogram}"
+    else:
+        assert max(lags) >= 1, f"a B-frame stream must be reordered: {histogram}"
+
+
+def test_pictures_are_ready_after_their_event_without_a_host_wait(gpu: int) -> None:
+    """The decoder does not synchronise per packet: a consumer stream that waits for
+    ``Picture.ready`` (``order_after``) reads whole frames, here equal to the host-waited ones."""
+    video = str(require("videos/car-detection.mp4"))
+    expected = [torch.as_tensor(p.pixels).cpu() for p in read_nvdec(video, gpu)]
+    consumer = torch.cuda.Stream(torch.device("cuda", gpu))
+    copies = []
+    with av.open(video) as container, torch.cuda.stream(consumer):
+        stream = container.streams.video[0]
+        decoder = NvdecDecoder(stream, gpu)
+        for packet in container.demux(stream):
+            for picture in decoder.decode(packet):
+                assert isinstance(picture.pixels, torch.Tensor)
+                assert picture.ready is not None
+                order_after(picture.pixels, picture.ready)
+                copies.append(picture.pixels.clone())
+        decoder.close()
+    consumer.synchronize()
+    assert len(copies) == CAR_FRAMES
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(copies, expected, strict=True))
