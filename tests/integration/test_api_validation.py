@@ -180,12 +180,17 @@ INVALID = [
     ),
     pytest.param(
         remove(PIPELINE, "spec.outputs.1.topic"),
-        ("spec.outputs[1].topic: Invalid value", "is required for mqtt outputs"),
+        ("spec.outputs[1].topic: Invalid value", "is required for mqtt and kafka outputs"),
         id="output-mqtt-without-topic",
     ),
     pytest.param(
+        edit(PIPELINE, "spec.outputs.1", {"type": "kafka", "url": "https://b:9092", "topic": "e"}),
+        ("spec.outputs[1].url: Invalid value", "url of a kafka output is kafka://host:port"),
+        id="output-kafka-with-an-http-url",
+    ),
+    pytest.param(
         edit(PIPELINE, "spec.outputs.1", {"type": "webhook"}),
-        ("spec.outputs[1].url: Invalid value", "is required for webhook and mqtt outputs"),
+        ("spec.outputs[1].url: Invalid value", "is required for webhook, mqtt and kafka"),
         id="output-webhook-without-url",
     ),
     pytest.param(
