@@ -578,9 +578,8 @@ class CameraStream:
                 self._state = StreamState.STREAMING
                 self._last_error = None
             self._cond.notify()
-        if first:  # up before the error is cleared: /status never shows down without a reason
-            self._metrics.up.set(1)
-            self._metrics.set_error(None)
+        if first:
+            self._metrics.set_health(True, None)
             log.info("capture streaming camera=%s", self.name)
 
     def _sample(self, frame: Frame, *, first: bool) -> bool:
@@ -655,7 +654,7 @@ class CameraStream:
             self._last_error = error
             if self._state not in (StreamState.STOPPED, StreamState.FINISHED):
                 self._state = StreamState.BACKOFF
-        self._metrics.set_error(error)
+        self._metrics.set_health(False, error)
         self._mark_down()
         log.warning("capture failed camera=%s error=%r retry_in=%.2fs", self.name, error, retry_in)
 
@@ -668,7 +667,7 @@ class CameraStream:
     def _mark_down(self) -> None:
         self._arrivals.clear()
         if self._metrics.current:  # else a newer stream of the camera owns the series
-            self._metrics.up.set(0)
+            self._metrics.set_health(False, self._metrics.last_error)
             self._metrics.fps.set(0)
 
     def _done(self) -> bool:

@@ -183,7 +183,6 @@ class WorkerMetrics:
         """Each current camera's stream health, as the worker's ``/status`` serves it: the
         values of its metric series plus the last error, which no label may carry."""
         families = {
-            "connected": self.camera_up,
             "reconnects": self.reconnects,
             "fps": self.stream_fps,
             "lastFrameTime": self.last_frame,
@@ -195,7 +194,7 @@ class WorkerMetrics:
                     if not sample.name.endswith("_created"):
                         values[key, sample.labels["camera"]] = sample.value
         return [
-            _camera_entry(name, metrics.last_error, values)
+            _camera_entry(name, metrics.health, values)
             for name, metrics in sorted(dict(self._latest).items())  # a copy: threads add
         ]
 
@@ -206,11 +205,10 @@ class WorkerMetrics:
 
 
 def _camera_entry(
-    name: str, error: str | None, values: dict[tuple[str, str], float]
+    name: str, health: tuple[bool, str | None], values: dict[tuple[str, str], float]
 ) -> dict[str, Any]:
-    """One camera's ``/status`` entry; the error only while it is down (the capture thread
-    marks it up before it clears the error)."""
-    connected = values.get(("connected", name)) == 1.0
+    """One camera's ``/status`` entry; the error only while it is down."""
+    connected, error = health
     return {
         "camera": name,
         "connected": connected,
@@ -238,8 +236,9 @@ class CameraMetrics:
         self.fps = parent.stream_fps.labels(*labels)
         self.last_frame = parent.last_frame.labels(*labels)
         """Set by the capture thread to each decoded frame's wall-clock time."""
-        self.last_error: str | None = None
-        """Why the stream is down now (redacted by the capture thread), for ``/status``."""
+        self.health: tuple[bool, str | None] = (False, None)
+        """Connected, and why not (redacted by the capture thread), for ``/status``: one
+        tuple, so a reader never sees the state of one moment with the error of another."""
         self.tracks_active = parent.tracks_active.labels(*labels)
         self._tracks_started = parent.tracks_started
         self.decode = parent.stage("decode")
@@ -250,11 +249,16 @@ class CameraMetrics:
         self._decoder: str | None = None
         self._labels = labels
 
-    def set_error(self, error: str | None) -> None:
-        """Record why the stream is down (None once it delivers frames again); a stream being
-        replaced leaves its successor's error alone."""
+    @property
+    def last_error(self) -> str | None:
+        return self.health[1]
+
+    def set_health(self, connected: bool, error: str | None) -> None:
+        """Record whether the stream delivers frames and, if not, why (``kubevision_camera_up``
+        follows); a stream being replaced leaves its successor's health alone."""
         if self.current:
-            self.last_error = error
+            self.health = (connected, error)
+            self.up.set(1 if connected else 0)
 
     def dropped(self, reason: DropReason) -> None:
         self._dropped[reason].inc()

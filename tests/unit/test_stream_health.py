@@ -65,12 +65,12 @@ def worker() -> WorkerMetrics:
     """A worker with one camera streaming and one that failed, as the capture threads set them."""
     metrics = WorkerMetrics("p")
     good = metrics.camera("good")
-    good.up.set(1)
+    good.set_health(True, None)
     good.fps.set(24.96)
     good.last_frame.set(1_767_225_600.4)
     bad = metrics.camera("bad")
     bad.reconnects.inc(3)
-    bad.set_error("open failed: Connection refused")
+    bad.set_health(False, "open failed: Connection refused")
     metrics.camera("new")  # still making its first connection
     return metrics
 
@@ -107,20 +107,24 @@ def test_a_replaced_stream_leaves_its_successors_error_alone() -> None:
     metrics = WorkerMetrics("p")
     old = metrics.camera("cam")
     new = metrics.camera("cam")
-    new.set_error("open failed: timed out")
-    old.set_error(None)
+    new.set_health(False, "open failed: timed out")
+    old.set_health(True, None)
     assert [s["lastError"] for s in metrics.camera_status()] == ["open failed: timed out"]
 
 
-def test_an_error_shows_only_while_the_camera_is_down() -> None:
-    """The capture marks a camera up before it clears the error: between the two, /status
-    says connected without an error, never down without one."""
+def test_connected_and_its_error_change_together() -> None:
+    """/status reads the state and its error from one value (the full camera_outages run
+    once read "down" from the gauge and the error of the moment after, when it was up)."""
     metrics = WorkerMetrics("p")
     cam = metrics.camera("cam")
-    cam.set_error("open failed: timed out")
-    cam.up.set(1)
-    [entry] = metrics.camera_status()
-    assert (entry["connected"], entry["lastError"]) == (True, None)
+    for connected, error in [(False, "open failed: timed out"), (True, None), (False, "EOF")]:
+        cam.set_health(connected, error)
+        [entry] = metrics.camera_status()
+        assert (entry["connected"], entry["lastError"]) == (connected, error)
+        up = metrics.registry.get_sample_value(
+            "kubevision_camera_up", {"pipeline": "p", "camera": "cam"}
+        )
+        assert up == float(connected)
 
 
 def test_a_removed_camera_leaves_the_status() -> None:
