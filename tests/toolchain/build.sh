@@ -6,7 +6,8 @@
 #   $KUBEVISION_CACHE/toolchain/kubernetes-<version>/{kube-apiserver,...,kubectl}
 #   $KUBEVISION_CACHE/toolchain/helm-<version>/helm
 #   $KUBEVISION_CACHE/toolchain/prometheus-operator-crds-<version>/*.yaml (copied, not built)
-# Prints the three directories on stdout (one per line) so callers can use them.
+#   $KUBEVISION_CACHE/toolchain/kwok-<version>/{kwok,stages/*.yaml} (fleet-scale simulation)
+# Prints the four directories on stdout (one per line) so callers can use them.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -89,6 +90,26 @@ else
   rm -rf "$promop_dir" && mv "$promop_dir.partial" "$promop_dir"
 fi
 
+# kwok: the controller that plays kubelet for thousands of simulated nodes and their pods
+# (tests/envtest/fleet.py), with the upstream stage definitions it needs (node heartbeat with
+# leases, the node-not-ready chaos stage, pods to Ready and through deletion).
+kwok_version=$(pinned_version "$here/kwok" sigs.k8s.io/kwok)
+kwok_dir="$cache/toolchain/kwok-$kwok_version"
+if [ -x "$kwok_dir/kwok" ] && [ -f "$kwok_dir/stages/pod-ready.yaml" ] && [ "${FORCE:-0}" != 1 ]; then
+  log "kwok $kwok_version cached in $kwok_dir"
+else
+  start=$SECONDS
+  build "$here/kwok" "$kwok_dir" "-s -w" sigs.k8s.io/kwok/cmd/kwok
+  src=$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  mkdir -p "$kwok_dir/stages"
+  install -m 0644 "$src"/kustomize/stage/node/fast/node-initialize.yaml \
+    "$src"/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+    "$src"/kustomize/stage/node/chaos/node-not-ready.yaml \
+    "$src"/kustomize/stage/pod/fast/pod-{ready,complete,delete}.yaml "$kwok_dir/stages/"
+  log "kwok $kwok_version built in $((SECONDS - start)) s"
+fi
+
 echo "$k8s_dir"
 echo "$helm_dir"
 echo "$promop_dir"
+echo "$kwok_dir"
