@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
+from fractions import Fraction
 from functools import cache, cached_property
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Protocol, cast
@@ -264,6 +265,26 @@ class Redactor:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+class _PacketClock:
+    """When a file's packets are due if a camera sent them: at their decode timestamps
+    (presentation order would send a B-frame stream's packets out of order), from the first
+    packet of a pass on. Packets without timestamps (the end-of-stream flush) are not paced."""
+
+    def __init__(self, time_base: Fraction | None) -> None:
+        self._tick = float(time_base) if time_base else None
+        self._origin: tuple[float, float] | None = None  # (stream seconds, monotonic)
+
+    def due(self, packet: VideoPacket) -> float | None:
+        """The monotonic time ``packet`` is due, or None when it carries no timestamp."""
+        stamp = packet.dts if packet.dts is not None else packet.pts
+        if stamp is None or self._tick is None:
+            return None
+        seconds = stamp * self._tick
+        if self._origin is None:
+            self._origin = (seconds, time.monotonic())
+        return self._origin[1] + seconds - self._origin[0]
 
 
 class CameraStream:
@@ -521,26 +542,31 @@ class CameraStream:
     ) -> int:
         """Demux and decode one pass; returns the frames delivered (early on stop).
 
+        A frame is stamped with the moment its packet arrived, before decoding, so latency
+        counts decode as a live camera's does. A paced file sends each packet at its decode
+        timestamp (:class:`_PacketClock`) and stamps it with that moment even when the worker
+        reads it late, so falling behind the camera shows as latency, not as a slower camera.
         ``kubevision_stage_latency_seconds{stage="decode"}`` times each packet to BGR frames
         (decode and colour conversion) on either decoder."""
         frames = 0
-        pace_origin: tuple[float, float] | None = None  # (stream time, monotonic)
+        clock = _PacketClock(stream.time_base) if realtime else None
         last_progress = time.monotonic()
         try:
             for packet in container.demux(stream):
                 last_progress = time.monotonic()
+                arrived = last_progress
+                if clock is not None and (due := clock.due(packet)) is not None:
+                    self._stop.wait(max(0.0, due - last_progress))
+                    arrived = due
+                if self._stop.is_set():
+                    return frames
                 started = time.perf_counter()
                 pictures = decoder.decode(packet)
                 self._metrics.decode.observe(time.perf_counter() - started)
                 for decoded in pictures:
-                    if realtime and decoded.time is not None:
-                        if pace_origin is None:
-                            pace_origin = (decoded.time, time.monotonic())
-                        due = pace_origin[1] + decoded.time - pace_origin[0]
-                        self._stop.wait(max(0.0, due - time.monotonic()))
                     if self._stop.is_set():
                         return frames
-                    self._deliver(decoded, first=self._session_frames == 0)
+                    self._deliver(decoded, arrived, first=self._session_frames == 0)
                     frames += 1
                     self._session_frames += 1
         except (av.FFmpegError, OSError, NvdecError) as exc:
@@ -552,22 +578,23 @@ class CameraStream:
             ) from None
         return frames
 
-    def _deliver(self, decoded: Picture, *, first: bool) -> None:
+    def _deliver(self, decoded: Picture, arrived: float, *, first: bool) -> None:
         """Hand a decoded frame to the consumer: sampled first (the sampler starts afresh on
-        each connection), then into the latest-frame buffer, which drops the oldest."""
-        wall, mono = time.time(), time.monotonic()
+        each connection), then into the latest-frame buffer, which drops the oldest.
+        ``arrived`` is the monotonic time its packet came in."""
+        wall = arrived + (time.time() - time.monotonic())
         frame = Frame(
             camera=self.name,
             pixels=decoded.pixels,
             index=self._next_index,
             pts=decoded.pts,
             capture_wall=wall,
-            capture_mono=mono,
+            capture_mono=arrived,
             key_frame=decoded.key_frame,
             ready=decoded.ready,
         )
         self._next_index += 1
-        self._count_arrival(mono, wall)
+        self._count_arrival(arrived, wall)
         sampled = self._sample(frame, first=first)
         with self._cond:
             if sampled:

@@ -204,6 +204,28 @@ def test_file_loops_with_continuing_indexes(
     assert reconnects(metrics, "car") == 0, "a loop is not a reconnect"
 
 
+def test_a_paced_file_sends_packets_on_the_stream_clock_and_stamps_their_arrival(
+    streams: list[CameraStream], metrics: WorkerMetrics, car_video: Path
+) -> None:
+    """A file read in real time acts as a camera: packet k is sent k / fps after the first,
+    and its frame carries that moment (before decode), so latency includes decoding."""
+    count = 20
+    started = time.monotonic()
+    stream = open_stream(
+        streams, metrics, "car", f"file://{car_video}", buffer_size=count + 5, loop=False,
+        realtime=True,
+    )  # fmt: skip
+    wait_for(lambda: stream.pending >= count, timeout=30, what=f"{count} paced frames")
+    frames = [stream.get(timeout=0) for _ in range(count)]
+
+    stamps = [f.capture_mono for f in frames if f is not None]
+    steps = np.diff(stamps)
+    period = CAR_PTS_STEP / 25000  # 12.5 fps
+    assert np.allclose(steps, period, atol=1e-6), "stamps follow the stream clock exactly"
+    assert time.monotonic() - started >= (count - 1) * period, "not sent faster than real time"
+    assert stamps[0] >= started
+
+
 def test_slow_consumer_gets_the_newest_frame_and_drops_are_counted(
     streams: list[CameraStream], metrics: WorkerMetrics, car_video: Path
 ) -> None:
