@@ -29,10 +29,11 @@ install: $(STAMP) ## create .venv and install kubevision with its dev tools
 system-packages: ## install the Debian packages the tests run (ffmpeg, GStreamer RTSP, mosquitto, prometheus)
 	bash tests/toolchain/system_packages.sh
 
-toolchain: $(STAMP) ## build (or find cached) the pinned Kubernetes binaries and helm; fetch tritonserver (pytriton's CPU build) with its Python-backend env and the Kafka broker's jars
+toolchain: $(STAMP) ## build (or find cached) the pinned Kubernetes binaries and helm; fetch tritonserver (pytriton's CPU build) with its Python-backend env, the Kafka broker's jars and an S3 server (moto)
 	bash tests/toolchain/build.sh
 	bash tests/toolchain/triton.sh
 	bash tests/toolchain/kafka.sh
+	bash tests/toolchain/s3_server.sh
 
 # mypy cannot follow the package-dir mapping (operator/ -> kubevision.operator), so it checks a
 # view of symlinks shaped like the import names.

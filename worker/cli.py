@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from kubevision.worker.capture import CaptureOptions
 from kubevision.worker.config import ConfigError, ConfigWatcher, load_config, shard_index
 from kubevision.worker.health import Health, HealthServer
 from kubevision.worker.metrics import WorkerMetrics
-from kubevision.worker.models import ArtifactError, sha256_of
+from kubevision.worker.models import MISSING, ArtifactError, sha256_of
 from kubevision.worker.nvdec import DECODER_CHOICES
 from kubevision.worker.runtime import RuntimeOptions, WorkerRuntime
 from kubevision.worker.sinks import SinkConfigError, build_sinks
@@ -45,12 +46,22 @@ from kubevision.worker.summary import LiveSummary
 log = logging.getLogger("kubevision.worker")
 
 
-def _wait_for_signal(stop: threading.Event, until: float | None = None) -> None:
+def _wait_for_signal(
+    stop: threading.Event,
+    until: float | None = None,
+    every: tuple[float, Callable[[], object]] | None = None,
+) -> None:
+    """Until SIGTERM/SIGINT (or ``until``); ``every``: (seconds, call) made meanwhile."""
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    due = time.monotonic() + every[0] if every else None
     while not stop.wait(0.5):
-        if until is not None and time.monotonic() >= until:
+        now = time.monotonic()
+        if until is not None and now >= until:
             return
+        if every is not None and due is not None and now >= due:
+            every[1]()
+            due = now + every[0]
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -60,7 +71,12 @@ def serve(args: argparse.Namespace) -> int:
     metrics = WorkerMetrics(config.pipeline)
     health = Health()
     server = HealthServer(
-        metrics.registry, health, args.port, host=args.host, cameras=metrics.camera_status
+        metrics.registry,
+        health,
+        args.port,
+        host=args.host,
+        cameras=metrics.camera_status,
+        models=metrics.model_status,
     )
     server.start()
     sink = build_sinks(
@@ -75,7 +91,8 @@ def serve(args: argparse.Namespace) -> int:
     runtime.start()
     watcher.start()
     try:
-        _wait_for_signal(threading.Event())
+        # a refused model artifact is tried again: it may be uploaded or fixed in place
+        _wait_for_signal(threading.Event(), every=(args.model_retry_seconds, runtime.retry_models))
     finally:
         watcher.stop()
         runtime.stop()
@@ -137,7 +154,7 @@ def _local_model(path: str, **fields: Any) -> ModelConfig:
     """A ModelConfig for a local ONNX file (its checksum taken now, verified at load)."""
     file = Path(path).resolve()
     if not file.is_file():
-        raise ArtifactError(f"{path}: no such model file")
+        raise ArtifactError(MISSING, f"{path}: no such model file")
     return ModelConfig(
         variant=file.stem,
         family=file.stem,
@@ -261,6 +278,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default="/etc/kubevision/worker.json")
     s.add_argument("--shard", type=int, help="default: KUBEVISION_SHARD (the pod index)")
     s.add_argument("--port", type=int, default=9090, help="metrics and probes")
+    s.add_argument(
+        "--model-retry-seconds",
+        type=float,
+        default=30.0,
+        help="how often a model whose artifact was refused is tried again",
+    )
     s.add_argument("--spool-dir", help="folder of the outputs' disk spools (the spool volume)")
     s.add_argument(
         "--host", default="0.0.0.0", help="address the metrics and probe server binds to"

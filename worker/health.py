@@ -5,8 +5,9 @@ Liveness means the processing loop is still turning (its heartbeat is recent); r
 the model is loaded and the loop has started, so the Service only sends scrapes and the
 autoscaler only counts replicas that really work. ``/status`` is each camera's stream health as
 JSON (connected, reconnects, fps, last frame time and the redacted last error, which metrics
-labels must not carry); the operator reads it only for cameras its scrape of ``/metrics``
-shows down.
+labels must not carry) and each model role's wanted and running variant with why an artifact
+was refused; the operator reads it only where its scrape of ``/metrics`` shows a camera down
+or an artifact failed.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class Health:
 
 
 CameraStatus = Callable[[], list[dict[str, Any]]]
-"""What ``/status`` serves under ``cameras`` (see ``WorkerMetrics.camera_status``)."""
+"""What ``/status`` serves under ``cameras`` (see ``WorkerMetrics.camera_status``); the
+same shape serves ``models`` (``WorkerMetrics.model_status``)."""
 
 
 class HealthServer:
@@ -58,8 +60,9 @@ class HealthServer:
         port: int,
         host: str = "0.0.0.0",
         cameras: CameraStatus | None = None,
+        models: CameraStatus | None = None,
     ) -> None:
-        handler = _handler(registry, health, cameras or list)
+        handler = _handler(registry, health, cameras or list, models or list)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True
@@ -78,14 +81,14 @@ class HealthServer:
 
 
 def _handler(
-    registry: CollectorRegistry, health: Health, cameras: CameraStatus
+    registry: CollectorRegistry, health: Health, cameras: CameraStatus, models: CameraStatus
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif self.path == "/status":
-                body = json.dumps({"cameras": cameras()}).encode()
+                body = json.dumps({"cameras": cameras(), "models": models()}).encode()
                 self._send(200, body, "application/json")
             elif self.path == "/healthz":
                 self._probe(health.alive, "loop stalled")

@@ -131,6 +131,23 @@ class WorkerMetrics:
             ["pipeline"],
             registry=r,
         )
+        self.model_running = Gauge(
+            "kubevision_model_running",
+            "1 for each ModelVariant the worker runs now, by role (detector, classifier, reid, "
+            "pose).",
+            ["pipeline", "role", "variant"],
+            registry=r,
+        )
+        self.model_artifact_failed = Gauge(
+            "kubevision_model_artifact_failed",
+            "1 while the config's ModelVariant for a role cannot be loaded, by reason "
+            "(ArtifactMissing, ChecksumMismatch, FetchFailed, UnsupportedArtifact); the worker "
+            "keeps running the model it had (kubevision_model_running).",
+            ["pipeline", "role", "variant", "reason"],
+            registry=r,
+        )
+        self._models: dict[str, dict[str, Any]] = {}
+        """role -> its ``/status`` entry (what runs, and why the wanted variant does not)."""
         ProcessCollector(registry=r)
         self._per_camera = (
             self.frames_processed,
@@ -197,6 +214,39 @@ class WorkerMetrics:
             _camera_entry(name, metrics.health, values)
             for name, metrics in sorted(dict(self._latest).items())  # a copy: threads add
         ]
+
+    def models_loaded(self, running: dict[str, str]) -> None:
+        """``running``: role -> variant, every model of the config now loaded and verified."""
+        self.model_running.clear()
+        self.model_artifact_failed.clear()
+        for role, variant in running.items():
+            self.model_running.labels(self.pipeline, role, variant).set(1)
+        self._models = {
+            role: {"role": role, "variant": variant, "running": variant, "verified": True}
+            for role, variant in running.items()
+        }
+
+    def model_failed(self, role: str, variant: str, reason: str, message: str) -> None:
+        """The config's ``variant`` for ``role`` was not loaded; what ran before keeps running."""
+        self.model_artifact_failed.clear()
+        self.model_artifact_failed.labels(self.pipeline, role, variant, reason).set(1)
+        before = self._models.get(role, {})
+        self._models = {
+            **self._models,
+            role: {
+                "role": role,
+                "variant": variant,
+                "running": before.get("running"),
+                "verified": False,
+                "reason": reason,
+                "message": message,
+            },
+        }
+
+    def model_status(self) -> list[dict[str, Any]]:
+        """The models' ``/status`` entries: each role's wanted and running variant, whether
+        the wanted one's artifact was verified, and why not (the message no label carries)."""
+        return [dict(entry) for _, entry in sorted(self._models.items())]
 
     def stage(self, stage: str) -> Histogram:
         if stage not in STAGES:

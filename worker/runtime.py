@@ -42,7 +42,7 @@ from kubevision.worker.detector import Detector, build_detector
 from kubevision.worker.events import Classification, EventBuilder, TrackEvent
 from kubevision.worker.health import Health
 from kubevision.worker.metrics import CameraMetrics, WorkerMetrics
-from kubevision.worker.models import resolve_artifact
+from kubevision.worker.models import ArtifactError, resolve_artifact
 from kubevision.worker.placement import place_streams
 from kubevision.worker.sampling import Sampler, build_sampler
 from kubevision.worker.sinks import FanOut
@@ -251,11 +251,15 @@ class WorkerRuntime:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._config = config
+        self._refused: WorkerConfig | None = None
+        self._apply_lock = threading.Lock()
+        """The last config whose models could not be loaded (its cameras run meanwhile)."""
         self._show_slo(config)
         self._lanes = [
             self._new_lane(i, device, config)
             for i, device in enumerate(resolve_devices(self._options.device))
         ]
+        self._metrics.models_loaded(_roles(config))
         self._cameras: dict[str, _Camera] = {}
         self._placement: dict[str, int] = {}
         self._apply_cameras(config)
@@ -302,12 +306,32 @@ class WorkerRuntime:
         self._sink.close()
 
     def apply(self, config: WorkerConfig) -> None:
-        """Take a new config without a restart (models reload only if they changed)."""
+        """Take a new config without a restart (models reload only if they changed); a
+        model whose artifact is refused leaves the running one in place (and is retried by
+        :meth:`retry_models`)."""
+        with self._apply_lock:  # the config watcher and the retry timer both call this
+            self._apply(config)
+
+    def _apply(self, config: WorkerConfig) -> None:
         reload = _models_key(config) != self._lanes[0].models.key
-        models = [
-            self._load_models(config, lane.device) if reload else lane.models
-            for lane in self._lanes
-        ]
+        try:
+            models = [
+                self._load_models(config, lane.device) if reload else lane.models
+                for lane in self._lanes
+            ]
+        except ModelUnavailable as exc:  # a bad artifact must not stop a working worker
+            log.error(
+                "new model not loaded; keeping the running one: %s",
+                exc,
+                extra={"role": exc.role, "variant": exc.variant, "reason": exc.reason},
+            )
+            self._metrics.model_failed(exc.role, exc.variant, exc.reason, str(exc))
+            models = [lane.models for lane in self._lanes]
+            self._refused = config
+        else:
+            self._refused = None
+            if reload:
+                self._metrics.models_loaded(_roles(config))
         with self._lock:
             self._config = config
             self._show_slo(config)
@@ -315,6 +339,13 @@ class WorkerRuntime:
                 lane.models = lane_models
                 lane.batcher.max_batch = self._options.max_batch or lane_models.batch_max
             self._apply_cameras(config)
+
+    def retry_models(self) -> None:
+        """Try the config whose models were refused again (an artifact uploaded or fixed at
+        the same URI since); nothing to do when every model loaded."""
+        refused = self._refused
+        if refused is not None:
+            self.apply(refused)
 
     def _show_slo(self, config: WorkerConfig) -> None:
         self._metrics.slo_p99.labels(self._metrics.pipeline).set(config.slo.p99_latency_ms / 1000)
@@ -348,12 +379,8 @@ class WorkerRuntime:
 
         backends: list[InferenceBackend] = []
 
-        def backend(model: ModelConfig) -> InferenceBackend:
-            path = (
-                None
-                if model.format == "triton"
-                else resolve_artifact(model.artifact, opts.model_search)
-            )
+        def backend(model: ModelConfig, role: str) -> InferenceBackend:
+            path = None if model.format == "triton" else _fetch(model, role, opts.model_search)
             backends.append(
                 create_backend(
                     model,
@@ -367,18 +394,20 @@ class WorkerRuntime:
             return backends[-1]
 
         detector = build_detector(
-            config.detector, backend(config.detector.model), on_stage=self._observe_stage
+            config.detector,
+            backend(config.detector.model, "detector"),
+            on_stage=self._observe_stage,
         )
         classifier = None
         if config.classifier is not None:
             classifier = CropClassifier(
                 config.classifier.model,
-                backend(config.classifier.model),
+                backend(config.classifier.model, "classifier"),
                 labels_file=opts.classifier_labels,
             )
         embedder = None
         if config.reid is not None:
-            embedder = ReidEmbedder(resolve_artifact(config.reid.artifact, opts.model_search))
+            embedder = ReidEmbedder(_fetch(config.reid, "reid", opts.model_search))
         return _Models(
             detector=detector,
             classifier=classifier,
@@ -614,3 +643,30 @@ def resolve_devices(device: str) -> list[str]:
 def _models_key(config: WorkerConfig) -> tuple[object, ...]:
     """What, if changed, needs the models reloaded (thresholds included: they live in them)."""
     return (config.detector, config.classifier, config.reid, config.tracker)
+
+
+class ModelUnavailable(ArtifactError):
+    """A model of the config could not be loaded: which role, which variant, and why."""
+
+    def __init__(self, role: str, variant: str, error: ArtifactError) -> None:
+        super().__init__(error.reason, f"{role} {variant}: {error}")
+        self.role = role
+        self.variant = variant
+
+
+def _fetch(model: ModelConfig, role: str, search: Sequence[Path]) -> Path:
+    """The model's verified artifact file (fetched and cached on the node when remote)."""
+    try:
+        return resolve_artifact(model.artifact, search)
+    except ArtifactError as exc:
+        raise ModelUnavailable(role, model.variant, exc) from exc
+
+
+def _roles(config: WorkerConfig) -> dict[str, str]:
+    """role -> variant of every model the config runs."""
+    roles = {"detector": config.detector.model.variant}
+    if config.classifier is not None:
+        roles["classifier"] = config.classifier.model.variant
+    if config.reid is not None:
+        roles["reid"] = config.reid.variant
+    return roles

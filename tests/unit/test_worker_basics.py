@@ -159,8 +159,8 @@ def test_artifact_is_found_in_the_model_dir_and_its_checksum_verified(tmp_path: 
         resolve_artifact(Artifact(uri="file:///models/m.onnx", sha256="1" * 64), [tmp_path])
     with pytest.raises(ArtifactError, match="no such file"):
         resolve_artifact(Artifact(uri="file:///models/other.onnx", sha256=good), [tmp_path])
-    with pytest.raises(ArtifactError, match="only file://"):
-        resolve_artifact(Artifact(uri="s3://bucket/m.onnx", sha256=good), [tmp_path])
+    with pytest.raises(ArtifactError, match="gs:// artifacts are not fetched"):
+        resolve_artifact(Artifact(uri="gs://bucket/m.onnx", sha256=good), [tmp_path])
 
 
 # -- probes and metrics endpoint ----------------------------------------------------------------
