@@ -113,6 +113,7 @@ RESOURCES = (
             _column("Format", ".spec.format"),
             _column("Precision", ".spec.precision"),
             _column("Hardware", ".status.hardware"),
+            _column("Accepted", ".status.accepted", type_="boolean", priority=1),
             _column("Ready", _condition("Ready")),
             _AGE,
         ),

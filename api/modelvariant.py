@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 
 from pydantic import Field
@@ -101,6 +102,9 @@ class HardwareTarget(ApiModel):
     """Frames per second one worker replica sustains with this variant on this hardware."""
     p99_latency_ms: float = Field(gt=0, le=60_000)
     """Per-frame p99 latency at that throughput."""
+    measured: str | None = Field(default=None, max_length=1024)
+    """Where these figures were measured (benchmark result, hardware); absent while they are
+    planning estimates (status.hardwareClasses[].measured says which)."""
 
 
 class Accuracy(ApiModel):
@@ -112,6 +116,38 @@ class Accuracy(ApiModel):
     """Value of the metric as a fraction (0 to 1)."""
     dataset: str = Field(max_length=253)
     """Dataset the metric was measured on, e.g. coco128."""
+
+
+DEFAULT_BUDGET_POINTS = 1.0
+"""What an INT8 build may lose against its FP32 parent, in mAP50-95 points, by default."""
+
+
+class AccuracyGate(ApiModel):
+    """An INT8 build's accuracy against its FP32 parent on held-out images that calibration did
+    not see (``python -m model_catalog.tools.int8 gate`` measures it and prints this block).
+    The build is accepted when it loses at most ``budgetPoints``; the operator never selects an
+    INT8 detector that is not accepted."""
+
+    parent: str = Field(max_length=253, pattern=NAME_PATTERN)
+    """The FP32 ModelVariant this build was quantized from."""
+    metric: Literal["mAP50-95"] = "mAP50-95"
+    """Accuracy metric of both measurements."""
+    parent_value: float = Field(ge=0, le=1)
+    """The parent's accuracy on the held-out set (fraction, 0 to 1)."""
+    value: float = Field(ge=0, le=1)
+    """This build's accuracy on the same held-out set (fraction, 0 to 1)."""
+    budget_points: float = Field(default=DEFAULT_BUDGET_POINTS, ge=0, le=100)
+    """Most accuracy this build may lose against the parent, in points (1.0 = 0.01 mAP)."""
+    dataset: str = Field(max_length=253)
+    """The held-out set, e.g. coco128 images 64-127 (calibration used 0-63)."""
+
+    @property
+    def loss_points(self) -> float:
+        return (self.parent_value - self.value) * 100
+
+    @property
+    def accepted(self) -> bool:
+        return self.loss_points <= self.budget_points + 1e-9
 
 
 class TrackingThresholds(ApiModel):
@@ -174,6 +210,12 @@ class ModelVariantSpec(ApiModel):
                 field_path=".tracking",
             ),
             cel(
+                "self.precision == 'int8' || !has(self.accuracyGate)",
+                "spec.accuracyGate is only for INT8 builds (their accuracy against the FP32 "
+                "parent)",
+                field_path=".accuracyGate",
+            ),
+            cel(
                 "self.hardware.all(h, self.hardware.exists_one(o, o.accelerator == h.accelerator))",
                 "spec.hardware lists each accelerator at most once",
                 field_path=".hardware",
@@ -208,10 +250,20 @@ class ModelVariantSpec(ApiModel):
     accuracy: Accuracy | None = None
     tracking: TrackingThresholds | None = None
     """Tracker thresholds for this detector; trackers use their references' defaults without."""
+    accuracy_gate: AccuracyGate | None = None
+    """INT8 only: accuracy against the FP32 parent; an INT8 detector without it, or over its
+    budget, is never selected."""
 
     def target(self, hardware_class: HardwareClass) -> HardwareTarget | None:
         """This variant's figures on ``hardware_class``, if it runs there."""
         return next((h for h in self.hardware if h.accelerator == hardware_class), None)
+
+    def accepted(self) -> bool | None:
+        """Whether Pipelines may select this variant on accuracy: INT8 detectors need an
+        accuracy gate within budget (False otherwise); other variants have none (None)."""
+        if self.precision != "int8" or self.task != "detect":
+            return None
+        return self.accuracy_gate is not None and self.accuracy_gate.accepted
 
 
 class EngineStatus(ApiModel):
@@ -225,6 +277,28 @@ class EngineStatus(ApiModel):
     """True once the engine has been built."""
 
 
+class HardwareClassStatus(ApiModel):
+    """The variant on one hardware class: can its workers get it, did its checksum match, and
+    are its figures measured. ``available``/``verified`` come from the workers of Pipelines
+    running it there (unset until one reports); ``measured`` from spec.hardware[].measured."""
+
+    accelerator: HardwareClass
+    """Hardware class: nvidia-gpu, jetson or cpu."""
+    available: bool | None = None
+    """A worker there fetched the artifact (False: missing or unreachable)."""
+    verified: bool | None = None
+    """The artifact's SHA-256 matched there (False: it did not; the worker kept its model)."""
+    measured: bool | None = None
+    """spec.hardware's fps and p99 for this class are measured, not planning estimates."""
+    reason: str | None = Field(default=None, max_length=128)
+    """Why it is not available or verified (ArtifactMissing, ChecksumMismatch, FetchFailed,
+    UnsupportedArtifact)."""
+    message: str | None = Field(default=None, max_length=1024)
+    """What the worker said, e.g. the two checksums."""
+    last_update_time: dt.datetime | None = None
+    """When a worker last reported on it."""
+
+
 class ModelVariantStatus(ApiModel):
     """Observed state of a ModelVariant."""
 
@@ -236,7 +310,17 @@ class ModelVariantStatus(ApiModel):
     """Whether the artifact matched spec.artifact.sha256; unset until checked."""
     engines: list[EngineStatus] = Field(default_factory=list)
     """Engines built from the artifact, one per hardware class."""
+    accepted: bool | None = None
+    """INT8 detectors: within their accuracy budget (spec.accuracyGate); unset for others."""
+    hardware_classes: list[HardwareClassStatus] = Field(
+        default_factory=list,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["accelerator"],
+        },
+    )
+    """Per hardware class of spec.hardware: available, verified, measured."""
     conditions: list[Condition] = Field(
         default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA
     )
-    """Ready."""
+    """Ready, Accepted (INT8 accuracy gate) and ArtifactVerified (workers' checksums)."""

@@ -17,6 +17,12 @@ DEGRADED = "Degraded"
 CONNECTED = "Connected"
 ASSIGNED = "Assigned"
 AUTOSCALING = "Autoscaling"
+MODELS_VERIFIED = "ModelsVerified"
+"""Pipeline: its workers run their configured models, whose artifacts' checksums matched."""
+ARTIFACT_VERIFIED = "ArtifactVerified"
+"""ModelVariant: the workers running it fetched its artifact and its checksum matched."""
+ACCEPTED_BY_GATE = "Accepted"
+"""ModelVariant (INT8 detectors): within its accuracy budget against the FP32 parent."""
 
 # reasons
 WORKERS_READY = "WorkersReady"
@@ -38,6 +44,12 @@ AWAITING_METRICS = "AwaitingMetrics"
 STREAMING = "Streaming"
 SOURCE_UNREACHABLE = "SourceUnreachable"
 PAUSED = "Paused"
+CHECKSUM_MATCHED = "ChecksumMatched"
+CHECKSUM_MISMATCH = "ChecksumMismatch"
+"""As the worker reports it (kubevision.worker.models), like ArtifactMissing, FetchFailed."""
+WITHIN_BUDGET = "WithinBudget"
+BUDGET_EXCEEDED = "AccuracyBudgetExceeded"
+ACCURACY_NOT_MEASURED = "AccuracyNotMeasured"
 
 
 def invalid_spec_status(

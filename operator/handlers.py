@@ -22,7 +22,7 @@ from urllib3.exceptions import HTTPError
 
 from kubevision.api import GROUP, VERSION
 from kubevision.api.camera import CameraSpec
-from kubevision.api.modelvariant import ModelVariantSpec
+from kubevision.api.modelvariant import ModelVariantSpec, ModelVariantStatus
 from kubevision.api.pipeline import PipelineSpec, PipelineStatus
 from kubevision.operator import cameras, modelvariants, streamhealth
 from kubevision.operator.builders import MANAGED_BY, PIPELINE_LABEL
@@ -95,13 +95,16 @@ def camera_index(
 
 
 @kopf.index(GROUP, VERSION, "modelvariants")
-def variant_index(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[str, Variant]:
+def variant_index(
+    namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[str, Variant]:
     try:
         parsed = ModelVariantSpec.model_validate(dict(spec))
+        observed = ModelVariantStatus.model_validate(dict(status))
     except ValidationError as exc:
         log.warning("modelvariant %s/%s ignored: %s", namespace, name, exc.errors()[0]["msg"])
         return {}
-    return {namespace: Variant(name, parsed)}
+    return {namespace: Variant(name, parsed, observed)}
 
 
 @kopf.index(GROUP, VERSION, "pipelines")
@@ -211,7 +214,7 @@ def _autoscale(
     status = PipelineStatus.model_validate(body.get("status") or {})
     scaler.restore(status.groups)
     events = []
-    streams = None
+    streams = models = None
     if status.groups and scaler.due(spec, time.monotonic()):
         meta = body["metadata"]
         for change in scaler.step(
@@ -232,6 +235,7 @@ def _autoscale(
             streams = stream_reports(kube, meta["namespace"], status.groups)
         else:  # the step scraped every ready worker pod: their pages are this tick's health
             streams = streamhealth.reports(scaler.scrapes, since=scaler.last_run)
+            models = modelvariants.reports(scaler.scrapes, since=scaler.last_run)
     view = ScalingView(
         decisions=dict(scaler.decisions),
         reasons=dict(scaler.reasons),
@@ -239,6 +243,7 @@ def _autoscale(
         p99_ms=scaler.p99_ms,
         queue_depth=scaler.queue_depth,
         streams=streams,
+        models=models,
     )
     return view, events
 

@@ -20,9 +20,11 @@ from pydantic import ValidationError
 
 from kubevision.api.camera import CameraAssignment as CameraAssignmentStatus
 from kubevision.api.common import Condition
+from kubevision.api.modelvariant import ModelVariantStatus
 from kubevision.api.pipeline import GroupStatus, PipelineSpec, PipelineStatus, ScalingDecision
 from kubevision.api.worker_config import CONFIG_FILE, WorkerConfig
 from kubevision.operator import conditions as c
+from kubevision.operator import modelvariants
 from kubevision.operator.builders import (
     GROUP_LABEL,
     PIPELINE_LABEL,
@@ -37,6 +39,7 @@ from kubevision.operator.hardware import NodeInfo
 from kubevision.operator.kube import (
     CAMERAS,
     CONFIGMAPS,
+    MODELVARIANTS,
     OWNED_KINDS,
     PIPELINES,
     PODS,
@@ -98,6 +101,9 @@ class ScalingView:
     streams: Reports | None = None
     """Each camera's stream health by worker pod from this tick's scrape; None when the
     workers were not scraped now (so Camera status keeps what it says)."""
+    models: modelvariants.ModelReports | None = None
+    """Each worker pod's models (configured and running variant, artifact verified) from this
+    tick's scrape; None when not scraped now (the ModelsVerified condition keeps its say)."""
 
 
 @dataclass(frozen=True)
@@ -170,11 +176,44 @@ def reconcile_pipeline(
     )  # fmt: skip
     status = _status(plan, ready, waiting, generation, previous_status, view)
     kube.apply_status(PIPELINES, namespace, name, status.wire())
+    if view.models is not None:
+        _report_artifacts(kube, settings, namespace, name, plan, view.models, snapshot.variants)
     return Outcome(
-        events=_decisions(previous_status, status),
+        events=_decisions(previous_status, status) + _model_events(previous_status, status),
         ready_replicas=ready,
         camera_events=camera_events,
     )
+
+
+def _report_artifacts(
+    kube: Kube,
+    settings: OperatorSettings,
+    namespace: str,
+    pipeline: str,
+    plan: PipelinePlan,
+    reports: modelvariants.ModelReports,
+    variants: list[Variant],
+) -> None:
+    """Write what this Pipeline's workers found about their variants' artifacts into those
+    ModelVariants' status (per hardware class), where it changed, as the Pipeline's manager."""
+    hardware_of = {g.name: g.hardware for g in plan.groups}
+    found = modelvariants.observations(reports, hardware_of)
+    statuses = {v.name: v.status or ModelVariantStatus() for v in variants}
+    writes = modelvariants.artifact_writes(found, statuses, dt.datetime.now(dt.UTC))
+    for variant, status in writes.items():
+        manager = camera_field_manager(settings, pipeline)
+        kube.apply_status(MODELVARIANTS, namespace, variant, status, field_manager=manager)
+
+
+def _model_events(previous: PipelineStatus, status: PipelineStatus) -> list[Event]:
+    """A Warning when a worker refuses a model's artifact (or the reason changes)."""
+    before = next((x for x in previous.conditions if x.type == c.MODELS_VERIFIED), None)
+    now = next((x for x in status.conditions if x.type == c.MODELS_VERIFIED), None)
+    if now is None or now.status != "False":
+        return []
+    if before is not None and (before.status, before.reason) == (now.status, now.reason):
+        return []
+    return [Event("Warning", now.reason, now.message)]
 
 
 def _previous_assignments(configmaps: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -406,6 +445,7 @@ def _status(
             _ready_condition(plan, desired, ready_total, waiting, generation, previous.conditions),
             _degraded_condition(plan, generation, previous.conditions),
             _autoscaling_condition(scaling, generation, previous.conditions),
+            modelvariants.models_condition(scaling.models, generation, previous.conditions),
         ],
     )
 

@@ -1,9 +1,11 @@
 """Choosing the ModelVariant for a stage on one kind of hardware.
 
 A variant qualifies when it is the named variant or belongs to the named family, does the
-stage's task, runs on the hardware class (with its extra node labels present on some node of
-the group) and, for the detector, meets the Pipeline's SLO there. Among those the most
-accurate wins; throughput breaks ties, then the name (so the choice is deterministic).
+stage's task, is accepted on accuracy (an INT8 detector must be within its accuracy gate's
+budget: ``ModelVariantSpec.accepted``), runs on the hardware class (with its extra node labels
+present on some node of the group) and, for the detector, meets the Pipeline's SLO there.
+Among those the most accurate wins; throughput breaks ties, then the name (so the choice is
+deterministic).
 """
 
 from __future__ import annotations
@@ -11,7 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kubevision.api.modelvariant import HardwareClass, HardwareTarget, ModelVariantSpec, Task
+from kubevision.api.modelvariant import (
+    HardwareClass,
+    HardwareTarget,
+    ModelVariantSpec,
+    ModelVariantStatus,
+    Task,
+)
 from kubevision.api.pipeline import ModelRef, Slo
 from kubevision.operator.hardware import NodeInfo
 
@@ -22,6 +30,8 @@ class Variant:
 
     name: str
     spec: ModelVariantSpec
+    status: ModelVariantStatus | None = None
+    """What its status says (the workers' artifact reports: :mod:`.modelvariants`)."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,7 @@ def choose_variant(
     candidates = []
     for variant in variants:
         spec = variant.spec
-        if spec.task != task or not _named_by(ref, variant):
+        if spec.task != task or not _named_by(ref, variant) or spec.accepted() is False:
             continue
         target = spec.target(hardware)
         if target is None or not any(n.matches(target.node_selector) for n in node_list):
@@ -80,6 +90,7 @@ def smaller_variant(
         for v in variants
         if v.spec.task == "detect"
         and _named_by(ref, v)
+        and v.spec.accepted() is not False
         and v.spec.gflops is not None
         and v.spec.gflops < size
         and (t := v.spec.target(hardware)) is not None

@@ -37,6 +37,8 @@ FPS = "kubevision_stream_fps"
 UP = "kubevision_camera_up"
 RECONNECTS = "kubevision_camera_reconnects_total"
 LAST_FRAME = "kubevision_camera_last_frame_timestamp_seconds"
+MODEL_RUNNING = "kubevision_model_running"
+MODEL_FAILED = "kubevision_model_artifact_failed"
 _STATUS_TIMEOUT = 2.0
 
 
@@ -69,6 +71,25 @@ class Scrape:
     cameras: Mapping[str, CameraHealth] | None = field(default_factory=dict)
     """Stream health by camera; None when the worker showed a camera down but did not say
     why (its ``/status`` did not answer), so nothing is known about them this time."""
+    models: Mapping[str, ModelHealth] = field(default_factory=dict)
+    """The worker's models by role (detector, classifier, reid, pose)."""
+
+
+@dataclass(frozen=True)
+class ModelHealth:
+    """One model role of one worker: the config's variant, what runs, and why they differ."""
+
+    role: str
+    variant: str
+    """The variant the worker's config names."""
+    running: str | None
+    """The variant the worker runs (the previous one when ``variant`` could not be loaded)."""
+    verified: bool
+    """``variant`` is loaded and its artifact's SHA-256 matched."""
+    reason: str | None = None
+    """Why not: ArtifactMissing, ChecksumMismatch, FetchFailed or UnsupportedArtifact."""
+    message: str | None = None
+    """The worker's words (from ``/status``; metrics labels carry only the reason)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +114,8 @@ def parse_metrics(text: str, at: float) -> Scrape:
     buckets: dict[float, float] = {}
     processed = dropped = queue = 0.0
     per_camera: dict[str, dict[str, float]] = {}
+    running: dict[str, str] = {}
+    failed: dict[str, tuple[str, str]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == f"{LATENCY}_bucket":
@@ -106,8 +129,20 @@ def parse_metrics(text: str, at: float) -> Scrape:
                 queue += sample.value
             elif sample.name in (UP, RECONNECTS, FPS, LAST_FRAME):
                 per_camera.setdefault(sample.labels["camera"], {})[sample.name] = sample.value
+            elif sample.name == MODEL_RUNNING and sample.value == 1.0:
+                running[sample.labels["role"]] = sample.labels["variant"]
+            elif sample.name == MODEL_FAILED and sample.value == 1.0:
+                failed[sample.labels["role"]] = (sample.labels["variant"], sample.labels["reason"])
     cameras = {name: _from_metrics(values) for name, values in per_camera.items()}
-    return Scrape(at, tuple(sorted(buckets.items())), processed, dropped, queue, cameras)
+    models = {
+        role: (
+            ModelHealth(role, failed[role][0], running.get(role), False, failed[role][1])
+            if role in failed
+            else ModelHealth(role, running[role], running[role], True)
+        )
+        for role in sorted({*running, *failed})
+    }
+    return Scrape(at, tuple(sorted(buckets.items())), processed, dropped, queue, cameras, models)
 
 
 def _from_metrics(values: Mapping[str, float]) -> CameraHealth:
@@ -207,6 +242,8 @@ def scrape(url: str, timeout: float = 2.0) -> Scrape | None:
         # unreachable, cut off mid-answer (a pod killed on scale-down), or not metrics text
         log.info("scrape failed url=%s error=%r", url, exc)
         return None
+    if any(not m.verified for m in page.models.values()):
+        page = replace(page, models=read_models(url.removesuffix("/metrics") + "/status", page))
     if page.cameras is None or all(h.connected for h in page.cameras.values()):
         return page
     return replace(page, cameras=read_status(url.removesuffix("/metrics") + "/status"))
@@ -220,6 +257,27 @@ def read_status(url: str) -> dict[str, CameraHealth] | None:
     except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as exc:
         log.info("status read failed url=%s error=%r", url, exc)
         return None
+
+
+def read_models(url: str, page: Scrape) -> Mapping[str, ModelHealth]:
+    """The page's model health with the messages of the worker's ``/status`` (which say what
+    the metric's reason label cannot, e.g. the two checksums); the page's alone if it does
+    not answer (logged)."""
+    try:
+        with urllib.request.urlopen(url, timeout=_STATUS_TIMEOUT) as resp:
+            entries = json.loads(resp.read()).get("models") or []
+    except (OSError, http.client.HTTPException, ValueError, AttributeError) as exc:
+        log.info("status read failed url=%s error=%r", url, exc)
+        return page.models
+    messages = {
+        str(e.get("role")): str(e["message"])
+        for e in entries
+        if isinstance(e, dict) and e.get("message")
+    }
+    return {
+        role: replace(health, message=messages.get(role)) if not health.verified else health
+        for role, health in page.models.items()
+    }
 
 
 class PrometheusSource:

@@ -126,10 +126,10 @@ def test_s3_mismatch_and_missing_are_refused_and_leave_no_file(
     assert missing.value.reason == MISSING
 
 
-def test_s3_wrong_credentials_fail_without_leaking_them(
+def test_s3_store_unreachable_fails_without_leaking_credentials(
     s3_env: Minio, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """moto checks no signature, so a refused login is simulated by a store that is down."""
+    """A store that refuses connections: FetchFailed, and the secret key is in no message."""
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")  # discard port: refused
     with pytest.raises(ArtifactError) as failed:
         ArtifactStore(cache_dir=tmp_path).fetch(Artifact(uri="s3://models/x.onnx", sha256="0" * 64))
@@ -159,6 +159,7 @@ def test_http_artifact_fetch_404_and_a_corrupt_cache_entry(
 
 
 def model_entry(worker: Worker, role: str = "detector") -> dict[str, Any] | None:
+    """The role's entry of the worker's ``/status`` (None until it answers)."""
     status, body = worker.get("/status")
     if status != 200:
         return None
@@ -198,8 +199,12 @@ def test_worker_keeps_the_running_model_when_a_new_artifact_is_refused(
         (tmp_path / "new.json").write_text(json.dumps(config))
         (tmp_path / "new.json").replace(config_path)
 
+        def refusal() -> dict[str, Any] | None:
+            entry = model_entry(worker)
+            return entry if entry is not None and not entry["verified"] else None
+
         refused = wait_for(
-            lambda: (e := model_entry(worker)) and not e["verified"] and e,
+            refusal,
             timeout=60,
             what="the worker to report the refused artifact",
         )

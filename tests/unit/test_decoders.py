@@ -492,10 +492,12 @@ def test_default_providers() -> None:
         default_providers("cuda:x")
 
 
-def test_create_backend_rejects_formats_it_cannot_run() -> None:
+def test_create_backend_refuses_openvino_off_the_cpu() -> None:
+    """OpenVINO variants run on CPUs (tests/unit/test_openvino_backend.py); on a CUDA device
+    the worker says which formats to use instead of loading anything."""
     model = model_config().model_copy(update={"format": "openvino"})
-    with pytest.raises(ValueError, match="no inference backend for format 'openvino'"):
-        create_backend(model, Path("model.xml"))
+    with pytest.raises(ValueError, match="runs on device 'cpu'"):
+        create_backend(model, Path("model.xml"), "cuda:0")
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from kubevision.api.modelvariant import HardwareClass, Task
 from kubevision.api.pipeline import ModelRef, Slo
 from kubevision.operator.hardware import NodeInfo
 from kubevision.operator.selection import Variant, choose_variant
-from tests.envtest.nodes import GPU_SERVER
+from tests.envtest.nodes import CPU_NODE, GPU_SERVER
 from tests.unit.factories import catalog, node, simulated_nodes, variant
 
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -76,8 +76,8 @@ def gpu_node(name: str, product: str) -> NodeInfo:
             "detect",
             "jetson",
             slo(p99=15),
-            "yolox-nano-416-trt-int8",
-            id="slo-latency-forces-int8-on-jetson",
+            None,
+            id="slo-latency-needs-int8-but-its-accuracy-is-unmeasured",
         ),
         pytest.param(
             family("yolox-nano"),
@@ -248,3 +248,26 @@ def test_slo_is_not_applied_when_not_given() -> None:
     nodes = [node(GPU_SERVER)]
     assert choose_variant(family("synthetic"), "detect", "nvidia-gpu", nodes, slow) is not None
     assert choose_variant(family("synthetic"), "detect", "nvidia-gpu", nodes, slow, slo()) is None
+
+
+def test_openvino_build_is_chosen_on_intel_cpu_nodes() -> None:
+    """The OpenVINO variant needs node-feature-discovery's Intel label: chosen where a CPU
+    node has it (same accuracy and planning figures as the ONNX Runtime build, which keeps
+    every other CPU node)."""
+    base = node(CPU_NODE)
+    intel = NodeInfo(
+        name="intel-cpu",
+        hardware_class="cpu",
+        site=base.site,
+        schedulable=True,
+        gpus=0,
+        labels={**base.labels, "feature.node.kubernetes.io/cpu-model.vendor_id": "Intel"},
+    )
+    ref = family("yolox-nano")
+    on_intel = choose_variant(ref, "detect", "cpu", [intel], catalog())
+    elsewhere = choose_variant(ref, "detect", "cpu", [base], catalog())
+    assert on_intel is not None
+    assert on_intel.variant.name == "yolox-nano-416-openvino-fp32"
+    assert on_intel.variant.spec.format == "openvino"
+    assert elsewhere is not None
+    assert elsewhere.variant.name == "yolox-nano-416-onnx-fp32"

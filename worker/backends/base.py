@@ -1,7 +1,7 @@
 """The one interface every inference runtime implements, and the factory that picks one.
 
 The detector and classifier only ever call :meth:`InferenceBackend.infer`, so ONNX Runtime,
-PyTorch, TensorRT and Triton are interchangeable behind it. Runtimes are
+OpenVINO, PyTorch, TensorRT and Triton are interchangeable behind it. Runtimes are
 imported only when chosen: a CPU worker image need not carry TensorRT.
 """
 
@@ -86,9 +86,20 @@ def create_backend(
         from kubevision.worker.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend.from_model_config(model, model_path, device)
+    if model.format == "openvino":
+        from kubevision.worker.backends.openvino import OpenVinoBackend
+
+        return OpenVinoBackend(
+            model_path,
+            device,
+            intra_op_threads=intra_op_threads,
+            max_batch=model.batch_max,
+            precision=model.precision,
+        )
     if model.format != "onnx":
         raise ValueError(
-            f"no inference backend for format {model.format!r}; supported: onnx, tensorrt, triton"
+            f"no inference backend for format {model.format!r}; supported: onnx, openvino, "
+            "tensorrt, triton"
         )
     if _use_torch(choice, device):
         try:
