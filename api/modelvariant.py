@@ -130,8 +130,8 @@ class AccuracyGate(ApiModel):
 
     parent: str = Field(max_length=253, pattern=NAME_PATTERN)
     """The FP32 ModelVariant this build was quantized from."""
-    metric: Literal["mAP50-95"] = "mAP50-95"
-    """Accuracy metric of both measurements."""
+    metric: Literal["mAP50-95", "mAP50"] = "mAP50-95"
+    """Accuracy metric of both measurements: mAP50-95 (what the tool measures) or mAP50."""
     parent_value: float = Field(ge=0, le=1)
     """The parent's accuracy on the held-out set (fraction, 0 to 1)."""
     value: float = Field(ge=0, le=1)

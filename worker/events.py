@@ -7,7 +7,8 @@ publish ``zone.entered``, ``zone.left`` and ``line.crossed`` with the same shape
 zone's or line's name.
 
 On the wire an event is one JSON object with camelCase keys, like every KubeVision API, and
-without the optional keys that are unset (``classification``, ``zone``, ``line``). Times are
+without the optional keys that are unset (``classification``, ``keypoints``, ``zone``,
+``line``). Times are
 ISO-8601 in UTC (``...Z``); boxes are ``[x1, y1, x2, y2]`` pixels of the original frame.
 """
 
@@ -62,6 +63,11 @@ class TrackEvent(_EventModel):
     box: Box
     """[x1, y1, x2, y2] in pixels of the original frame."""
     classification: Classification | None = None
+    keypoints: tuple[tuple[float, float, float], ...] | None = Field(
+        default=None, min_length=17, max_length=17
+    )
+    """The pose stage's latest 17 COCO keypoints of a person track (``worker/pose.py``
+    order): x, y in pixels of the original frame and the visibility probability."""
     zone: str | None = None
     """Zone name; set exactly for zone.entered and zone.left."""
     line: str | None = None
@@ -114,6 +120,7 @@ class _Track:
     seen_at: float = 0.0
     seen_frame: int = 0
     classification: Classification | None = None
+    keypoints: tuple[tuple[float, float, float], ...] | None = None
 
     def saw(self, box: FloatArray, score: float, class_id: int, at: float, frame: int) -> None:
         """Keep the latest sighting, rounded: sub-pixel and 5th-digit noise is not news."""
@@ -175,11 +182,13 @@ class EventBuilder:
         detections: Detections,
         captured_at: float,
         classifications: Mapping[int, Classification] | None = None,
+        keypoints: Mapping[int, FloatArray] | None = None,
     ) -> list[TrackEvent]:
         """Events for the next frame: ended tracks first, then started/updated in row order.
 
         ``captured_at`` is the frame's wall-clock capture time (Unix seconds);
-        ``classifications`` maps track ids to the classifier's results from this frame.
+        ``classifications`` maps track ids to the classifier's results from this frame,
+        ``keypoints`` to the pose stage's (17, 3) keypoints.
         Untracked rows (``NO_TRACK``) are ignored.
         """
         self._frame += 1
@@ -214,6 +223,11 @@ class EventBuilder:
             track.saw(box, score, class_id, captured_at, frame)
             if classifications is not None and track_id in classifications:
                 track.classification = classifications[track_id]
+            if keypoints is not None and track_id in keypoints:
+                track.keypoints = tuple(
+                    (round(float(x), 1), round(float(y), 1), round(float(v), 3))
+                    for x, y, v in keypoints[track_id]
+                )
             if kind is not None:
                 events.append(self._event(kind, track_id, track, published))
         self._note_rejected(rejected)
@@ -245,6 +259,7 @@ class EventBuilder:
             confidence=track.confidence,
             box=track.box,
             classification=track.classification,
+            keypoints=track.keypoints,
             capture_time=dt.datetime.fromtimestamp(track.seen_at, dt.UTC),
             published_time=published,
         )

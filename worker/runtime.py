@@ -44,6 +44,7 @@ from kubevision.worker.health import Health
 from kubevision.worker.metrics import CameraMetrics, WorkerMetrics
 from kubevision.worker.models import ArtifactError, resolve_artifact
 from kubevision.worker.placement import place_streams
+from kubevision.worker.pose import PoseEstimator
 from kubevision.worker.sampling import Sampler, build_sampler
 from kubevision.worker.sinks import FanOut
 from kubevision.worker.trackers import Tracker, create_tracker
@@ -130,6 +131,7 @@ class _Models:
     batch_max: int
     key: tuple[object, ...]
     backends: list[InferenceBackend] = field(default_factory=list)
+    pose: PoseEstimator | None = None
 
     def close(self) -> None:
         """Release what backends hold outside the process (Triton's shared-memory regions)."""
@@ -405,6 +407,9 @@ class WorkerRuntime:
                 backend(config.classifier.model, "classifier"),
                 labels_file=opts.classifier_labels,
             )
+        pose = None
+        if config.pose is not None:
+            pose = PoseEstimator(config.pose, backend(config.pose, "pose"))
         embedder = None
         if config.reid is not None:
             embedder = ReidEmbedder(_fetch(config.reid, "reid", opts.model_search))
@@ -416,6 +421,7 @@ class WorkerRuntime:
             batch_max=config.detector.model.batch_max,
             key=_models_key(config),
             backends=backends,
+            pose=pose,
         )
 
     def _apply_cameras(self, config: WorkerConfig) -> None:
@@ -540,10 +546,11 @@ class WorkerRuntime:
             work = [(cam, frame, found) for cam, frame, found in work if self._advance(cam, frame)]
             tracked = [self._track(cam, models, frame, found) for cam, frame, found in work]
             labels = self._classify(models, [(c, f) for c, f, _ in work], tracked)
-            for (cam, frame, _), frame_tracked, frame_labels in zip(
-                work, tracked, labels, strict=True
+            keypoints = self._pose(models, [f for _, f, _ in work], tracked)
+            for (cam, frame, _), frame_tracked, frame_labels, frame_keypoints in zip(
+                work, tracked, labels, keypoints, strict=True
             ):
-                self._publish(cam, models, frame, frame_tracked, frame_labels)
+                self._publish(cam, models, frame, frame_tracked, frame_labels, frame_keypoints)
 
     @staticmethod
     def _advance(cam: _Camera, frame: Frame) -> bool:
@@ -581,6 +588,28 @@ class WorkerRuntime:
                     cam.learn(models.classifier.names(top), t.track_ids[d], scores)
             return [cam.current_labels() for cam, _ in work]
 
+    def _pose(
+        self, models: _Models, frames: list[Frame], tracked: list[Detections]
+    ) -> list[dict[int, FloatArray]]:
+        """Keypoints by track id for the frames that have person tracks (one pose call)."""
+        out: list[dict[int, FloatArray]] = [{} for _ in frames]
+        labels = models.detector.labels
+        if models.pose is None or "person" not in labels:
+            return out
+        person = labels.index("person")
+        due = [
+            i
+            for i, t in enumerate(tracked)
+            if ((t.class_ids == person) & (t.track_ids != NO_TRACK)).any()
+        ]
+        if not due:
+            return out
+        with self._stage("pose"):
+            poses = models.pose([frames[i].image for i in due])  # host copy of GPU frames
+            for i, found in zip(due, poses, strict=True):
+                out[i] = models.pose.attach(tracked[i], found, person)
+        return out
+
     def _publish(
         self,
         cam: _Camera,
@@ -588,8 +617,9 @@ class WorkerRuntime:
         frame: Frame,
         tracked: Detections,
         labels: dict[int, Classification],
+        keypoints: dict[int, FloatArray] | None = None,
     ) -> None:
-        events = cam.events.update(tracked, frame.capture_wall, labels)
+        events = cam.events.update(tracked, frame.capture_wall, labels, keypoints)
         cam.metrics.tracks_active.set(cam.events.live_tracks)
         for event in events:
             if event.kind == "track.started":
@@ -642,7 +672,7 @@ def resolve_devices(device: str) -> list[str]:
 
 def _models_key(config: WorkerConfig) -> tuple[object, ...]:
     """What, if changed, needs the models reloaded (thresholds included: they live in them)."""
-    return (config.detector, config.classifier, config.reid, config.tracker)
+    return (config.detector, config.classifier, config.reid, config.tracker, config.pose)
 
 
 class ModelUnavailable(ArtifactError):
@@ -669,4 +699,6 @@ def _roles(config: WorkerConfig) -> dict[str, str]:
         roles["classifier"] = config.classifier.model.variant
     if config.reid is not None:
         roles["reid"] = config.reid.variant
+    if config.pose is not None:
+        roles["pose"] = config.pose.variant
     return roles
