@@ -331,9 +331,9 @@ class WorkerRuntime:
             models = [lane.models for lane in self._lanes]
             self._refused = config
         else:
+            if reload or self._refused is not None:  # a config back to the running models
+                self._metrics.models_loaded(_roles(config))  # ends a refusal too
             self._refused = None
-            if reload:
-                self._metrics.models_loaded(_roles(config))
         with self._lock:
             self._config = config
             self._show_slo(config)

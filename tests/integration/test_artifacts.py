@@ -13,6 +13,7 @@ import io
 import json
 import os
 import threading
+import urllib.request
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 from minio import Minio
 
 from kubevision.api.modelvariant import Artifact
+from kubevision.operator.planner import group_name
 from kubevision.worker.backends import create_backend
 from kubevision.worker.models import (
     FETCH_FAILED,
@@ -35,12 +37,17 @@ from kubevision.worker.models import (
 from model_catalog.tools.coco_eval import local_model
 from tests.assets import require
 from tests.envtest import s3
+from tests.envtest.cluster import LocalCluster
+from tests.envtest.controlplane import REPO_ROOT
+from tests.envtest.podrunner import PodRunner
 from tests.envtest.poll import wait_for
-from tests.integration.helpers import file_camera, yolox_worker_config
+from tests.integration.helpers import Namespace, file_camera, yolox_worker_config
 from tests.integration.test_worker import Worker
 
 MODEL = "models/yolox_nano_416.onnx"
 BUCKET = "models"
+CATALOG = REPO_ROOT / "model_catalog" / "variants"
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +245,113 @@ def test_worker_keeps_the_running_model_when_a_new_artifact_is_refused(
         assert worker.proc.poll() is None
     finally:
         worker.stop()
+
+
+# -- through the real operator: the Pipeline and the ModelVariant say so ---------------------
+
+
+def _condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond["type"] == type_:
+            return dict(cond)
+    return {}
+
+
+def _hardware_class(ns: Namespace, variant: str, accelerator: str) -> dict[str, Any]:
+    status = (ns.get("modelvariant", variant) or {}).get("status") or {}
+    entries = status.get("hardwareClasses") or []
+    return next((dict(e) for e in entries if e["accelerator"] == accelerator), {})
+
+
+def test_a_refused_artifact_shows_on_the_pipeline_and_the_model_variant(
+    cluster: LocalCluster, namespace: str, runner: PodRunner
+) -> None:
+    """A ModelVariant whose sha256 no longer matches its file (a bad catalog edit, a tampered
+    file): the running worker keeps its model, the Pipeline's ModelsVerified and the
+    ModelVariant's ArtifactVerified and hardwareClasses[cpu] say which pod refused what; fixing
+    the ModelVariant clears both."""
+    ns = Namespace(cluster, namespace)
+    video = require("videos/bottle-detection.mp4")
+    camera = {
+        "apiVersion": "kubevision.io/v1alpha1",
+        "kind": "Camera",
+        "metadata": {"name": "shelf", "labels": {"app": "bottles"}},
+        "spec": {"source": {"url": f"file://{video}"}, "fps": 30, "site": "site-a",
+                 "sampling": {"mode": "everyN", "everyN": 6}},
+    }  # fmt: skip
+    pipeline = {
+        "apiVersion": "kubevision.io/v1alpha1",
+        "kind": "Pipeline",
+        "metadata": {"name": "p"},
+        "spec": {
+            "cameraSelector": {"matchLabels": {"app": "bottles"}},
+            "stages": {"detector": {"variant": "yolox-nano-416-onnx-fp32"}},
+            "placement": {"hardwareClasses": ["cpu"]},
+            "autoscaling": {"metricsIntervalSeconds": 2},
+        },
+    }
+    ns.apply(CATALOG / "yolox-nano.yaml", docs=[camera, pipeline])
+    verified = wait_for(
+        lambda: (
+            (c := _condition(ns.get("pipeline", "p"), "ModelsVerified")).get("status") == "True"
+            and c
+        ),
+        timeout=90,
+        what="the Pipeline's ModelsVerified=True once its worker reports",
+    )
+    assert verified["reason"] == "ChecksumMatched"
+    wait_for(
+        lambda: _hardware_class(ns, "yolox-nano-416-onnx-fp32", "cpu").get("verified") is True,
+        timeout=30,
+        what="the ModelVariant verified on cpu",
+    )
+
+    good = sha256_of(require(MODEL))
+    wrong = hashlib.sha256(b"another build").hexdigest()
+    patch = {"spec": {"artifact": {"sha256": wrong}}}
+    ns.kubectl("patch", "modelvariant", "yolox-nano-416-onnx-fp32", "--type=merge",
+               "-p", json.dumps(patch))  # fmt: skip
+    refused = wait_for(
+        lambda: (
+            (c := _condition(ns.get("pipeline", "p"), "ModelsVerified")).get("status") == "False"
+            and c
+        ),
+        timeout=90,
+        what="the Pipeline's ModelsVerified=False",
+    )
+    assert refused["reason"] == MISMATCH
+    assert "SHA-256 does not match" in refused["message"]
+    assert "still running yolox-nano-416-onnx-fp32" in refused["message"]
+    entry = wait_for(
+        lambda: (
+            (e := _hardware_class(ns, "yolox-nano-416-onnx-fp32", "cpu")).get("verified") is False
+            and e
+        ),
+        timeout=30,
+        what="the ModelVariant's cpu entry to say verified=false",
+    )
+    assert (entry["available"], entry["reason"]) == (True, MISMATCH)
+    assert entry["measured"] is False  # the catalog's CPU figures are estimates
+    artifact = _condition(ns.get("modelvariant", "yolox-nano-416-onnx-fp32"), "ArtifactVerified")
+    assert (artifact["status"], artifact["reason"]) == ("False", MISMATCH)
+    events = ns.kubectl("get", "events", "--field-selector=involvedObject.name=p", "-o", "json")
+    assert any(e["reason"] == MISMATCH for e in json.loads(events)["items"])
+    pod = f"{group_name('p', 'site-a', 'cpu')}-0"
+    ip = ns.get("pod", pod)["status"]["podIP"]
+    assert runner.running(ns.name)[pod]  # the same process, still analysing the camera
+    with DIRECT.open(f"http://{ip}:9090/metrics", timeout=2) as page:
+        assert 'kubevision_model_running{pipeline="p",role="detector"' in page.read().decode()
+
+    patch = {"spec": {"artifact": {"sha256": good}}}
+    ns.kubectl("patch", "modelvariant", "yolox-nano-416-onnx-fp32", "--type=merge",
+               "-p", json.dumps(patch))  # fmt: skip
+    wait_for(
+        lambda: _condition(ns.get("pipeline", "p"), "ModelsVerified").get("status") == "True",
+        timeout=90,
+        what="ModelsVerified=True again after the fix",
+    )
+    wait_for(
+        lambda: _hardware_class(ns, "yolox-nano-416-onnx-fp32", "cpu").get("verified") is True,
+        timeout=30,
+        what="the ModelVariant verified again",
+    )
