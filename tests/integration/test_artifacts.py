@@ -263,6 +263,18 @@ def _hardware_class(ns: Namespace, variant: str, accelerator: str) -> dict[str, 
     return next((dict(e) for e in entries if e["accelerator"] == accelerator), {})
 
 
+def _pipeline_condition(ns: Namespace, status: str) -> dict[str, Any] | None:
+    """The Pipeline's ModelsVerified once it has ``status``."""
+    cond = _condition(ns.get("pipeline", "p"), "ModelsVerified")
+    return cond if cond.get("status") == status else None
+
+
+def _cpu_entry(ns: Namespace, verified: bool) -> dict[str, Any] | None:
+    """The ModelVariant's cpu entry once its ``verified`` is ``verified``."""
+    entry = _hardware_class(ns, "yolox-nano-416-onnx-fp32", "cpu")
+    return entry if entry.get("verified") is verified else None
+
+
 def test_a_refused_artifact_shows_on_the_pipeline_and_the_model_variant(
     cluster: LocalCluster, namespace: str, runner: PodRunner
 ) -> None:
@@ -292,10 +304,7 @@ def test_a_refused_artifact_shows_on_the_pipeline_and_the_model_variant(
     }
     ns.apply(CATALOG / "yolox-nano.yaml", docs=[camera, pipeline])
     verified = wait_for(
-        lambda: (
-            (c := _condition(ns.get("pipeline", "p"), "ModelsVerified")).get("status") == "True"
-            and c
-        ),
+        lambda: _pipeline_condition(ns, "True"),
         timeout=90,
         what="the Pipeline's ModelsVerified=True once its worker reports",
     )
@@ -312,10 +321,7 @@ def test_a_refused_artifact_shows_on_the_pipeline_and_the_model_variant(
     ns.kubectl("patch", "modelvariant", "yolox-nano-416-onnx-fp32", "--type=merge",
                "-p", json.dumps(patch))  # fmt: skip
     refused = wait_for(
-        lambda: (
-            (c := _condition(ns.get("pipeline", "p"), "ModelsVerified")).get("status") == "False"
-            and c
-        ),
+        lambda: _pipeline_condition(ns, "False"),
         timeout=90,
         what="the Pipeline's ModelsVerified=False",
     )
@@ -323,10 +329,7 @@ def test_a_refused_artifact_shows_on_the_pipeline_and_the_model_variant(
     assert "SHA-256 does not match" in refused["message"]
     assert "still running yolox-nano-416-onnx-fp32" in refused["message"]
     entry = wait_for(
-        lambda: (
-            (e := _hardware_class(ns, "yolox-nano-416-onnx-fp32", "cpu")).get("verified") is False
-            and e
-        ),
+        lambda: _cpu_entry(ns, verified=False),
         timeout=30,
         what="the ModelVariant's cpu entry to say verified=false",
     )
