@@ -8,18 +8,24 @@ tracks' events. ``benchmarks/results/pose_stage.md`` has the full-size figures a
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
 from kubevision.api.modelvariant import Artifact, InputSize
-from kubevision.api.worker_config import ModelConfig
+from kubevision.api.worker_config import ModelConfig, WorkerConfig
 from kubevision.worker.backends import create_backend
 from kubevision.worker.detections import Detections
-from kubevision.worker.events import EventBuilder
+from kubevision.worker.events import EventBuilder, TrackEvent
+from kubevision.worker.health import Health
+from kubevision.worker.metrics import WorkerMetrics
 from kubevision.worker.models import ArtifactStore
 from kubevision.worker.pose import KEYPOINTS, PoseEstimator, Poses
+from kubevision.worker.runtime import FrameResult, RuntimeOptions, WorkerRuntime
+from kubevision.worker.sinks import FanOut
 from model_catalog.tools.coco_eval import read_frame
 from model_catalog.tools.ir_archive import archive
 from model_catalog.tools.pose_eval import (
@@ -31,6 +37,8 @@ from model_catalog.tools.pose_eval import (
     person_images,
 )
 from tests.assets import require
+from tests.envtest.poll import wait_for
+from tests.integration.helpers import file_camera, yolox_worker_config
 from tests.unit.factories import manifests
 
 POSE_XML = "models/yolov8n_agpl/yolov8n-pose_int8_openvino_model/yolov8n-pose.xml"
@@ -134,3 +142,72 @@ def test_keypoints_reach_the_person_tracks_events(
     x, y, _visibility = wire[7]["keypoints"][0]
     assert (x, y) == pytest.approx(tuple(found.keypoints[0][0][:2]), abs=0.06)
     assert "keypoints" not in wire[8]
+
+
+def test_the_worker_attaches_keypoints_to_person_track_events(
+    tmp_path: Path, estimator: PoseEstimator
+) -> None:
+    """A Pipeline with a pose stage, as the worker runs it: MOT17-04's busy street (real
+    frames, 1080p) through detector, ByteTrack and the pose stage; person tracks' events carry
+    17 keypoints inside their box, and the pose stage's latency is measured."""
+    clip = tmp_path / "street.mp4"
+    frames = sorted(require("mot/MOT17-mini/MOT17-04-FRCNN/img1").glob("*.jpg"))
+    with av.open(str(clip), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        first = read_frame(frames[0])
+        stream.height, stream.width = first.shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for path in frames:
+            frame = av.VideoFrame.from_ndarray(read_frame(path), format="bgr24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    detector_model = require("models/yolox_nano_416.onnx")
+    wire = yolox_worker_config("p", "g", [[file_camera("street", clip)]], detector_model)
+    wire["pose"] = estimator.model.model_dump(by_alias=True, mode="json")
+    wire["detector"]["model"]["artifact"]["uri"] = detector_model.resolve().as_uri()
+    events: list[TrackEvent] = []
+    lock = threading.Lock()
+
+    def on_result(result: FrameResult) -> None:
+        with lock:
+            events.extend(result.events)
+
+    metrics = WorkerMetrics("p")
+    runtime = WorkerRuntime(
+        WorkerConfig.model_validate(wire),
+        0,
+        metrics,
+        Health(),
+        FanOut([], "p"),
+        RuntimeOptions(threads=2),
+        on_result,
+    )
+    runtime.start()
+    try:
+        posed = wait_for(
+            lambda: [e for e in list(events) if e.keypoints is not None][:5] or None,
+            timeout=120,
+            what="person track events with keypoints",
+        )
+    finally:
+        runtime.stop()
+    assert {e.class_name for e in posed} == {"person"}
+    for event in posed:
+        assert event.keypoints is not None
+        x1, y1, x2, y2 = event.box
+        points = np.array(event.keypoints)
+        seen = points[:, 2] >= 0.5
+        margin_x, margin_y = (x2 - x1) * 0.25, (y2 - y1) * 0.25
+        assert seen.sum() >= 5, "a tracked pedestrian shows most of its keypoints"
+        assert (points[seen, 0] >= x1 - margin_x).all()
+        assert (points[seen, 0] <= x2 + margin_x).all()
+        assert (points[seen, 1] >= y1 - margin_y).all()
+        assert (points[seen, 1] <= y2 + margin_y).all()
+    assert all(e.keypoints is None for e in events if e.class_name != "person")
+    timed = metrics.registry.get_sample_value(
+        "kubevision_stage_latency_seconds_count", {"pipeline": "p", "stage": "pose"}
+    )
+    assert timed is not None
+    assert timed > 0, "the pose stage's latency is measured"
+    running = {e["role"]: e["running"] for e in metrics.model_status()}
+    assert running["pose"] == "yolov8n-pose-640-openvino-int8"
