@@ -12,6 +12,7 @@ from kubevision.api.common import (
     NAME_PATTERN,
     ApiModel,
     Condition,
+    SecretKeyNames,
     cel,
     no_password,
     validations,
@@ -59,7 +60,12 @@ class Artifact(ApiModel):
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
-            no_password("uri", "spec.artifact.uri must not carry a password")
+            no_password("uri", "spec.artifact.uri must not carry a password"),
+            cel(
+                "self.uri.startsWith('s3://') || (!has(self.endpoint) && "
+                "!has(self.credentialsSecretRef))",
+                "spec.artifact.endpoint and credentialsSecretRef are only for s3:// artifacts",
+            ),
         )
     }
 
@@ -67,6 +73,13 @@ class Artifact(ApiModel):
     """file://, http(s)://, s3://, gs://, oci:// or triton://<model name> for a Triton model."""
     sha256: str | None = Field(default=None, pattern=r"^[a-f0-9]{64}$")
     """Lower-case hex SHA-256 of the file; required except for triton:// models."""
+    endpoint: str | None = Field(default=None, max_length=512, pattern=r"^https?://[^/@]+/?$")
+    """s3:// only: the S3-compatible store, e.g. http://minio.storage:9000 (default: AWS, or
+    the worker's AWS_ENDPOINT_URL_S3)."""
+    credentials_secret_ref: SecretKeyNames | None = None
+    """s3:// only: a Secret in the namespace with the access key ID (``usernameKey``) and
+    secret access key (``passwordKey``); without it workers use their environment or IAM
+    role. Only the env var names reach the worker config."""
 
 
 class Calibration(ApiModel):

@@ -7,6 +7,8 @@ as environment variables that the pod gets through ``secretKeyRef``. Each replic
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Literal
 
 from pydantic import ConfigDict, Field
@@ -38,6 +40,15 @@ class CredentialEnv(StrictModel):
 
     username_env: str
     password_env: str
+
+
+def artifact_credential_env(variant: str) -> CredentialEnv:
+    """Env var names for the credentials of a ModelVariant's artifact store: the operator sets
+    them from the artifact's Secret (secretKeyRef), the worker's S3 client reads them."""
+    stem = re.sub(r"[^A-Z0-9]", "_", variant.upper())
+    digest = hashlib.sha256(variant.encode()).hexdigest()[:6].upper()
+    base = f"KUBEVISION_ARTIFACT_{stem}_{digest}"  # the digest keeps a-b and a.b apart
+    return CredentialEnv(username_env=f"{base}_ACCESS_KEY_ID", password_env=f"{base}_SECRET_KEY")
 
 
 def output_credential_env(index: int) -> CredentialEnv:
@@ -80,6 +91,9 @@ class ModelConfig(StrictModel):
     artifact: Artifact
     tracking: TrackingThresholds | None = None
     """The detector's tracker thresholds (spec.tracking), for the camera trackers."""
+    credentials: CredentialEnv | None = None
+    """Env vars with the artifact store's access key ID and secret key (s3:// artifacts with
+    a credentialsSecretRef; :func:`artifact_credential_env`)."""
 
 
 class DetectorConfig(StrictModel):

@@ -29,6 +29,7 @@ from kubevision.api.worker_config import (
     ModelConfig,
     SpoolConfig,
     WorkerConfig,
+    artifact_credential_env,
     output_credential_env,
 )
 from kubevision.operator.hardware import (
@@ -97,8 +98,14 @@ def _model(choice: Choice) -> ModelConfig:
         decoder=spec.decoder,
         batch_max=spec.batch.max,
         labels=spec.labels,
-        artifact=spec.artifact,
+        # the worker gets the env var names below, not which Secret holds its keys
+        artifact=spec.artifact.model_copy(update={"credentials_secret_ref": None}),
         tracking=spec.tracking,
+        credentials=(
+            artifact_credential_env(choice.variant.name)
+            if spec.artifact.credentials_secret_ref is not None
+            else None
+        ),
     )
 
 
@@ -433,6 +440,12 @@ def _env(spec: PipelineSpec, group: GroupPlan) -> list[dict[str, Any]]:
     for index, output in enumerate(spec.outputs):
         if output.credentials_secret_ref is not None:
             env += _secret_env(output_credential_env(index), output.credentials_secret_ref)
+    choices = (group.detector, group.reid, group.classifier, group.pose)
+    variants = {c.variant.name: c.variant.spec for c in choices if c is not None}
+    for name, variant in sorted(variants.items()):
+        ref = variant.artifact.credentials_secret_ref
+        if ref is not None:
+            env += _secret_env(artifact_credential_env(name), ref)
     return env + _accelerator_env(group)
 
 

@@ -7,10 +7,12 @@ its checksum matches:
   or, by file name, in ``KUBEVISION_MODEL_DIR`` / ``--model-dir`` / ``/models``; verified where
   it lies, never copied;
 - ``http://``, ``https://`` — downloaded with httpx (redirects followed, connection retries);
-- ``s3://bucket/key`` — any S3-compatible store through the MinIO client: endpoint from
-  ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (default AWS), credentials from
-  ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (``AWS_SESSION_TOKEN``), MinIO's env vars or
-  the pod's IAM role (IRSA web identity, instance metadata).
+- ``s3://bucket/key`` — any S3-compatible store through the MinIO client: endpoint from the
+  artifact's ``endpoint``, else ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (default AWS);
+  credentials from the env vars the ModelVariant's ``credentialsSecretRef`` fills (their
+  names are in the worker config), else ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
+  (``AWS_SESSION_TOKEN``), MinIO's env vars or the pod's IAM role (IRSA web identity, instance
+  metadata).
 
 Downloads are hashed while they stream into a temporary file of the cache and renamed into
 ``<cache>/sha256/<digest>/<file name>`` only when the digest matches, so a cache entry is
@@ -38,6 +40,7 @@ from typing import BinaryIO, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from kubevision.api.modelvariant import Artifact
+from kubevision.api.worker_config import CredentialEnv
 
 log = logging.getLogger("kubevision.worker.artifacts")
 
@@ -86,9 +89,11 @@ def default_cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "kubevision" / "artifacts"
 
 
-def resolve_artifact(artifact: Artifact, search: Iterable[Path] = ()) -> Path:
+def resolve_artifact(
+    artifact: Artifact, search: Iterable[Path] = (), credentials: CredentialEnv | None = None
+) -> Path:
     """The verified local file for ``artifact``, cached in the default cache."""
-    return ArtifactStore(search=search).fetch(artifact)
+    return ArtifactStore(search=search).fetch(artifact, credentials)
 
 
 def sha256_of(path: Path) -> str:
@@ -114,13 +119,14 @@ class ArtifactStore:
         self._cache = cache_dir or default_cache_dir()
         self._search = tuple(search)
 
-    def fetch(self, artifact: Artifact) -> Path:
-        """The verified local model file for ``artifact``."""
+    def fetch(self, artifact: Artifact, credentials: CredentialEnv | None = None) -> Path:
+        """The verified local model file for ``artifact`` (``credentials``: env var names of
+        its store's keys)."""
         scheme = urlsplit(artifact.uri).scheme
         if scheme == "file":
             path = self._local(artifact)
         elif scheme in ("http", "https", "s3"):
-            path = self._cached(artifact)
+            path = self._cached(artifact, credentials)
         else:
             raise ArtifactError(
                 UNSUPPORTED,
@@ -139,7 +145,7 @@ class ArtifactStore:
         _verify(found, artifact)
         return found
 
-    def _cached(self, artifact: Artifact) -> Path:
+    def _cached(self, artifact: Artifact, credentials: CredentialEnv | None) -> Path:
         if artifact.sha256 is None:
             raise ArtifactError(
                 UNSUPPORTED, f"{redact(artifact.uri)}: a downloaded artifact needs its sha256"
@@ -155,7 +161,7 @@ class ArtifactStore:
                 entry.unlink(missing_ok=True)
         entry.parent.mkdir(parents=True, exist_ok=True)
         with _download_target(entry) as (out, digest):
-            for chunk in _stream(artifact.uri):
+            for chunk in _stream(artifact, credentials):
                 out.write(chunk)
                 digest.update(chunk)
             got = digest.hexdigest()
@@ -194,11 +200,12 @@ def _download_target(entry: Path) -> Iterator[tuple[BinaryIO, hashlib._Hash]]:
         Path(temp).unlink(missing_ok=True)
 
 
-def _stream(uri: str) -> Iterator[bytes]:
+def _stream(artifact: Artifact, credentials: CredentialEnv | None) -> Iterator[bytes]:
+    uri = artifact.uri
     scheme = urlsplit(uri).scheme
     try:
         if scheme == "s3":
-            yield from _s3_stream(uri)
+            yield from _s3_stream(uri, artifact.endpoint, credentials)
         else:
             yield from _http_stream(uri)
     except ArtifactError:
@@ -226,13 +233,17 @@ def _http_stream(uri: str) -> Iterator[bytes]:
         yield from response.iter_bytes(_CHUNK)
 
 
-def _s3_stream(uri: str) -> Iterator[bytes]:
+def _s3_stream(
+    uri: str, endpoint_url: str | None, credentials: CredentialEnv | None
+) -> Iterator[bytes]:
     from minio import Minio
     from minio.credentials.providers import (
         ChainedProvider,
         EnvAWSProvider,
         EnvMinioProvider,
         IamAwsProvider,
+        Provider,
+        StaticProvider,
     )
     from minio.error import S3Error
 
@@ -241,15 +252,26 @@ def _s3_stream(uri: str) -> Iterator[bytes]:
     if not bucket or not key:
         raise ArtifactError(UNSUPPORTED, f"{redact(uri)}: expected s3://<bucket>/<key>")
     endpoint = urlsplit(
-        os.environ.get("AWS_ENDPOINT_URL_S3")
+        endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
         or os.environ.get("AWS_ENDPOINT_URL")
         or "https://s3.amazonaws.com"
     )
+    provider: Provider = ChainedProvider([EnvAWSProvider(), EnvMinioProvider(), IamAwsProvider()])
+    if credentials is not None:
+        keys = (os.environ.get(credentials.username_env), os.environ.get(credentials.password_env))
+        if not all(keys):
+            raise ArtifactError(
+                FETCH_FAILED,
+                f"{redact(uri)}: the artifact's credentials are not in the environment "
+                f"({credentials.username_env}, {credentials.password_env}): is its Secret there?",
+            )
+        provider = StaticProvider(str(keys[0]), str(keys[1]))
     client = Minio(
         endpoint.netloc,
         secure=endpoint.scheme == "https",
         region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-        credentials=ChainedProvider([EnvAWSProvider(), EnvMinioProvider(), IamAwsProvider()]),
+        credentials=provider,
     )
     try:
         response = client.get_object(bucket, key)

@@ -687,7 +687,7 @@ class ModelUnavailable(ArtifactError):
 def _fetch(model: ModelConfig, role: str, search: Sequence[Path]) -> Path:
     """The model's verified artifact file (fetched and cached on the node when remote)."""
     try:
-        return resolve_artifact(model.artifact, search)
+        return resolve_artifact(model.artifact, search, model.credentials)
     except ArtifactError as exc:
         raise ModelUnavailable(role, model.variant, exc) from exc
 

@@ -238,6 +238,11 @@ INVALID = [
     ),
     # -- ModelVariant ---------------------------------------------------------------------------
     pytest.param(
+        edit(MODEL, "spec.artifact.endpoint", "http://minio.storage:9000"),
+        ("spec.artifact: Invalid value", "endpoint and credentialsSecretRef are only for s3://"),
+        id="modelvariant-s3-endpoint-on-a-file-artifact",
+    ),
+    pytest.param(
         remove(TRT_INT8, "spec.calibration"),
         ("spec.calibration: Invalid value", "INT8 TensorRT/OpenVINO/Triton variants must name"),
         id="modelvariant-int8-tensorrt-without-calibration",

@@ -24,6 +24,7 @@ import pytest
 from minio import Minio
 
 from kubevision.api.modelvariant import Artifact
+from kubevision.api.worker_config import artifact_credential_env
 from kubevision.operator.planner import group_name
 from kubevision.worker.backends import create_backend
 from kubevision.worker.models import (
@@ -116,6 +117,27 @@ def test_s3_artifact_is_verified_cached_and_runs(s3_env: Minio, tmp_path: Path) 
     # the node's cache serves it once the object is gone from the store
     s3_env.remove_object(BUCKET, "yolox/yolox_nano_416.onnx")
     assert store.fetch(Artifact(uri=uri, sha256=sha256_of(model))) == fetched
+
+
+def test_s3_endpoint_and_keys_from_the_variant_not_the_environment(
+    s3_env: Minio, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a pod the store's address is the artifact's ``endpoint`` and its keys come from the
+    env vars the operator fills from ``credentialsSecretRef``: no AWS_* variable is needed."""
+    data = b"model bytes behind credentials"
+    uri = upload(s3_env, "keyed.onnx", data)
+    endpoint = os.environ["AWS_ENDPOINT_URL_S3"]
+    for var in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    names = artifact_credential_env("keyed")
+    artifact = Artifact(uri=uri, sha256=hashlib.sha256(data).hexdigest(), endpoint=endpoint)
+    store = ArtifactStore(cache_dir=tmp_path / "cache")
+    with pytest.raises(ArtifactError, match="credentials are not in the environment") as unset:
+        store.fetch(artifact, names)
+    assert unset.value.reason == FETCH_FAILED
+    monkeypatch.setenv(names.username_env, s3.ACCESS_KEY)
+    monkeypatch.setenv(names.password_env, s3.SECRET_KEY)
+    assert store.fetch(artifact, names).read_bytes() == data
 
 
 def test_s3_mismatch_and_missing_are_refused_and_leave_no_file(

@@ -10,13 +10,23 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from kubevision.api.modelvariant import ModelVariantStatus
+from kubevision.api.modelvariant import Artifact, ModelVariantStatus
+from kubevision.api.worker_config import CONFIG_FILE, artifact_credential_env
 from kubevision.operator import conditions as c
 from kubevision.operator import modelvariants as mv
-from kubevision.operator.selection import choose_variant
+from kubevision.operator.builders import build_configmap, build_statefulset, build_worker_config
+from kubevision.operator.selection import Variant, choose_variant
+from kubevision.operator.settings import OperatorSettings
 from kubevision.operator.signals import ModelHealth, parse_metrics
 from kubevision.worker.metrics import WorkerMetrics
-from tests.unit.factories import catalog, manifests, simulated_nodes
+from tests.unit.factories import (
+    catalog,
+    group,
+    manifests,
+    pipeline_spec,
+    sample_pipeline_body,
+    simulated_nodes,
+)
 
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
 
@@ -159,3 +169,39 @@ def test_variant_status_per_hardware_class_written_only_on_change() -> None:
     assert missing["v2", "cpu"].available is False
     assert missing["v2", "cpu"].verified is None
     assert mv.artifact_writes(found, {}, NOW) == {}, "not a ModelVariant here: nothing"
+
+
+def test_s3_credentials_reach_the_worker_by_reference_only() -> None:
+    """An s3:// artifact's Secret becomes secretKeyRef env vars on the pod; the worker config
+    names the variables, never the keys."""
+    base = next(v for v in catalog() if v.name == "yolox-nano-416-onnx-fp32")
+    artifact = {
+        "uri": "s3://models/yolox_nano_416.onnx",
+        "sha256": base.spec.artifact.sha256,
+        "endpoint": "http://minio.storage:9000",
+        "credentialsSecretRef": {
+            "name": "model-store",
+            "usernameKey": "accessKeyId",
+            "passwordKey": "secretAccessKey",
+        },
+    }
+    spec = base.spec.model_copy(update={"artifact": Artifact.model_validate(artifact)})
+    g = group("cpu", detector=Variant("yolox-s3", spec))
+    names = artifact_credential_env("yolox-s3")
+    config = build_worker_config("people", "vision", pipeline_spec(), g)
+    assert config.detector.model.credentials == names
+    assert config.detector.model.artifact.endpoint == "http://minio.storage:9000"
+    sts = build_statefulset(sample_pipeline_body(), pipeline_spec(), g, OperatorSettings())
+    (worker,) = sts["spec"]["template"]["spec"]["containers"]
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in worker["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert refs == {
+        names.username_env: {"name": "model-store", "key": "accessKeyId"},
+        names.password_env: {"name": "model-store", "key": "secretAccessKey"},
+    }
+    text = build_configmap(sample_pipeline_body(), config, g)["data"][CONFIG_FILE]
+    assert names.username_env in text
+    assert "accessKeyId" not in text  # the Secret's keys stay in the pod spec
