@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TYPECHECK_ROOT := .kubevision/typecheck
 
-.PHONY: system-packages bench bench-reliability bench-operator bench-worker bench-tracking bench-autoscaling bench-gpu bench-gpu-decode bench-gpu-nvdec bench-gpu-density help install toolchain lint format crds dashboards test test-unit demo cluster-up cluster-down cluster-status images images-smoke clean
+.PHONY: system-packages bench bench-reliability bench-operator bench-worker bench-tracking bench-autoscaling bench-fleet bench-gpu bench-gpu-decode bench-gpu-nvdec bench-gpu-density help install toolchain lint format crds dashboards test test-unit demo cluster-up cluster-down cluster-status fleet-up images images-smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ bench-tracking: $(STAMP) ## SORT / ByteTrack / DeepSORT quality and speed on MOT
 bench-autoscaling: $(STAMP) toolchain ## SLO breach -> replicas patched, with real worker processes
 	$(PY) -m benchmarks.autoscaling_reaction
 
+bench-fleet: $(STAMP) toolchain ## 10,000 Cameras on 1,000 kwok-simulated Jetsons: convergence, steady-state writes, churn, site failure, 1 vs 2 shards
+	$(PY) -m benchmarks.fleet_scale
+
 bench-reliability: system-packages $(STAMP) toolchain ## chaos, fuzz and soak at full size: benchmarks/results/reliability.{json,md}
 	$(PY) -m benchmarks.reliability
 
@@ -137,6 +140,9 @@ cluster-down: ## stop the local control plane (logs are kept)
 
 cluster-status: ## is the local control plane running?
 	$(PY) -m tests.envtest status
+
+fleet-up: $(STAMP) toolchain ## a kwok-simulated fleet (1,000 Jetsons, 100 sites, 20 GPU servers) with the operator and 10,000 Cameras, until Ctrl-C
+	$(PY) -m tests.envtest.fleet $(FLEET_ARGS)
 
 # Daemonless OCI builds (mmdebstrap base + buildah) of the Dockerfiles `make test` lints; needs
 # root. The smoke test runs them with podman against the local control plane.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import logging
+import os
 import random
 import sys
 
@@ -57,7 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds a silent replica counts as alive: a standby takes over this long after "
         "the active one died at the latest",
     )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="split the objects into this many shards; each replica reconciles the shards it "
+        "holds a Lease for, rebalanced when replicas come and go (exclusive with --peering)",
+    )
     args = parser.parse_args(argv)
+    if args.shards is not None:
+        if args.peering and args.shards > 1:
+            parser.error("--shards and --peering are exclusive: shards already elect per shard")
+        os.environ["KUBEVISION_SHARDS"] = str(args.shards)  # read by OperatorSettings.from_env
 
     import kubevision.operator.handlers  # noqa: F401  (registers the handlers with kopf)
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +23,12 @@ log = logging.getLogger("kubevision.operator.kube")
 
 _APPLY = "application/apply-patch+yaml"
 _MERGE = "application/merge-patch+json"
+_RETRIED = frozenset({409, 429, 503, 504})
+"""Answers worth another try: a conflict, API priority and fairness throttling us, an API
+server restarting or overloaded."""
+_ATTEMPTS = 4
+_BACKOFF_SECONDS = 0.2
+_MAX_RETRY_AFTER = 10.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,7 @@ PODS = Kind("v1", "pods", "Pod")
 PIPELINES = Kind(API_VERSION, "pipelines", "Pipeline")
 CAMERAS = Kind(API_VERSION, "cameras", "Camera")
 MODELVARIANTS = Kind(API_VERSION, "modelvariants", "ModelVariant")
+LEASES = Kind("coordination.k8s.io/v1", "leases", "Lease")
 OWNED_KINDS = (STATEFULSETS, SERVICES, CONFIGMAPS)
 """Everything a Pipeline owns, in the order it is applied (and pruned in reverse)."""
 
@@ -79,7 +89,29 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        """One REST call; raises ApiException (with the server's message) unless 2xx."""
+        """One REST call; raises ApiException (with the server's message) unless 2xx. A
+        conflict, throttling (429) or an overloaded server is retried a few times with jittered
+        exponential backoff (or after the server's Retry-After), so a burst does not turn into
+        a reconcile error and a full backoff of the caller."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                return self._call_once(method, path, body, query, content_type)
+            except ApiException as exc:
+                if exc.status not in _RETRIED or attempt == _ATTEMPTS - 1:
+                    raise
+                delay = _retry_delay(exc, attempt)
+                log.info("%s %s answered %s; retrying in %.2fs", method, path, exc.status, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _call_once(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        query: list[tuple[str, str]] | None,
+        content_type: str,
+    ) -> Any:
         method, url, headers, body, _ = self._api.param_serialize(
             method=method,
             resource_path=path,
@@ -142,6 +174,34 @@ class Kube:
         items: list[dict[str, Any]] = result.get("items", [])
         return items
 
+    def list_pages(
+        self, kind: Kind, namespace: str | None = None, label_selector: str = "", limit: int = 500
+    ) -> Iterator[dict[str, Any]]:
+        """Every object of ``kind`` (in ``namespace``, or all), in pages of ``limit``."""
+        path = kind.path(namespace) if namespace else f"{kind.prefix}/{kind.plural}"
+        token = ""
+        while True:
+            query = [("limit", str(limit))]
+            query += [("labelSelector", label_selector)] if label_selector else []
+            query += [("continue", token)] if token else []
+            page = self._call("GET", path, query=query)
+            yield from page.get("items", [])
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return
+
+    def create(self, kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", kind.path(obj["metadata"]["namespace"]), obj)
+        return result
+
+    def replace(self, kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
+        """PUT with the object's resourceVersion: fails with 409 when someone wrote first."""
+        meta = obj["metadata"]
+        result: dict[str, Any] = self._call_once(
+            "PUT", kind.path(meta["namespace"], meta["name"]), obj, None, "application/json"
+        )
+        return result
+
     def delete(self, kind: Kind, namespace: str, name: str) -> None:
         try:
             self._call("DELETE", kind.path(namespace, name), {"propagationPolicy": "Background"})
@@ -157,3 +217,15 @@ class Kube:
                 return None
             raise
         return result
+
+
+def _retry_delay(exc: ApiException, attempt: int) -> float:
+    """The server's Retry-After when it gives one, else 0.2 s doubling, with full jitter."""
+    headers = exc.headers or {}
+    retry_after = headers.get("Retry-After") if hasattr(headers, "get") else None
+    if retry_after:
+        try:
+            return min(float(retry_after), _MAX_RETRY_AFTER)
+        except ValueError:
+            pass
+    return random.uniform(0, _BACKOFF_SECONDS * 2**attempt)

@@ -25,6 +25,7 @@ from kubevision.api.pipeline import GroupStatus, PipelineSpec, PipelineStatus, S
 from kubevision.api.worker_config import CONFIG_FILE, WorkerConfig
 from kubevision.operator import conditions as c
 from kubevision.operator import modelvariants
+from kubevision.operator.applied import AppliedObjects, stamp
 from kubevision.operator.builders import (
     GROUP_LABEL,
     PIPELINE_LABEL,
@@ -81,11 +82,19 @@ class CameraRecord:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Copies of the indexes taken on the event loop, handed to the reconciling thread."""
+    """Copies of the indexes taken on the event loop, handed to the reconciling thread.
+
+    ``owned`` (the Pipeline's StatefulSets, Services and ConfigMaps) and ``pods`` (its worker
+    pods by group) come from the operator's watches; None means "not cached, list them"
+    (a direct call, as the tests make)."""
 
     cameras: list[CameraRecord]
     variants: list[Variant]
     nodes: list[NodeInfo]
+    owned: Mapping[Kind, list[dict[str, Any]]] | None = None
+    pods: Mapping[str, list[dict[str, Any]]] | None = None
+    gpu_requests: Mapping[str, int] | None = None
+    """GPUs requested by the pods on each node (for the autoscaler's capacity); None: list."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,8 @@ class Outcome:
     ready_replicas: dict[str, int] | None = None
     """Ready replicas per group, for the operator's metrics; None when nothing was applied."""
     camera_events: list[CameraEvent] = field(default_factory=list)
+    status: dict[str, Any] | None = None
+    """The status the Pipeline has now (written, or found already so), for the next pass."""
 
 
 def camera_field_manager(settings: OperatorSettings, pipeline: str) -> str:
@@ -144,19 +155,29 @@ def reconcile_pipeline(
     snapshot: Snapshot,
     scaling: ScalingView | None = None,
     ledger: StreamLedger | None = None,
+    applied: AppliedObjects | None = None,
+    last_status: dict[str, Any] | None = None,
 ) -> Outcome:
     """One level-triggered pass (see the module docstring). ``ledger``: the reconciler's memory
-    of its Camera entries across ticks; a fresh one, as after a restart, when not given."""
+    of its Camera entries across ticks; a fresh one, as after a restart, when not given.
+    ``applied``: what this process applied before (unchanged objects are then not applied
+    again, :mod:`.applied`); ``last_status``: the status this reconciler wrote last, which the
+    cached ``body`` may not show yet (no second write of the same status)."""
     meta = body["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
-    previous_status = PipelineStatus.model_validate(body.get("status") or {})
+    previous_status = PipelineStatus.model_validate(
+        last_status if last_status is not None else body.get("status") or {}
+    )
     try:
         spec = PipelineSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         return _reject(kube, body, previous_status, exc)
-    owned = {
-        kind: kube.list_labeled(kind, namespace, f"{PIPELINE_LABEL}={name}") for kind in OWNED_KINDS
-    }
+    owned = snapshot.owned
+    if owned is None:
+        owned = {
+            kind: kube.list_labeled(kind, namespace, f"{PIPELINE_LABEL}={name}")
+            for kind in OWNED_KINDS
+        }
     previous = _previous_assignments(owned[CONFIGMAPS])
     plan = plan_pipeline(
         name,
@@ -167,21 +188,27 @@ def reconcile_pipeline(
         previous=previous,
         scaling=(scaling or ScalingView()).decisions,
     )
-    ready, waiting = _apply_groups(kube, settings, body, spec, plan, owned, previous)
-    _prune(kube, namespace, meta["uid"], owned, {g.name for g in plan.groups})
+    applied = AppliedObjects() if applied is None else applied
+    pods = snapshot.pods
+    ready, waiting = _apply_groups(kube, settings, body, spec, plan, owned, previous, applied, pods)
+    _prune(kube, namespace, meta["uid"], owned, {g.name for g in plan.groups}, applied)
     view = scaling or ScalingView()
     camera_events = _update_camera_assignments(
         kube, settings, namespace, name, plan, snapshot.cameras, view.streams,
         StreamLedger() if ledger is None else ledger,
     )  # fmt: skip
     status = _status(plan, ready, waiting, generation, previous_status, view)
-    kube.apply_status(PIPELINES, namespace, name, status.wire())
+    wire = status.wire()
+    current = PipelineStatus.model_validate(body.get("status") or {}).wire()
+    if wire not in (current, last_status):  # coalesced: an unchanged status is not written
+        kube.apply_status(PIPELINES, namespace, name, wire)
     if view.models is not None:
         _report_artifacts(kube, settings, namespace, name, plan, view.models, snapshot.variants)
     return Outcome(
         events=_decisions(previous_status, status) + _model_events(previous_status, status),
         ready_replicas=ready,
         camera_events=camera_events,
+        status=wire,
     )
 
 
@@ -238,25 +265,28 @@ def _apply_groups(
     body: dict[str, Any],
     spec: PipelineSpec,
     plan: PipelinePlan,
-    owned: dict[Kind, list[dict[str, Any]]],
+    owned: Mapping[Kind, list[dict[str, Any]]],
     previous: Mapping[str, Mapping[str, int]],
+    applied: AppliedObjects,
+    pods: Mapping[str, list[dict[str, Any]]] | None,
 ) -> tuple[dict[str, int], list[str]]:
-    """Apply each group's ConfigMap, Service and StatefulSet; return ready replicas per group
-    and why the pods that are not ready wait.
+    """Apply each group's ConfigMap, Service and StatefulSet where they changed; return ready
+    replicas per group and why the pods that are not ready wait.
 
     The ConfigMap goes first so a StatefulSet never scales onto shards its workers cannot
     read, and moves are make-before-break (:mod:`.handover`).
     """
     meta = body["metadata"]
-    configmaps = {o["metadata"]["name"]: o for o in owned[CONFIGMAPS]}
-    statefulsets = {o["metadata"]["name"]: o for o in owned[STATEFULSETS]}
+    live = {kind: {o["metadata"]["name"]: o for o in owned[kind]} for kind in OWNED_KINDS}
+    configmaps, statefulsets = live[CONFIGMAPS], live[STATEFULSETS]
     ready: dict[str, int] = {}
     waiting: list[str] = []
     for group in plan.groups:
         homes = previous.get(group.name, {})
         changed_at = _homes_changed_at(configmaps.get(group.name), homes, group)
         running = int(((statefulsets.get(group.name) or {}).get("spec") or {}).get("replicas", 0))
-        ready_ordinals, blocked = _pod_readiness(kube, meta, group)
+        group_pods = None if pods is None else pods.get(group.name, [])
+        ready_ordinals, blocked = _pod_readiness(kube, meta, group, group_pods)
         waiting += blocked
         handover = plan_handover(
             group.shards.shards,
@@ -269,12 +299,21 @@ def _apply_groups(
         config = build_worker_config(meta["name"], meta["namespace"], spec, group, handover.copies)
         configmap = build_configmap(body, config, group)
         configmap["metadata"]["annotations"] = {HOMES_CHANGED_AT: f"{changed_at:.0f}"}
-        kube.apply(CONFIGMAPS, configmap)
-        kube.apply(SERVICES, build_service(body, group, settings))
         statefulset = build_statefulset(body, spec, group, settings)
         statefulset["spec"]["replicas"] = handover.replicas
-        applied = kube.apply(STATEFULSETS, statefulset)
-        ready[group.name] = int((applied.get("status") or {}).get("readyReplicas") or 0)
+        current = statefulsets.get(group.name)
+        for kind, desired in (
+            (CONFIGMAPS, configmap),
+            (SERVICES, build_service(body, group, settings)),
+            (STATEFULSETS, statefulset),
+        ):
+            stamp(desired)
+            if applied.needs_apply(kind.plural, desired, live[kind].get(group.name)):
+                result = kube.apply(kind, desired)
+                applied.record(kind.plural, result, meta["name"])
+                if kind == STATEFULSETS:
+                    current = result
+        ready[group.name] = int(((current or {}).get("status") or {}).get("readyReplicas") or 0)
     return ready, waiting
 
 
@@ -297,11 +336,13 @@ def _homes_changed_at(
 
 
 def _pod_readiness(
-    kube: Kube, meta: dict[str, Any], group: GroupPlan
+    kube: Kube, meta: dict[str, Any], group: GroupPlan, pods: list[dict[str, Any]] | None
 ) -> tuple[set[int], list[str]]:
     """Ordinals of the group's pods that report Ready (they serve their shard), and what each
-    other pod's containers wait for (a missing Secret, an image pull, a crash loop)."""
-    pods = kube.list_labeled(PODS, meta["namespace"], f"{GROUP_LABEL}={group.name}")
+    other pod's containers wait for (a missing Secret, an image pull, a crash loop). ``pods``:
+    the group's pods from the operator's watch; None lists them."""
+    if pods is None:
+        pods = kube.list_labeled(PODS, meta["namespace"], f"{GROUP_LABEL}={group.name}")
     ready, waiting = set(), []
     for pod in pods:
         status = pod.get("status") or {}
@@ -329,17 +370,20 @@ def _prune(
     kube: Kube,
     namespace: str,
     uid: str,
-    owned: dict[Kind, list[dict[str, Any]]],
+    owned: Mapping[Kind, list[dict[str, Any]]],
     wanted: set[str],
+    applied: AppliedObjects,
 ) -> None:
     """Delete what this Pipeline created for groups that no longer exist (workloads first)."""
     for kind in OWNED_KINDS:
         for obj in owned[kind]:
             refs = obj["metadata"].get("ownerReferences") or []
             mine = any(r.get("uid") == uid for r in refs)
-            if mine and obj["metadata"]["name"] not in wanted:
+            gone = obj["metadata"].get("deletionTimestamp")
+            if mine and not gone and obj["metadata"]["name"] not in wanted:
                 log.info("pruning %s %s/%s", kind.plural, namespace, obj["metadata"]["name"])
                 kube.delete(kind, namespace, obj["metadata"]["name"])
+                applied.forget(kind.plural, namespace, obj["metadata"]["name"])
 
 
 def _update_camera_assignments(
@@ -617,6 +661,8 @@ def _reject(
             ],
         }
     )
-    meta = body["metadata"]
-    kube.apply_status(PIPELINES, meta["namespace"], meta["name"], status.wire())
-    return Outcome(events=[Event("Warning", c.INVALID_SPEC, message)])
+    meta, wire = body["metadata"], status.wire()
+    if wire == PipelineStatus.model_validate(body.get("status") or {}).wire():
+        return Outcome(status=wire)  # said already: no write, no second Event
+    kube.apply_status(PIPELINES, meta["namespace"], meta["name"], wire)
+    return Outcome(events=[Event("Warning", c.INVALID_SPEC, message)], status=wire)

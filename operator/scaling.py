@@ -17,7 +17,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from kubevision.api.pipeline import Autoscaling, GroupStatus, PipelineSpec
 from kubevision.api.worker_config import CONFIG_FILE, WorkerConfig
@@ -63,6 +63,13 @@ class OperatorMetrics:
             ["kind", "result"],
             registry=registry,
         )
+        self.reconcile_seconds = Histogram(
+            "kubevision_operator_reconcile_duration_seconds",
+            "Time one reconcile took, by kind (a Pipeline's includes its autoscaling step).",
+            ["kind"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
         for kind in get_args(ReconciledKind):  # exported at 0, so an error rate is never empty
             for result in ("ok", "error"):
                 self.reconciles.labels(kind, result)
@@ -103,11 +110,14 @@ class OperatorMetrics:
     def reconciling(self, kind: ReconciledKind) -> Iterator[None]:
         """Count the enclosed reconcile as ok, or as error when it raises (re-raised; a
         cancellation, which is no failure, counts as neither)."""
+        started = time.perf_counter()
         try:
             yield
         except Exception:
             self.reconciles.labels(kind, "error").inc()
             raise
+        finally:
+            self.reconcile_seconds.labels(kind).observe(time.perf_counter() - started)
         self.reconciles.labels(kind, "ok").inc()
 
     def observe_groups(self, pipeline: str, ready: Mapping[str, int]) -> None:
@@ -184,8 +194,12 @@ class PipelineScaler:
         nodes: list[NodeInfo],
         metrics: OperatorMetrics,
         prometheus_url: str | None,
+        pods: Mapping[str, list[dict[str, Any]]] | None = None,
+        gpu_requests: Mapping[str, int] | None = None,
     ) -> list[ScalingEvent]:
-        """Read signals and decide for every group; returns the decisions that changed."""
+        """Read signals and decide for every group; returns the decisions that changed.
+        ``pods`` (worker pods by group) and ``gpu_requests`` (GPUs requested per node) come
+        from the operator's watches; None lists them."""
         now = time.monotonic()
         self.last_run = now
         ladder = tuple(spec.degradation.allowed)
@@ -197,11 +211,14 @@ class PipelineScaler:
             if scaler is None or scaler.policy != wanted_policy:
                 scaler = self.scalers[group.name] = Autoscaler(wanted_policy)
             current = self.decisions.get(group.name, GroupScaling(group.replicas))
-            signals = self._signals(kube, namespace, pipeline, group, url)
+            group_pods = None if pods is None else pods.get(group.name, [])
+            signals = self._signals(kube, namespace, pipeline, group, url, group_pods)
             if signals is not None:
                 self.observed[group.name] = signals
             capacity = (
-                _capacity(kube, group, nodes) if group.hardware_class == "nvidia-gpu" else None
+                _capacity(kube, group, nodes, gpu_requests)
+                if group.hardware_class == "nvidia-gpu"
+                else None
             )
             decision = scaler.decide(now, current.replicas, current.degradation, signals, capacity)
             if decision.held:
@@ -239,11 +256,13 @@ class PipelineScaler:
         pipeline: str,
         group: GroupStatus,
         prometheus_url: str | None,
+        pods: list[dict[str, Any]] | None,
     ) -> GroupSignals | None:
         if prometheus_url:
             cameras = _group_cameras(kube, namespace, group.name)
             return PrometheusSource(prometheus_url).signals(pipeline, cameras)
-        scraped = fetch_each(worker_urls(kube, namespace, group.name, "/metrics"), scrape)
+        urls = worker_urls(kube, namespace, group.name, "/metrics", pods)
+        scraped = fetch_each(urls, scrape)
         current = {pod: s for pod, s in scraped.items() if s is not None}
         previous = self.scrapes.get(group.name, {})
         # each ready pod keeps its last good scrape as its baseline, so one missed scrape does
@@ -258,9 +277,17 @@ class PipelineScaler:
         return combine(previous, current)
 
 
-def worker_urls(kube: Kube, namespace: str, group: str, path: str) -> dict[str, str]:
-    """Each ready worker pod of ``group`` -> the URL of ``path`` on its metrics port."""
-    pods = kube.list_labeled(PODS, namespace, f"{GROUP_LABEL}={group}")
+def worker_urls(
+    kube: Kube,
+    namespace: str,
+    group: str,
+    path: str,
+    pods: list[dict[str, Any]] | None = None,
+) -> dict[str, str]:
+    """Each ready worker pod of ``group`` -> the URL of ``path`` on its metrics port
+    (``pods``: the group's pods from the operator's watch; None lists them)."""
+    if pods is None:
+        pods = kube.list_labeled(PODS, namespace, f"{GROUP_LABEL}={group}")
     return {
         p["metadata"]["name"]: f"http://{p['status']['podIP']}:9090{path}"
         for p in pods
@@ -275,14 +302,19 @@ def fetch_each(urls: Mapping[str, str], read: Callable[[str], T]) -> dict[str, T
 
 
 def stream_reports(
-    kube: Kube, namespace: str, groups: list[GroupStatus]
+    kube: Kube,
+    namespace: str,
+    groups: list[GroupStatus],
+    pods: Mapping[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Mapping[str, CameraHealth] | None]:
     """Stream health by ready worker pod from their ``/status`` (when signals come from
     Prometheus, which has no error text, so the workers' /metrics are not scraped)."""
     urls = {
         pod: url
         for g in groups
-        for pod, url in worker_urls(kube, namespace, g.name, "/status").items()
+        for pod, url in worker_urls(
+            kube, namespace, g.name, "/status", None if pods is None else pods.get(g.name, [])
+        ).items()
     }
     return fetch_each(urls, read_status)
 
@@ -301,9 +333,15 @@ def _group_cameras(kube: Kube, namespace: str, group: str) -> list[str]:
     return sorted(config.assignments())
 
 
-def _capacity(kube: Kube, group: GroupStatus, nodes: list[NodeInfo]) -> int:
+def _capacity(
+    kube: Kube,
+    group: GroupStatus,
+    nodes: list[NodeInfo],
+    gpu_requests: Mapping[str, int] | None = None,
+) -> int:
     """Replicas the GPU nodes of the group's class and site can hold: its current replicas
-    plus the GPUs not yet requested by any pod on those nodes."""
+    plus the GPUs not yet requested by any pod on those nodes (``gpu_requests``: per node,
+    from the operator's pod watch; None lists the nodes' pods)."""
     candidates = {
         n.name: n.gpus
         for n in nodes
@@ -311,6 +349,9 @@ def _capacity(kube: Kube, group: GroupStatus, nodes: list[NodeInfo]) -> int:
         and n.hardware_class == "nvidia-gpu"
         and (group.site is None or n.site == group.site)
     }
+    if gpu_requests is not None:
+        used = sum(gpu_requests.get(name, 0) for name in candidates)
+        return group.replicas + max(sum(candidates.values()) - used, 0)
     used = 0
     for name in candidates:
         for pod in kube.list_all(PODS, field_selector=f"spec.nodeName={name}"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import socket
 
 from pydantic import BaseModel, Field
 
@@ -47,6 +48,22 @@ class OperatorSettings(BaseModel):
     so a worker's undelivered events outlive its pod on that node. None (the default): an
     emptyDir, or a Pipeline's spec.spool.persistentVolumeClaim."""
 
+    shards: int = Field(default=1, ge=1, le=1024)
+    """How many shards the Pipelines, Cameras and ModelVariants are split into; with more than
+    one, each replica reconciles the shards it holds a Lease for (:mod:`.shards`)."""
+    shard_lease_seconds: float = Field(default=15, ge=3)
+    """A shard Lease's duration: a dead replica's shards move after about this long."""
+    identity: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    """This replica's name among the shard members (the pod name in a cluster)."""
+    lease_namespace: str = "kubevision-system"
+    """Where the shard Leases live (the operator's namespace)."""
+    status_coalesce_seconds: float = Field(default=1.0, ge=0)
+    """Camera status writes wait this long, so a burst of changes to one Camera (created,
+    then assigned) becomes one write."""
+    max_concurrent_reconciles: int = Field(default=4, ge=1)
+    """Pipeline reconciles running at once (each Pipeline has at most one pending trigger, so
+    the work queue is bounded by the number of Pipelines)."""
+
     @classmethod
     def from_env(cls) -> OperatorSettings:
         images = cls().worker_images
@@ -68,4 +85,12 @@ class OperatorSettings(BaseModel):
             engine_cache_host_path=os.environ.get("KUBEVISION_ENGINE_CACHE_HOST_PATH") or None,
             spool_host_path=os.environ.get("KUBEVISION_SPOOL_HOST_PATH") or None,
             jetson_runtime_class=os.environ.get("KUBEVISION_JETSON_RUNTIME_CLASS") or "nvidia",
+            shards=int(os.environ.get("KUBEVISION_SHARDS") or 1),
+            shard_lease_seconds=float(os.environ.get("KUBEVISION_SHARD_LEASE_SECONDS") or 15),
+            identity=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+            lease_namespace=os.environ.get("POD_NAMESPACE") or "kubevision-system",
+            status_coalesce_seconds=float(
+                os.environ.get("KUBEVISION_STATUS_COALESCE_SECONDS") or 1.0
+            ),
+            max_concurrent_reconciles=int(os.environ.get("KUBEVISION_MAX_RECONCILES") or 4),
         )

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable, Mapping
+
+from kubevision.api.common import LabelSelector
 
 PipelineKey = tuple[str, str]
 """(namespace, name): the one way a Pipeline is keyed in the operator's runtime state."""
@@ -25,6 +28,8 @@ class Triggers:
 
     def __init__(self) -> None:
         self._events: dict[PipelineKey, asyncio.Event] = {}
+        self._selectors: dict[PipelineKey, LabelSelector | None] = {}
+        """Each reconciler's camera selector, as its last pass read it (absent: not yet)."""
 
     def register(self, key: PipelineKey) -> asyncio.Event:
         event = self._events.setdefault(key, asyncio.Event())
@@ -33,6 +38,35 @@ class Triggers:
 
     def unregister(self, key: PipelineKey) -> None:
         self._events.pop(key, None)
+        self._selectors.pop(key, None)
+
+    def interest(self, key: PipelineKey, selector: LabelSelector | None) -> None:
+        """The cameras ``key`` selects (None: unknown, so every Camera change wakes it)."""
+        self._selectors[key] = selector
+
+    def fire_selecting(
+        self,
+        namespace: str,
+        labels: Iterable[Mapping[str, str]],
+        pipelines: Iterable[str] = (),
+    ) -> None:
+        """Wake the namespace's Pipelines that select any of ``labels`` (a Camera's labels
+        before and after a change) or are named in ``pipelines`` (those it is assigned to),
+        and those whose selector is not known yet."""
+        label_sets, named = [dict(x) for x in labels], set(pipelines)
+        for key, event in self._events.items():
+            if key[0] != namespace:
+                continue
+            selector = self._selectors.get(key)
+            if key[1] in named or selector is None or any(selector.matches(x) for x in label_sets):
+                event.set()
+
+    def selected(self, namespace: str, labels: Mapping[str, str]) -> bool:
+        """Whether a live Pipeline of the namespace selects a Camera with ``labels``."""
+        return any(
+            key[0] == namespace and selector is not None and selector.matches(dict(labels))
+            for key, selector in self._selectors.items()
+        )
 
     def fire(self, key: PipelineKey) -> None:
         if key in self._events:

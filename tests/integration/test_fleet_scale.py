@@ -1,0 +1,121 @@
+"""The fleet at small scale on its own control plane: 500 Cameras, 49 kwok nodes at 10 sites,
+two operator shards. Correctness at scale, not speed (that is ``make bench-fleet``): every
+Camera assigned exactly once and by the right Pipeline, placement rules held, no API write in
+steady state, and a killed replica's shards taken over."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.envtest.controlplane import OPERATOR_USER
+from tests.envtest.fleet import FleetCluster, FleetShape, camera, list_json, read_audit
+from tests.envtest.fleet_load import (
+    CameraWatch,
+    FleetLoad,
+    FleetOperator,
+    placement_violations,
+    start_operators,
+    wait_converged,
+)
+from tests.envtest.poll import wait_for
+
+SHAPE = FleetShape(
+    sites=10, jetsons_per_site=4, hubs=3, gpu_servers_per_hub=2, cpu_nodes=3, cameras_per_site=50
+)
+SHARDS = 2
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetCluster]:
+    with FleetCluster(tmp_path_factory.mktemp("fleet"), SHAPE) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def operators(fleet: FleetCluster) -> Iterator[list[FleetOperator]]:
+    procs = start_operators(fleet, SHARDS, resync_seconds=10)
+    yield procs
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def load(fleet: FleetCluster, operators: list[FleetOperator]) -> FleetLoad:
+    """The whole fleet applied as a GitOps burst and converged."""
+    applied = FleetLoad(fleet)
+    cameras = CameraWatch(fleet.api_client())
+    try:
+        applied.apply_all()
+        wait_converged(applied, cameras, timeout=150)
+    finally:
+        cameras.stop()
+    return applied
+
+
+def test_the_fleet_has_its_nodes(fleet: FleetCluster) -> None:
+    assert len(SHAPE.nodes()) == 49
+    assert fleet.unready_nodes() == []
+
+
+def test_every_camera_assigned_once_by_its_pipeline_on_its_sites_hardware(
+    fleet: FleetCluster, load: FleetLoad
+) -> None:
+    assert len(load.cameras) == 500
+    assert placement_violations(fleet, load) == []
+
+
+def test_no_write_in_steady_state(
+    fleet: FleetCluster, load: FleetLoad, operators: list[FleetOperator]
+) -> None:
+    """Every Pipeline reconciles (autoscaling ticks) and changes nothing: the only writes are
+    the shard Leases' renewals."""
+    audit = fleet.control_plane.audit_log
+    _, offset = read_audit(audit)
+    start = time.time()
+    before = sum(op.reconciles("pipeline") for op in operators)
+    rounds = 2 * len(load.pipelines)
+    wait_for(
+        lambda: sum(op.reconciles("pipeline") for op in operators) - before >= rounds,
+        timeout=90,
+        what=f"{rounds} Pipeline reconciles",
+    )
+    wait_for(lambda: read_audit(audit, offset)[0], timeout=30, what="the audit log flushed")
+    requests = [r for r in read_audit(audit, offset)[0] if r.user == OPERATOR_USER]
+    writes = sorted({f"{r.verb} {r.resource}" for r in requests if r.write and r.at >= start})
+    assert writes in ([], ["update leases"]), writes
+
+
+def test_a_killed_replica_s_shards_are_taken_over(
+    fleet: FleetCluster, load: FleetLoad, operators: list[FleetOperator]
+) -> None:
+    """SIGKILL one replica: the other takes its shards over and serves a new Camera of them."""
+    operators[-1].kill()
+    survivor = "kubevision-operator-0"
+    api = fleet.api_client()
+
+    def taken_over() -> bool:
+        leases = list_json(api, "/apis/coordination.k8s.io/v1/namespaces/kubevision-system/leases")
+        shards = [x for x in leases if "-shard-" in x["metadata"]["name"]]
+        return len(shards) == SHARDS and all(
+            x["spec"].get("holderIdentity") == survivor for x in shards
+        )
+
+    wait_for(taken_over, timeout=90, what="the survivor holding every shard")
+    cameras = CameraWatch(api)
+    try:
+        load.apply("cameras", _new_cameras(load, 20))
+        wait_converged(load, cameras, timeout=90)
+    finally:
+        cameras.stop()
+    assert placement_violations(fleet, load) == []
+
+
+def _new_cameras(load: FleetLoad, n: int) -> list[dict[str, Any]]:
+    new = [camera(f"cam-late-{i:02d}", SHAPE.site(i % SHAPE.sites), "edge", 10) for i in range(n)]
+    for cam in new:
+        load.cameras[cam["metadata"]["name"]] = cam
+    return new
