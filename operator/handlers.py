@@ -175,10 +175,13 @@ def variant_index(
 ) -> dict[str, Variant]:
     try:
         parsed = ModelVariantSpec.model_validate(dict(spec))
-        observed = ModelVariantStatus.model_validate(dict(status))
     except ValidationError as exc:
         log.warning("modelvariant %s/%s ignored: %s", namespace, name, exc.errors()[0]["msg"])
         return {}
+    try:  # only the workers' reports are read from it: an odd status must not hide the spec
+        observed: ModelVariantStatus | None = ModelVariantStatus.model_validate(dict(status))
+    except ValidationError:
+        observed = None
     return {namespace: Variant(name, parsed, observed)}
 
 
