@@ -19,6 +19,19 @@ Configurations, each searched for its largest N:
   letterbox, the same ONNX model in PyTorch FP32 eager at batch 1 on the GPU, CPU decode + NMS,
   ByteTrack, classifier; host frames.
 
+Decode included (``--video``, an H.264 file each stream sends as a camera does: its packets
+paced at their timestamps, looped; latency counts from a packet's arrival, so decoding and
+any lag behind the camera are in it; offered frames are what the cameras sent, 30 per second
+each, whether or not the worker kept up):
+
+* ``kubevision-nvdec``: the worker as deployed: one capture thread per camera (PyAV demux,
+  NVDEC decode into GPU memory, latest-frame buffer), then the pipeline above on GPU frames.
+* ``baseline-decode-per-stream-batch1``: the baseline loop fed by the same capture threads
+  decoding on the CPU (FFmpeg), as the obvious loop a user writes would read its cameras.
+
+``--detector yolov8 --input-size 640`` runs a YOLOv8-class model instead
+(:mod:`benchmarks.gpu.export_yolov8`: random weights, speed only, labelled as such).
+
 ``--configs MODE:K,...`` runs each mode with K worker processes sharing the GPU (K pods on one
 node, each with N/K streams), which is how a node is filled when one Python process is the
 limit. Each trial also records where the time went (stage times per frame, CPU cores used).
@@ -39,8 +52,8 @@ import queue
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +62,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine, write_results
+from benchmarks.gpu.decode_throughput import Clip
 from kubevision.api.camera import Sampling
 from kubevision.api.modelvariant import Artifact, InputSize
 from kubevision.api.pipeline import Slo, TrackerStage
@@ -61,7 +75,7 @@ from kubevision.api.worker_config import (
 )
 from kubevision.worker.backends.base import create_backend
 from kubevision.worker.backends.pytorch import TorchBackend
-from kubevision.worker.capture import CaptureOptions, Frame
+from kubevision.worker.capture import CameraStream, CaptureOptions, Frame, StreamState
 from kubevision.worker.classifier import CropClassifier
 from kubevision.worker.detections import NO_TRACK
 from kubevision.worker.detector import Detector
@@ -78,7 +92,14 @@ SLO_P99_MS = 100.0
 MIN_DELIVERED = 0.97
 CONFIDENCE, NMS_IOU = 0.3, 0.45
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-MODES = ("baseline-per-stream-batch1", "kubevision-gpu-frames", "kubevision-host-frames")
+MODES = (
+    "baseline-per-stream-batch1",
+    "kubevision-gpu-frames",
+    "kubevision-host-frames",
+    "kubevision-nvdec",
+    "baseline-decode-per-stream-batch1",
+)
+DECODE_MODES = ("kubevision-nvdec", "baseline-decode-per-stream-batch1")
 DEFAULT_CONFIGS = (
     "baseline-per-stream-batch1:1",
     "kubevision-gpu-frames:1",
@@ -143,6 +164,16 @@ class Setup:
     classifier_precision: str = "int8"
     """``int8``: ONNX Runtime on the CPU (torch cannot convert it); ``fp16``: a float export
     (``prepare float``) the torch backend runs on the GPU."""
+    video: Path | None = None
+    """The H.264 file decode modes send as every camera's stream."""
+    decoder: str = "yolox"
+    """The detector's output format (``yolox`` or ``yolov8``)."""
+    input_size: int = 416
+    confidence: float = 0.3
+
+    @property
+    def decodes(self) -> bool:
+        return self.mode in DECODE_MODES
 
 
 def load_clip(clip: Path, count: int) -> list[np.ndarray]:
@@ -160,8 +191,38 @@ def load_clip(clip: Path, count: int) -> list[np.ndarray]:
     return frames
 
 
-def model_config(path: Path, precision: str, batch_max: int, task: str = "detect") -> ModelConfig:
-    size = 416 if task == "detect" else 224
+def camera_capture(setup: Setup) -> CaptureOptions:
+    """Decode modes: each camera sends the file paced at its timestamps, looped; NVDEC for the
+    worker, FFmpeg for the baseline."""
+    if not setup.decodes:
+        return CaptureOptions()
+    decoder = "nvdec" if setup.mode == "kubevision-nvdec" else "cpu"
+    return CaptureOptions(realtime=True, loop=True, decoder=decoder)  # type: ignore[arg-type]
+
+
+def wait_streaming(streams: Iterable[Any], timeout: float = 120.0) -> None:
+    """Until every camera delivers frames (opening N decoders takes a while), or fail."""
+    streams = list(streams)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        waiting = [s for s in streams if s.state is not StreamState.STREAMING]
+        if not waiting:
+            return
+        time.sleep(0.1)  # polling the capture threads' state with a deadline
+    raise TimeoutError(f"{len(waiting)} of {len(streams)} cameras not streaming in {timeout} s")
+
+
+def model_config(
+    path: Path,
+    precision: str,
+    batch_max: int,
+    task: str = "detect",
+    *,
+    decoder: str = "yolox",
+    size: int = 416,
+) -> ModelConfig:
+    if task != "detect":
+        size = 224
     return ModelConfig(
         variant=path.stem,
         family=path.stem,
@@ -169,17 +230,18 @@ def model_config(path: Path, precision: str, batch_max: int, task: str = "detect
         format="onnx",
         precision=precision,  # type: ignore[arg-type]
         input_size=InputSize(width=size, height=size),
-        decoder="yolox" if task == "detect" else None,
+        decoder=decoder if task == "detect" else None,
         batch_max=batch_max,
         artifact=Artifact(uri=f"file://{path.resolve()}", sha256=sha256_of(path)),
     )
 
 
 def worker_config(setup: Setup, streams: int, precision: str) -> WorkerConfig:
+    url = f"file://{setup.video.resolve()}" if setup.decodes and setup.video else "memory://replay"
     cameras = [
         CameraAssignment(
             name=f"cam-{i:03d}",
-            url="memory://replay",
+            url=url,
             timeout_seconds=10,
             fps=FPS,
             sampling=Sampling(),
@@ -193,8 +255,14 @@ def worker_config(setup: Setup, streams: int, precision: str) -> WorkerConfig:
         group="gpu",
         hardware_class="nvidia-gpu",
         detector=DetectorConfig(
-            model=model_config(setup.model, precision, setup.max_batch),
-            confidence=CONFIDENCE,
+            model=model_config(
+                setup.model,
+                precision,
+                setup.max_batch,
+                decoder=setup.decoder,
+                size=setup.input_size,
+            ),
+            confidence=setup.confidence,
             nms_iou=NMS_IOU,
         ),
         tracker=TrackerStage(type="bytetrack"),
@@ -254,6 +322,8 @@ class Collector:
 
 
 def _frames_for(setup: Setup) -> list[Any]:
+    if setup.decodes:
+        return []  # the cameras' capture threads decode them
     frames: list[Any] = load_clip(setup.clip, setup.frames)
     if setup.mode == "kubevision-gpu-frames":
         frames = [torch.from_numpy(f).to(setup.device) for f in frames]
@@ -269,11 +339,12 @@ class KubeVisionWorker:
         self._sources: dict[str, ReplayStream] = {}
         self._collector = Collector()
         options = RuntimeOptions(
+            capture=camera_capture(setup),
             device=setup.device,
             backend="auto" if setup.device.startswith("cuda") else "torch",
             max_batch=setup.max_batch,
             max_wait_seconds=0.004,
-            source_factory=self._open,
+            source_factory=CameraStream if setup.decodes else self._open,
             classifier_labels=setup.labels,
             threads=2,
             on_stage=self._collector.stage,
@@ -307,23 +378,30 @@ class KubeVisionWorker:
 
     def measure(self, streams: int, seconds: float, warmup: float) -> dict[str, Any]:
         self._runtime.apply(worker_config(self._setup, streams, "fp16"))
-        live = [self._sources[f"cam-{i:03d}"] for i in range(streams)]
+        if self._setup.decodes:
+            wait_streaming(self._runtime.cameras.values())
+        live = [self._sources[f"cam-{i:03d}"] for i in range(streams) if not self._setup.decodes]
         time.sleep(warmup)  # a benchmark's measuring window, not synchronisation
         offered_before = sum(s.offered for s in live)
         self._collector.start()
         time.sleep(seconds)
         measured = self._collector.stop()
-        return {"offered": sum(s.offered for s in live) - offered_before, **measured}
+        offered = sum(s.offered for s in live) - offered_before
+        if self._setup.decodes:
+            offered = round(streams * FPS * seconds)  # what the cameras sent
+        return {"offered": offered, **measured}
 
 
 class BaselineLoop:
     """One loop, one frame at a time: CPU letterbox, FP32 eager batch 1, CPU NMS, tracker."""
 
     def __init__(self, setup: Setup) -> None:
+        self._setup = setup
         self._frames = _frames_for(setup)
         self._config = worker_config(setup, 0, "fp32")
         backend = TorchBackend.from_onnx(
-            setup.model, input_shape=(3, 416, 416), device=setup.device, precision="fp32",
+            setup.model, input_shape=(3, setup.input_size, setup.input_size), device=setup.device,
+            precision="fp32",
             max_batch=1, cuda_graphs=False,
         )  # fmt: skip
         self._detector = Detector.from_config(self._config.detector, backend)
@@ -339,10 +417,26 @@ class BaselineLoop:
         """Nothing runs in the background."""
 
     def measure(self, streams: int, seconds: float, warmup: float) -> dict[str, Any]:
-        sources = [
-            ReplayStream(f"cam-{i:03d}", self._frames, i * 7, (i % 30) / FPS / 30).start()
-            for i in range(streams)
-        ]
+        if not self._setup.decodes:
+            replayed = [
+                ReplayStream(f"cam-{i:03d}", self._frames, i * 7, (i % 30) / FPS / 30).start()
+                for i in range(streams)
+            ]
+            return self._loop(replayed, seconds, warmup)
+        metrics = WorkerMetrics("density-baseline")
+        cameras = worker_config(self._setup, streams, "fp32").shards[0]
+        capture = camera_capture(self._setup)
+        decoding = [CameraStream(c, metrics.camera(c.name), capture).start() for c in cameras]
+        try:
+            wait_streaming(decoding)
+            result = self._loop(decoding, seconds, warmup)
+        finally:
+            for source in decoding:
+                source.stop()
+        result["offered"] = round(streams * FPS * seconds)  # what the cameras sent
+        return result
+
+    def _loop(self, sources: Sequence[Any], seconds: float, warmup: float) -> dict[str, Any]:
         trackers = [create_tracker(self._config.tracker, None) for _ in sources]
         seen: list[set[int]] = [set() for _ in sources]
         latencies: list[float] = []
@@ -353,7 +447,7 @@ class BaselineLoop:
         while time.monotonic() - start < warmup + seconds:
             counting = time.monotonic() - start >= warmup
             if counting and offered_before is None:
-                offered_before = sum(s.offered for s in sources)
+                offered_before = _offered(sources)
                 cpu_start = time.process_time()
             for i, source in enumerate(sources):
                 frame = source.get(0)
@@ -370,13 +464,18 @@ class BaselineLoop:
                     latencies.append(time.time() - frame.capture_wall)
                     objects += len(tracked)
         return {
-            "offered": sum(s.offered for s in sources) - (offered_before or 0),
+            "offered": _offered(sources) - (offered_before or 0),
             "latencies": latencies,
             "objects": objects,
             "stage_seconds": {},
             "batches": len(latencies),
             "cpu_seconds": time.process_time() - cpu_start,
         }
+
+
+def _offered(sources: Sequence[Any]) -> int:
+    """Frames the replayed cameras produced so far (decode modes count theirs per trial)."""
+    return sum(getattr(s, "offered", 0) for s in sources)
 
 
 def _child(setup: Setup, commands: Any, results: Any) -> None:
@@ -463,6 +562,11 @@ class Fleet:
                 k: round(v * 1000 / processed, 3) for k, v in stages.items() if processed
             },
             "cpu_cores": round(sum(p["cpu_seconds"] for p in parts) / seconds, 2),
+            "cpu_ms_per_frame": (
+                round(sum(p["cpu_seconds"] for p in parts) * 1000 / processed, 2)
+                if processed
+                else None
+            ),
         }
 
 
@@ -532,29 +636,35 @@ def markdown(results: dict[str, Any]) -> str:
     configs = results["configs"]
     baseline = next((c["max_streams"] for c in configs if c["mode"].startswith("baseline")), 0)
     classifier = results.get("classifier", "INT8, ONNX Runtime on the CPU")  # older runs
+    detector = results.get("detector", {"model": "YOLOX-nano", "input": 416})
+    decoding = any(c["mode"] in DECODE_MODES for c in configs)
+    title = "decode included" if decoding else "decode left out: frames replayed from memory"
     lines = [
-        "# End-to-end density on one GPU (30 FPS 1080p streams, p99 <= 100 ms)",
+        f"# End-to-end density on one GPU (30 FPS 1080p streams, p99 <= 100 ms; {title})",
         "",
         f"GPU: {results['gpu']}. Host: {results['host']}. torch {results['torch']}.",
-        f"Streams replay `{results['clip']}` (1920x1080) from memory at 30 FPS; pipeline "
-        f"YOLOX-nano 416 -> ByteTrack -> MobileNetV2 classifier ({classifier}) per new track "
-        "(refresh 30 frames). Latency: frame capture time -> tracked + classified + events. "
+        *_sources_text(results),
+        f"Pipeline: {detector['model']} {detector['input']} -> ByteTrack -> MobileNetV2 "
+        f"classifier ({classifier}) per new track (refresh 30 frames). "
+        "Latency: frame capture time -> tracked + classified + events. "
         f"Pass: p99 <= {SLO_P99_MS:.0f} ms and >= {MIN_DELIVERED:.0%} of offered frames "
         f"processed; {results['seconds']} s measured after {results['warmup']} s warm-up. "
         "Processes: worker processes (pods) sharing the GPU, streams split evenly; they share "
         f"it by {results.get('gpu_sharing', 'time-slicing')}.",
         "",
-        "| configuration | processes | max streams | frames/s at max | p50 / p99 ms | x baseline |",
-        "|---|---|---|---|---|---|",
+        "| configuration | decode | processes | max streams | frames/s at max | p50 / p99 ms | "
+        "CPU ms per frame | x baseline |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for config in configs:
         best = _best_trial(config)
         fps = best["processed_fps"] if best else 0
         lat = f"{best['p50_ms']} / {best['p99_ms']}" if best else config.get("error", "-")
+        cpu = best.get("cpu_ms_per_frame", "-") if best else "-"
         ratio = f"{config['max_streams'] / baseline:.1f}x" if baseline else "n/a"
         lines.append(
-            f"| {config['mode']} | {config['processes']} | {config['max_streams']} | {fps} | "
-            f"{lat} | {ratio} |"
+            f"| {config['mode']} | {_decode_of(config['mode'])} | {config['processes']} | "
+            f"{config['max_streams']} | {fps} | {lat} | {cpu} | {ratio} |"
         )
     lines += [
         "",
@@ -591,6 +701,31 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sources_text(results: dict[str, Any]) -> list[str]:
+    """What the cameras sent: the decode modes' file, the replay modes' frames."""
+    text = [
+        f"Replay modes: frames of `{results['clip']}` (1920x1080) already decoded, from memory "
+        "at 30 FPS (decode left out)."
+    ]
+    if video := results.get("video"):
+        text.append(
+            f"Decode modes: every camera sends `{Path(video['path']).name}` ({video['codec']} "
+            f"{video['profile']}, {video['width']}x{video['height']} {video['pix_fmt']}, "
+            f"{video['fps']:.0f} fps, GOP {video['gop']}, {video['bitrate_mbps']} Mbit/s), its "
+            "packets paced at their timestamps and looped; latency counts from a packet's "
+            "arrival, before decoding; offered = 30 frames/s per camera."
+        )
+    return text
+
+
+def _decode_of(mode: str) -> str:
+    if mode == "kubevision-nvdec":
+        return "NVDEC"
+    if mode == "baseline-decode-per-stream-batch1":
+        return "CPU (FFmpeg)"
+    return "none (replayed)"
+
+
 def _best_trial(config: dict[str, Any]) -> dict[str, Any] | None:
     return next((t for t in config["trials"] if t["streams"] == config["max_streams"]), None)
 
@@ -607,6 +742,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--labels", type=Path, required=True)
     parser.add_argument("--clip", type=Path, required=True, help="1080p video to replay")
+    parser.add_argument(
+        "--video", type=Path, help="H.264 file every camera sends in the decode modes"
+    )
+    parser.add_argument("--detector", choices=["yolox", "yolov8"], default="yolox")
+    parser.add_argument("--input-size", type=int, default=416)
+    parser.add_argument("--confidence", type=float, default=CONFIDENCE)
+    parser.add_argument("--name", default="gpu_density", help="results file name")
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--warmup", type=float, default=2.0)
@@ -633,9 +775,12 @@ def main(argv: list[str] | None = None) -> int:
         mode, processes = pair.split(":")
         if mode not in MODES:
             parser.error(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        if mode in DECODE_MODES and args.video is None:
+            parser.error(f"{mode} decodes: give --video")
         setup = Setup(
             mode, args.model, args.classifier, args.labels, args.clip, args.frames,
-            args.max_batch, args.device, args.classifier_precision,
+            args.max_batch, args.device, args.classifier_precision, args.video, args.detector,
+            args.input_size, args.confidence,
         )  # fmt: skip
         configs.append(measure_mode(setup, int(processes), args))
         # written after every configuration: a run cut short by its time limit keeps the rest
@@ -645,6 +790,14 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "python": platform.python_version(),
             "clip": args.clip.name,
+            "video": asdict(Clip.probe(args.video)) if args.video else None,
+            "detector": {
+                "model": args.model.name,
+                "decoder": args.detector,
+                "input": args.input_size,
+                "confidence": args.confidence,
+                "precision": "fp16 (torch backend)",
+            },
             "classifier": (
                 "INT8, ONNX Runtime on the CPU"
                 if args.classifier_precision == "int8"
@@ -656,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_batch": args.max_batch,
             "configs": configs,
         }
-        write_results(args.out, "gpu_density", results, markdown(results))
+        write_results(args.out, args.name, results, markdown(results))
     return 0
 
 
