@@ -583,7 +583,7 @@ async def camera_status(
     if type == "DELETED":
         queue.discard((namespace, name))
     elif memo.shards.owns(namespace, name):
-        obj = copy.deepcopy(dict(body))
+        obj = dict(body)  # each event brings a fresh body: nothing mutates this one later
         if queue.put((namespace, name), obj, time.monotonic(), _hold(memo, obj)):
             memo.camera_wake.set()  # nothing more to wait for: write it now
 

@@ -62,11 +62,16 @@ class Triggers:
                 event.set()
 
     def selected(self, namespace: str, labels: Mapping[str, str]) -> bool:
-        """Whether a live Pipeline of the namespace selects a Camera with ``labels``."""
-        return any(
-            key[0] == namespace and selector is not None and selector.matches(dict(labels))
-            for key, selector in self._selectors.items()
-        )
+        """Whether a live Pipeline of the namespace selects (or, not reconciled yet, may
+        select) a Camera with ``labels``."""
+        plain = dict(labels)
+        for key in self._events:
+            if key[0] != namespace:
+                continue
+            selector = self._selectors.get(key)
+            if selector is None or selector.matches(plain):
+                return True
+        return False
 
     def fire(self, key: PipelineKey) -> None:
         if key in self._events:

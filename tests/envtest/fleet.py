@@ -65,6 +65,9 @@ simulated worker is refused at once)."""
 LEASE_SECONDS = 120
 """kwok renews each Lease every quarter of this (30 s, inside the controller manager's 50 s
 grace period): a kubelet's 40 s would cost 100 Lease writes a second for 1,000 Nodes."""
+NODE_GRACE_SECONDS = 180
+"""The controller manager's grace before an unrenewed Lease makes a Node NotReady (50 s by
+default): six of kwok's renewals, so CPU starvation of the simulator is not a site failure."""
 CONTROLLER_USERS = tuple(
     f"system:serviceaccount:kube-system:{name}"
     for name in ("deployment-controller", "replicaset-controller", "statefulset-controller")
@@ -294,6 +297,10 @@ class AuditedControlPlane(ControlPlane):
                 "--audit-log-mode=batch",
                 "--audit-log-batch-max-wait=1s",
             ]
+        if name == "kube-controller-manager":
+            # a kwok that falls behind on a loaded machine must not look like a dead node:
+            # failures are simulated with kwok's node-not-ready stage, which reports at once
+            argv = [*argv, f"--node-monitor-grace-period={NODE_GRACE_SECONDS}s"]
         return super()._spawn(name, argv)
 
 
@@ -484,6 +491,7 @@ def _ready(obj: dict[str, Any]) -> bool:
 def register_nodes(api: client.ApiClient, nodes: list[SimulatedNode]) -> None:
     """Create each Node with its labels and post its capacity and node info; kwok does the
     rest (conditions, Lease) as a kubelet would."""
+    api.rest_client.pool_manager.connection_pool_kw["maxsize"] = 16
     core = client.CoreV1Api(api)
 
     def register(node: SimulatedNode) -> None:
@@ -496,7 +504,7 @@ def register_nodes(api: client.ApiClient, nodes: list[SimulatedNode]) -> None:
         del status["conditions"]  # kwok's node-initialize stage sets them
         core.patch_node_status(node.name, {"status": status})
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(register, nodes))
 
 

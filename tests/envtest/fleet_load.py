@@ -29,7 +29,7 @@ from kubevision.operator.signals import quantile
 from tests.envtest.controlplane import OPERATOR_NAMESPACE
 from tests.envtest.fleet import FleetCluster, list_json, variants
 from tests.envtest.operator import CHART, RUNTIME_CLASS, OperatorProcess
-from tests.envtest.poll import wait_for
+from tests.envtest.poll import WaitTimeout, wait_for
 
 NAMESPACE = "fleet"
 API = ("kubevision.io", "v1alpha1")
@@ -120,6 +120,8 @@ class CameraWatch:
         self._custom = client.CustomObjectsApi(api)
         self.assigned_at: dict[str, float] = {}
         self.assignments: dict[str, list[dict[str, Any]]] = {}
+        self.ready: set[str] = set()
+        """Cameras whose own status says Ready (a worker group processes them)."""
         self._lock = threading.Lock()
         self._watch = watch.Watch()
         self._stopping = False
@@ -141,8 +143,14 @@ class CameraWatch:
 
     def _seen(self, kind: str, obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
-        entries = (obj.get("status") or {}).get("assignments") or []
+        status = obj.get("status") or {}
+        entries = status.get("assignments") or []
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
         with self._lock:
+            (self.ready.add if ready and kind != "DELETED" else self.ready.discard)(name)
             if kind == "DELETED":
                 self.assignments.pop(name, None)
                 self.assigned_at.pop(name, None)
@@ -156,6 +164,10 @@ class CameraWatch:
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         with self._lock:
             return dict(self.assignments)
+
+    def not_ready(self, names: Iterable[str]) -> list[str]:
+        with self._lock:
+            return [n for n in names if n not in self.ready]
 
     def stop(self) -> None:
         self._stopping = True
@@ -290,17 +302,20 @@ def wait_converged(
         assigned = cameras.snapshot()
         unassigned = [n for n in load.cameras if not assigned.get(n)]
         not_ready = sorted(set(load.pipelines) - set(state.ready_at))
-        if unassigned or not_ready:
+        cameras_not_ready = cameras.not_ready(load.cameras)
+        if unassigned or not_ready or cameras_not_ready:
             state.waiting = [
                 f"{len(unassigned)} cameras unassigned {unassigned[:3]}",
+                f"{len(cameras_not_ready)} cameras not Ready {cameras_not_ready[:3]}",
                 f"{len(not_ready)} pipelines not ready {not_ready[:3]}",
             ]
             return False
         return True
 
-    wait_for(
-        done, timeout=timeout, interval=1.0, what="every Camera assigned, every Pipeline Ready"
-    )
+    try:
+        wait_for(done, timeout=timeout, interval=1.0, what="every Camera assigned and Ready")
+    except WaitTimeout as exc:
+        raise WaitTimeout(f"{exc}; still waiting for: {'; '.join(state.waiting)}") from exc
     return state
 
 

@@ -122,6 +122,8 @@ def test_chart_passes_helm_lint_strict(cluster: LocalCluster, values: list[str])
         ("operator.replicas=-1", "operator/replicas"),
         ("operator.replica=2", "replica"),  # a typo is an error, not silently ignored
         ("operator.leaderElection.lifetimeSeconds=2", "lifetimeSeconds"),
+        ("operator.shards=0", "operator/shards"),
+        ("operator.shardLeaseSeconds=1", "shardLeaseSeconds"),
         ("serviceMonitor.interval=soon", "serviceMonitor/interval"),
         ("podMonitor.enabled=maybe", "podMonitor/enabled"),
         ("workerImages.gpu.repository=", "workerImages/gpu/repository"),
@@ -158,6 +160,33 @@ def test_defaults_run_two_spread_operator_replicas_with_one_active(cluster: Loca
     assert operator["resources"]["limits"]["memory"]
     assert {o["kind"] for o in objects} >= {"Service", "ClusterRole", "ServiceAccount"}
     assert not {"ServiceMonitor", "PodMonitor", "NetworkPolicy"} & {o["kind"] for o in objects}
+
+
+def test_shards_make_every_replica_active_on_its_shards(cluster: LocalCluster) -> None:
+    """operator.shards > 1: no kopf peering; each replica knows its name and namespace and may
+    hold Leases there, and nowhere else."""
+    objects = template(cluster, "kv-system", "operator.shards=3", "operator.replicas=3")
+    deployment = one(objects, "Deployment")
+    (operator,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert deployment["spec"]["replicas"] == 3
+    assert "--shards=3" in operator["args"]
+    assert not [a for a in operator["args"] if a.startswith("--peering")]
+    assert not [o for o in objects if o["kind"] == "ClusterKopfPeering"]
+    env = {e["name"]: e for e in operator["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["KUBEVISION_SHARD_LEASE_SECONDS"]["value"] == "15"
+    role = one(objects, "Role")
+    assert role["metadata"]["namespace"] == "kv-system"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "list", "watch", "create", "update"],
+        }
+    ]
+    assert one(objects, "RoleBinding")["roleRef"]["name"] == role["metadata"]["name"]
+    assert not [o for o in template(cluster, "kv-system") if o["kind"] == "Role"]
 
 
 @pytest.mark.parametrize(

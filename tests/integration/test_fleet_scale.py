@@ -73,6 +73,7 @@ def test_no_write_in_steady_state(
 ) -> None:
     """Every Pipeline reconciles (autoscaling ticks) and changes nothing: the only writes are
     the shard Leases' renewals."""
+    wait_for(lambda: _handovers_done(fleet), timeout=60, what="make-before-break handovers done")
     audit = fleet.control_plane.audit_log
     _, offset = read_audit(audit)
     start = time.time()
@@ -112,6 +113,21 @@ def test_a_killed_replica_s_shards_are_taken_over(
     finally:
         cameras.stop()
     assert placement_violations(fleet, load) == []
+
+
+def _handovers_done(fleet: FleetCluster) -> bool:
+    """Every Pipeline runs exactly the replicas it wants (retiring copies of moved cameras are
+    gone: a handover ending is a real change, not steady state)."""
+    api = fleet.api_client()
+    running: dict[str, int] = {}
+    for sts in list_json(api, "/apis/apps/v1/namespaces/fleet/statefulsets"):
+        owner = sts["metadata"]["labels"]["kubevision.io/pipeline"]
+        running[owner] = running.get(owner, 0) + sts["spec"]["replicas"]
+    pipelines = list_json(api, "/apis/kubevision.io/v1alpha1/namespaces/fleet/pipelines")
+    return all(
+        running.get(p["metadata"]["name"], 0) == (p.get("status") or {}).get("desiredReplicas")
+        for p in pipelines
+    )
 
 
 def _new_cameras(load: FleetLoad, n: int) -> list[dict[str, Any]]:
