@@ -5,7 +5,7 @@
 # with two ignored folders carried:
 #   .whl/site312.tar.xz  benchmarks/gpu/device_site.sh (av, PyNvVideoCodec, pydantic, ...)
 #   .gpu/                yolox_nano_dynamic.onnx (model_catalog.tools.prepare dynamic),
-#                        mobilenetv2_12_int8.onnx + imagenet_classes.txt (shared assets),
+#                        assets/models/ (yolox_nano_416, mobilenetv2_12_int8 + labels),
 #                        clip_ippp.mp4 (make_clip.sh OUT 150 0: 1080p30 H.264 IPPP ~8 Mbit/s,
 #                        what cameras send), assets/videos/ (the shared videos the tests read)
 #
@@ -53,9 +53,9 @@ fi
 if [[ $yolov8 == 1 ]]; then
   python3 -m benchmarks.gpu.export_yolov8 --scale s --size 640 /tmp/yolov8s_640.onnx 2>&1 | tail -1
 fi
-python3 -m model_catalog.tools.prepare float .gpu/mobilenetv2_12_int8.onnx \
+python3 -m model_catalog.tools.prepare float .gpu/assets/models/mobilenetv2_12_int8.onnx \
   /tmp/mobilenetv2_12_float.onnx || exit 1
 python3 -m benchmarks.gpu.density --classifier /tmp/mobilenetv2_12_float.onnx \
-  --classifier-precision fp16 --labels .gpu/imagenet_classes.txt --clip .gpu/clip_ippp.mp4 \
+  --classifier-precision fp16 --labels .gpu/assets/models/imagenet_classes.txt --clip .gpu/clip_ippp.mp4 \
   --video .gpu/clip_ippp.mp4 --gpu-sharing "$sharing" --name "$name" --out "$OUT" "$@" 2>&1 |
   grep -v pos_axes | tee "$OUT/$name.log"
