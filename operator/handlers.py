@@ -140,7 +140,10 @@ def _take_over_statuses(memo: kopf.Memo) -> None:
             if not memo.shards.owns(meta["namespace"], meta["name"]):
                 continue
             if queue_it:
-                memo.camera_queue.put((meta["namespace"], meta["name"]), obj, time.monotonic())
+                # never over a body an event queued meanwhile: the event's is as new or newer
+                memo.camera_queue.requeue(
+                    (meta["namespace"], meta["name"]), obj, time.monotonic(), 0.0
+                )
             else:
                 _sync_status(memo.kube, MODELVARIANTS, obj, modelvariants)
 
