@@ -18,19 +18,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
-from faster_coco_eval import COCO, COCOeval_faster  # type: ignore[import-untyped]
 
 from kubevision.api.modelvariant import Artifact, InputSize
 from kubevision.api.worker_config import ModelConfig
 from kubevision.worker.backends import create_backend
 from kubevision.worker.classifier import CropClassifier
-from kubevision.worker.detections import Detections
 from kubevision.worker.detector import COCO_CLASSES, Detector
 from kubevision.worker.preprocess import Frame
+from model_catalog.tools.coco_eval import LabelledImages, coco_map, load_labelled, read_frame
 from tests.assets import require
 
 BASELINES = Path(__file__).with_name("baselines.json")
@@ -81,77 +79,15 @@ def model_config(
     )
 
 
-def read_frame(path: Path) -> Frame:
-    """A JPEG as the BGR uint8 frame a camera decoder would deliver."""
-    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    assert frame is not None, f"cannot decode {path}"
-    return np.asarray(frame, np.uint8)
-
-
-@dataclass(frozen=True)
-class Coco128:
-    image_ids: list[int]
-    frames: list[Frame]
-    ground_truth: COCO
+Coco128 = LabelledImages
 
 
 @pytest.fixture(scope="module")
 def coco128() -> Coco128:
-    """The 128 images (BGR, as a camera delivers them) and their labels as COCO ground truth.
-
-    YOLO labels are (class, cx, cy, w, h) normalised; class ids are COCO's 80-class indices,
-    so category id = class index + 1.
-    """
+    """The 128 images (BGR, as a camera delivers them) and their labels as COCO ground truth
+    (the catalog tools' own loader, so the test and the INT8 gate measure alike)."""
     image_dir, label_dir = require(IMAGES), require(LABELS)
-    image_ids: list[int] = []
-    frames: list[Frame] = []
-    images: list[dict[str, object]] = []
-    annotations: list[dict[str, object]] = []
-    for path in sorted(image_dir.glob("*.jpg")):
-        frame = read_frame(path)
-        image_id, (height, width) = int(path.stem), frame.shape[:2]
-        image_ids.append(image_id)
-        frames.append(frame)
-        images.append({"id": image_id, "width": width, "height": height, "file_name": path.name})
-        label_file = label_dir / f"{path.stem}.txt"
-        rows = np.loadtxt(label_file, ndmin=2) if label_file.exists() else np.empty((0, 5))
-        for class_id, cx, cy, w, h in rows:
-            box = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(class_id) + 1,
-                    "bbox": box,
-                    "area": box[2] * box[3],
-                    "iscrowd": 0,
-                }
-            )
-    categories = [{"id": i + 1, "name": name} for i, name in enumerate(COCO_CLASSES)]
-    dataset = {"images": images, "annotations": annotations, "categories": categories}
-    return Coco128(image_ids, frames, COCO(dataset))
-
-
-def coco_map(data: Coco128, detections: list[Detections]) -> tuple[float, float]:
-    """(mAP50-95, mAP50) of per-image detections against the ground truth."""
-    rows = [
-        np.column_stack(
-            [
-                np.full(len(d), image_id),
-                d.xyxy[:, :2],
-                d.xyxy[:, 2:] - d.xyxy[:, :2],
-                d.scores,
-                d.class_ids + 1,
-            ]
-        )
-        for image_id, d in zip(data.image_ids, detections, strict=True)
-    ]
-    results = data.ground_truth.loadRes(np.concatenate(rows).astype(np.float64))
-    evaluation = COCOeval_faster(data.ground_truth, results, "bbox")
-    evaluation.evaluate()
-    evaluation.accumulate()
-    evaluation.summarize()
-    return float(evaluation.stats[0]), float(evaluation.stats[1])
+    return load_labelled(sorted(image_dir.glob("*.jpg")), label_dir)
 
 
 def batches(frames: list[Frame]) -> Iterator[list[Frame]]:
