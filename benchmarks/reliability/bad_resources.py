@@ -531,6 +531,31 @@ def cel_cases() -> list[Case]:
             st.just(_without(INT8, ("spec", "calibration"))),
         ),
         _case(
+            "accuracy gate on a non-INT8 build",
+            ("spec", "accuracyGate"),
+            _set(
+                VARIANT,
+                ("spec", "accuracyGate"),
+                st.tuples(_floats(min_value=0, max_value=1), _floats(min_value=0, max_value=1)).map(
+                    lambda pv: {
+                        "parent": "yolox-nano-416-onnx-fp32",
+                        "parentValue": pv[0],
+                        "value": pv[1],
+                        "dataset": "coco128 images 64-127",
+                    }
+                ),
+            ),
+        ),
+        _case(
+            "s3 endpoint on another artifact",
+            ("spec", "artifact"),
+            _set(
+                VARIANT,
+                ("spec", "artifact", "endpoint"),
+                _NAMES.map(lambda n: f"http://{n}.storage:9000"),
+            ),
+        ),
+        _case(
             "triton uri",
             ("spec", "artifact", "uri"),
             _set(VARIANT, ("spec", "artifact", "uri"), _NAMES.map(lambda n: f"triton://{n}")),

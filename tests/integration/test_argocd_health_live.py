@@ -156,6 +156,14 @@ def _connected(obj: dict[str, Any]) -> str | None:
     return next((c["status"] for c in conditions if c["type"] == "Connected"), None)
 
 
+def _observed(seen: tuple[dict[str, Any], dict[str, Any]]) -> bool:
+    """The operator has written this generation's status (a health computed without it, e.g.
+    Suspended from spec.paused alone, is not yet what the operator says)."""
+    obj = seen[0]
+    status = obj.get("status") or {}
+    return status.get("observedGeneration") == obj["metadata"]["generation"]
+
+
 def test_live_statuses_get_the_right_health(
     ns: Namespace, runner: PodRunner, scripts: dict[str, str], rtsp: RtspServer
 ) -> None:
@@ -182,7 +190,7 @@ def test_live_statuses_get_the_right_health(
             _connected(now["Camera", name][0]) == want for name, want in STREAM_REPORTED.items()
         )
         healthy = all(now[k][1]["status"] == v for k, v in EXPECTED.items())
-        return now if reported and healthy else None
+        return now if reported and healthy and all(map(_observed, now.values())) else None
 
     try:
         final = wait_for(settled, timeout=HEALTH_DEADLINE, what="every object's Argo CD health")
