@@ -269,6 +269,57 @@ class Spool(ApiModel):
     """A claim per replica, outliving the pod; unset: an emptyDir or the chart's spoolHostPath."""
 
 
+SnapshotEvent = Literal["track.started", "track.updated"]
+
+
+class Snapshots(ApiModel):
+    """A JPEG crop of the tracked object for each chosen track event, referenced from the
+    event (uri, size, sha256): on the node (a bounded folder, oldest deleted), in an S3
+    bucket, or inline in the event as a data: URI (it then travels through the outputs'
+    spools, e.g. upstream from an edge site)."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.storage == 's3' ? has(self.url) : "
+                "!has(self.url) && !has(self.endpoint) && !has(self.credentialsSecretRef)",
+                "spec.snapshots.url (s3://bucket[/prefix]) is required for storage s3; url, "
+                "endpoint and credentialsSecretRef are only for s3",
+                field_path=".url",
+            ),
+        )
+    }
+
+    storage: Literal["node", "s3", "inline"] = "node"
+    """node (a folder on the worker's node), s3 (an S3-compatible bucket) or inline (in the
+    event, base64: for outputs that go upstream)."""
+    events: list[SnapshotEvent] = Field(
+        default_factory=lambda: ["track.started"],
+        min_length=1,
+        max_length=2,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    """Event kinds that get a crop: track.started and/or track.updated."""
+    jpeg_quality: int = Field(default=85, ge=1, le=100)
+    """JPEG quality (OpenCV's 1-100)."""
+    margin: float = Field(default=0.1, ge=0, le=1)
+    """Context around the box, as a fraction of its width and height on each side."""
+    max_files: int = Field(default=10_000, ge=1, le=10_000_000)
+    """storage node: most files kept per worker; beyond it the oldest are deleted."""
+    max_bytes: int = Field(default=1024 * MIB, ge=MIB, le=2**40)
+    """storage node: most bytes kept per worker; beyond it the oldest are deleted."""
+    url: str | None = Field(
+        default=None, max_length=1024, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
+    )
+    """storage s3: s3://bucket[/prefix]; objects are <prefix>/<pipeline>/<camera>/...jpg."""
+    endpoint: str | None = Field(default=None, max_length=512, pattern=r"^https?://[^/@]+/?$")
+    """storage s3: the S3-compatible store (default: AWS, or the worker's
+    AWS_ENDPOINT_URL_S3)."""
+    credentials_secret_ref: SecretKeyNames | None = None
+    """storage s3: a Secret with the access key ID (usernameKey) and secret key
+    (passwordKey); without it workers use their environment or IAM role."""
+
+
 class PipelineSpec(ApiModel):
     """Desired state of a Pipeline."""
 
@@ -294,6 +345,8 @@ class PipelineSpec(ApiModel):
     """Where events go (at most 8); at most one stdout output."""
     spool: Spool = Field(default_factory=Spool)
     """How webhook and MQTT outputs hold events while their destination is unreachable."""
+    snapshots: Snapshots | None = None
+    """A JPEG crop per track event, referenced from the event; unset: none."""
     worker_image: str | None = Field(default=None, max_length=512)
     """Overrides the operator's worker image for this Pipeline."""
 

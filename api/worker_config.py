@@ -24,7 +24,7 @@ from kubevision.api.modelvariant import (
     Task,
     TrackingThresholds,
 )
-from kubevision.api.pipeline import Output, Slo, TrackerStage
+from kubevision.api.pipeline import Output, Slo, SnapshotEvent, TrackerStage
 
 CONFIG_FILE = "worker.json"
 
@@ -118,6 +118,29 @@ class SpoolConfig(StrictModel):
     max_bytes: int = Field(default=64 * 2**20, ge=1)
 
 
+SNAPSHOT_CREDENTIAL_ENV = CredentialEnv(
+    username_env="KUBEVISION_SNAPSHOTS_ACCESS_KEY_ID",
+    password_env="KUBEVISION_SNAPSHOTS_SECRET_KEY",
+)
+"""Env vars with the snapshot bucket's keys (the Pipeline's spec.snapshots Secret)."""
+
+
+class SnapshotConfig(StrictModel):
+    """The Pipeline's spec.snapshots as the worker runs it: node snapshots go to the folder
+    ``kubevision-worker serve --snapshot-dir`` names (the pod's snapshot volume)."""
+
+    storage: Literal["node", "s3", "inline"]
+    events: list[SnapshotEvent]
+    jpeg_quality: int = Field(ge=1, le=100)
+    margin: float = Field(ge=0, le=1)
+    max_files: int = Field(ge=1)
+    max_bytes: int = Field(ge=1)
+    url: str | None = None
+    endpoint: str | None = None
+    credentials: CredentialEnv | None = None
+    """Env vars with the bucket's access key ID and secret key (:data:`SNAPSHOT_CREDENTIAL_ENV`)."""
+
+
 class WorkerConfig(StrictModel):
     """Everything one worker group runs."""
 
@@ -134,6 +157,7 @@ class WorkerConfig(StrictModel):
     slo: Slo
     outputs: list[Output] = Field(default_factory=list)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    snapshots: SnapshotConfig | None = None
     shards: list[list[CameraAssignment]]
     """shards[i] are the cameras of the replica with ordinal i."""
 

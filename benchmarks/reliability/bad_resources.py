@@ -478,6 +478,22 @@ def cel_cases() -> list[Case]:
             ),
         ),
         _case(
+            "snapshots url",
+            ("spec", "snapshots", "url"),
+            _set(
+                PIPELINE,
+                ("spec", "snapshots"),
+                st.sampled_from(
+                    [
+                        {"storage": "s3"},
+                        {"storage": "node", "url": "s3://snapshots/edge"},
+                        {"storage": "inline", "endpoint": "http://minio.storage:9000"},
+                        {"storage": "node", "credentialsSecretRef": {"name": "s3-keys"}},
+                    ]
+                ),
+            ),
+        ),
+        _case(
             "degradation repeats",
             ("spec", "degradation", "allowed"),
             _set(
