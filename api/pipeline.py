@@ -294,7 +294,7 @@ class Snapshots(ApiModel):
     """node (a folder on the worker's node), s3 (an S3-compatible bucket) or inline (in the
     event, base64: for outputs that go upstream)."""
     events: list[SnapshotEvent] = Field(
-        default_factory=lambda: ["track.started"],
+        default_factory=lambda: list[SnapshotEvent](["track.started"]),
         min_length=1,
         max_length=2,
         json_schema_extra={"x-kubernetes-list-type": "set"},
