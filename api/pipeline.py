@@ -21,6 +21,7 @@ from kubevision.api.common import (
     validations,
 )
 from kubevision.api.modelvariant import HARDWARE_CLASSES, HardwareClass
+from kubevision.api.rollout import Rollout, RolloutStatus
 
 _ONE_OF_VARIANT_OR_FAMILY = cel(
     "has(self.variant) != has(self.family)",
@@ -349,6 +350,9 @@ class PipelineSpec(ApiModel):
     """A JPEG crop per track event, referenced from the event; unset: none."""
     worker_image: str | None = Field(default=None, max_length=512)
     """Overrides the operator's worker image for this Pipeline."""
+    rollout: Rollout | None = None
+    """A canary of a detector change by camera cohort, with automatic rollback (README:
+    Canary rollouts)."""
 
 
 class ScalingDecision(ApiModel):
@@ -387,6 +391,8 @@ class GroupStatus(ApiModel):
     """Degradation steps the autoscaler engaged for the group, in the order engaged."""
     scaled_by: Literal["capacity", "metrics"] = "capacity"
     """What set the replicas: the variant's expected throughput, or measured load."""
+    track: Literal["canary"] | None = None
+    """canary for a group whose workers run a rollout's candidate; unset: the stable detector."""
 
 
 class PipelineStatus(ApiModel):
@@ -407,7 +413,9 @@ class PipelineStatus(ApiModel):
     queue_depth: float | None = None
     """Frames waiting for inference, averaged over workers; an autoscaling signal."""
     last_scaling_decision: ScalingDecision | None = None
+    rollout: RolloutStatus | None = None
+    """The canary rollout of spec.rollout, step by step; unset without one."""
     conditions: list[Condition] = Field(
         default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA
     )
-    """Ready and Degraded."""
+    """Ready, Degraded, Autoscaling, ModelsVerified and (with spec.rollout) Rollout."""

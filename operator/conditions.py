@@ -23,6 +23,9 @@ ARTIFACT_VERIFIED = "ArtifactVerified"
 """ModelVariant: the workers running it fetched its artifact and its checksum matched."""
 ACCEPTED_BY_GATE = "Accepted"
 """ModelVariant (INT8 detectors): within its accuracy budget against the FP32 parent."""
+ROLLOUT = "Rollout"
+"""Pipeline with spec.rollout: True while the canary progresses or once promoted, False once
+rolled back, aborted or unusable (the reason says which; status.rollout has the figures)."""
 
 # reasons
 WORKERS_READY = "WorkersReady"
@@ -50,6 +53,19 @@ CHECKSUM_MISMATCH = "ChecksumMismatch"
 WITHIN_BUDGET = "WithinBudget"
 BUDGET_EXCEEDED = "AccuracyBudgetExceeded"
 ACCURACY_NOT_MEASURED = "AccuracyNotMeasured"
+# rollout reasons (Rollout condition, status.rollout.reason and Events)
+ROLLOUT_STARTED = "RolloutStarted"
+CAMERAS_MOVING = "CamerasMoving"
+ANALYSING = "Analysing"
+STEP_PASSED = "StepPassed"
+PROMOTED = "Promoted"
+MANUALLY_PROMOTED = "ManuallyPromoted"
+ANALYSIS_FAILED = "AnalysisFailed"
+ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
+PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+ABORTED = "Aborted"
+CANDIDATE_UNAVAILABLE = "CandidateUnavailable"
+NOT_ENOUGH_CAMERAS = "NotEnoughCameras"
 
 
 def invalid_spec_status(

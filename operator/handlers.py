@@ -50,6 +50,7 @@ from kubevision.operator.pipelines import (
     reconcile_pipeline,
 )
 from kubevision.operator.planner import Camera
+from kubevision.operator.rollout import Observation, RolloutMemory
 from kubevision.operator.scaling import OperatorMetrics, PipelineScaler, stream_reports
 from kubevision.operator.selection import Variant
 from kubevision.operator.settings import OperatorSettings
@@ -301,6 +302,7 @@ async def pipeline_reconciler(
     applied: AppliedObjects = memo.applied
     metrics: OperatorMetrics = memo.operator_metrics
     scaler, ledger, last_status = PipelineScaler(), streamhealth.StreamLedger(), None
+    rollout_memory = RolloutMemory()
     triggers.register(key)
     backoff, interval, mine = 1.0, settings.resync_seconds, False
     try:
@@ -313,6 +315,7 @@ async def pipeline_reconciler(
                         streamhealth.StreamLedger(),
                         None,
                     )
+                    rollout_memory = RolloutMemory()
                     applied.forget_pipeline(namespace, name)
                     metrics.forget(name)
                 mine, interval = False, settings.resync_seconds
@@ -344,7 +347,7 @@ async def pipeline_reconciler(
                         )
                         outcome = await asyncio.to_thread(
                             reconcile_pipeline, kube, settings, current, snapshot, view, ledger,
-                            applied, last_status,
+                            applied, last_status, rollout_memory,
                         )  # fmt: skip
             except (ApiException, OSError, HTTPError) as exc:  # the API is away, not a bug
                 backoff = min(backoff * 2, _MAX_BACKOFF)
@@ -438,7 +441,7 @@ def _autoscale(
     status = PipelineStatus.model_validate(body.get("status") or {})
     scaler.restore(status.groups)
     events = []
-    streams = models = None
+    streams = models = observation = None
     if status.groups and scaler.due(spec, time.monotonic()):
         meta = body["metadata"]
         for change in scaler.step(
@@ -462,6 +465,11 @@ def _autoscale(
         else:  # the step scraped every ready worker pod: their pages are this tick's health
             streams = streamhealth.reports(scaler.scrapes, since=scaler.last_run)
             models = modelvariants.reports(scaler.scrapes, since=scaler.last_run)
+            observation = Observation(
+                {g: dict(pods) for g, pods in scaler.scrapes.items()},
+                scaler.last_run,
+                time.monotonic(),
+            )
     view = ScalingView(
         decisions=dict(scaler.decisions),
         reasons=dict(scaler.reasons),
@@ -470,6 +478,7 @@ def _autoscale(
         queue_depth=scaler.queue_depth,
         streams=streams,
         models=models,
+        observation=observation,
     )
     return view, events
 

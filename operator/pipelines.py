@@ -22,9 +22,10 @@ from kubevision.api.camera import CameraAssignment as CameraAssignmentStatus
 from kubevision.api.common import Condition
 from kubevision.api.modelvariant import ModelVariantStatus
 from kubevision.api.pipeline import GroupStatus, PipelineSpec, PipelineStatus, ScalingDecision
+from kubevision.api.rollout import RolloutStatus
 from kubevision.api.worker_config import CONFIG_FILE, WorkerConfig
 from kubevision.operator import conditions as c
-from kubevision.operator import modelvariants
+from kubevision.operator import modelvariants, rollout
 from kubevision.operator.applied import AppliedObjects, stamp
 from kubevision.operator.builders import (
     GROUP_LABEL,
@@ -113,6 +114,9 @@ class ScalingView:
     models: modelvariants.ModelReports | None = None
     """Each worker pod's models (configured and running variant, artifact verified) from this
     tick's scrape; None when not scraped now (the ModelsVerified condition keeps its say)."""
+    observation: rollout.Observation | None = None
+    """This tick's worker scrapes by group, for a rollout's moves and analysis; None when the
+    workers were not scraped now."""
 
 
 @dataclass(frozen=True)
@@ -157,12 +161,14 @@ def reconcile_pipeline(
     ledger: StreamLedger | None = None,
     applied: AppliedObjects | None = None,
     last_status: dict[str, Any] | None = None,
+    rollout_memory: rollout.RolloutMemory | None = None,
 ) -> Outcome:
     """One level-triggered pass (see the module docstring). ``ledger``: the reconciler's memory
     of its Camera entries across ticks; a fresh one, as after a restart, when not given.
     ``applied``: what this process applied before (unchanged objects are then not applied
     again, :mod:`.applied`); ``last_status``: the status this reconciler wrote last, which the
-    cached ``body`` may not show yet (no second write of the same status)."""
+    cached ``body`` may not show yet (no second write of the same status);
+    ``rollout_memory``: the analysis window in progress of spec.rollout (:mod:`.rollout`)."""
     meta = body["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
     previous_status = PipelineStatus.model_validate(
@@ -179,25 +185,34 @@ def reconcile_pipeline(
             for kind in OWNED_KINDS
         }
     previous = _previous_assignments(owned[CONFIGMAPS])
-    plan = plan_pipeline(
-        name,
-        spec,
-        [r.camera for r in snapshot.cameras],
-        snapshot.variants,
-        snapshot.nodes,
-        previous=previous,
-        scaling=(scaling or ScalingView()).decisions,
-    )
+    view = scaling or ScalingView()
+    cams = [r.camera for r in snapshot.cameras]
+    rollout_status: RolloutStatus | None = None
+    rollout_events: list[rollout.Event] = []
+    if spec.rollout is None:
+        plan = plan_pipeline(
+            name, spec, cams, snapshot.variants, snapshot.nodes, previous, view.decisions
+        )
+    else:
+        rollout_status, rollout_events = rollout.advance_rollout(
+            name, spec, cams, snapshot.variants, snapshot.nodes, previous_status.rollout,
+            {g.name: g.track for g in previous_status.groups}, view.observation,
+            rollout.RolloutMemory() if rollout_memory is None else rollout_memory,
+            dt.datetime.now(dt.UTC).replace(microsecond=0),
+        )  # fmt: skip
+        plan = rollout.plan_tracks(
+            name, spec, cams, snapshot.variants, snapshot.nodes, previous, view.decisions,
+            rollout_status,
+        )  # fmt: skip
     applied = AppliedObjects() if applied is None else applied
     pods = snapshot.pods
     ready, waiting = _apply_groups(kube, settings, body, spec, plan, owned, previous, applied, pods)
     _prune(kube, namespace, meta["uid"], owned, {g.name for g in plan.groups}, applied)
-    view = scaling or ScalingView()
     camera_events = _update_camera_assignments(
         kube, settings, namespace, name, plan, snapshot.cameras, view.streams,
         StreamLedger() if ledger is None else ledger,
     )  # fmt: skip
-    status = _status(plan, ready, waiting, generation, previous_status, view)
+    status = _status(plan, ready, waiting, generation, previous_status, view, rollout_status)
     wire = status.wire()
     current = PipelineStatus.model_validate(body.get("status") or {}).wire()
     if wire not in (current, last_status):  # coalesced: an unchanged status is not written
@@ -205,7 +220,9 @@ def reconcile_pipeline(
     if view.models is not None:
         _report_artifacts(kube, settings, namespace, name, plan, view.models, snapshot.variants)
     return Outcome(
-        events=_decisions(previous_status, status) + _model_events(previous_status, status),
+        events=_decisions(previous_status, status)
+        + _model_events(previous_status, status)
+        + [Event(e.type, e.reason, e.message) for e in rollout_events],
         ready_replicas=ready,
         camera_events=camera_events,
         status=wire,
@@ -403,6 +420,8 @@ def _update_camera_assignments(
     for group in plan.groups:
         for shard, names in enumerate(group.shards.shards):
             for cam in names:
+                if cam in group.leaving:  # its new group (a rollout's other side) is named
+                    continue
                 placements[cam] = CameraAssignmentStatus(
                     pipeline=pipeline, workload=group.name, shard=shard
                 )
@@ -457,6 +476,7 @@ def _status(
     generation: int | None,
     previous: PipelineStatus,
     scaling: ScalingView,
+    rollout_status: RolloutStatus | None = None,
 ) -> PipelineStatus:
     groups = [
         GroupStatus(
@@ -469,14 +489,27 @@ def _status(
             ready_replicas=ready.get(g.name, 0),
             degradation=list(g.degradation),
             scaled_by="metrics" if g.scaled_by_metrics else "capacity",
+            track=g.track,
         )
         for g in plan.groups
     ]
     desired = sum(g.replicas for g in groups)
     ready_total = sum(g.ready_replicas for g in groups)
+    rollout_conditions = []
+    if rollout_status is not None:
+        rollout_conditions.append(
+            c.condition(
+                c.ROLLOUT,
+                rollout.rollout_condition_status(rollout_status),
+                rollout_status.reason,
+                rollout_status.message,
+                generation,
+                previous.conditions,
+            )
+        )
     return PipelineStatus(
         observed_generation=generation,
-        cameras=sum(g.cameras for g in groups),
+        cameras=sum(g.cameras - len(p.leaving) for g, p in zip(groups, plan.groups, strict=True)),
         desired_replicas=desired,
         ready_replicas=ready_total,
         groups=groups,
@@ -485,11 +518,13 @@ def _status(
             scaling.queue_depth if scaling.queue_depth is not None else previous.queue_depth
         ),
         last_scaling_decision=_scaling_decision(previous, groups, scaling.reasons),
+        rollout=rollout_status,
         conditions=[
             _ready_condition(plan, desired, ready_total, waiting, generation, previous.conditions),
             _degraded_condition(plan, generation, previous.conditions),
             _autoscaling_condition(scaling, generation, previous.conditions),
             modelvariants.models_condition(scaling.models, generation, previous.conditions),
+            *rollout_conditions,
         ],
     )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from kubevision.api.camera import CameraSpec
 from kubevision.api.modelvariant import HardwareClass, Task
@@ -66,6 +67,11 @@ class GroupPlan:
     degradation: tuple[DegradationStep, ...] = ()
     scaled_by_metrics: bool = False
     """The autoscaler's decision raised replicas above the throughput estimate."""
+    track: Literal["canary"] | None = None
+    """canary: the group runs a rollout's candidate (:mod:`.rollout`)."""
+    leaving: frozenset[str] = frozenset()
+    """Cameras the group keeps only until their new group (the other side of a rollout) has
+    taken them on: make-before-break between groups; their Camera status names the new one."""
 
 
 @dataclass(frozen=True)
@@ -76,15 +82,19 @@ class PipelinePlan:
     """Cameras the selector matched and that are not paused."""
 
 
-def group_name(pipeline: str, site: str | None, hardware: HardwareClass) -> str:
+def group_name(
+    pipeline: str, site: str | None, hardware: HardwareClass, track: str | None = None
+) -> str:
     """The one place the name of a group's StatefulSet, ConfigMap and Service is made.
 
     Readable (pipeline, site, class) plus a short hash of exactly those three, because joining
     with "-" is ambiguous (pipeline "dock" at site "east-1" vs "dock-east" at "1") and long
     names must be cut: 52 characters is the longest StatefulSet name whose pods' labels fit.
+    A rollout's canary groups (``track`` canary) get names of their own the same way.
     """
-    readable = "-".join(part for part in (pipeline, site, hardware) if part)
-    digest = hashlib.sha256(f"{pipeline}\0{site or ''}\0{hardware}".encode()).hexdigest()[:5]
+    readable = "-".join(part for part in (pipeline, site, hardware, track) if part)
+    key = f"{pipeline}\0{site or ''}\0{hardware}" + (f"\0{track}" if track else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:5]
     return f"{readable[:46].rstrip('-')}-{digest}"
 
 
@@ -96,12 +106,14 @@ def plan_pipeline(
     nodes: Iterable[NodeInfo],
     previous: Mapping[str, Mapping[str, int]],
     scaling: Mapping[str, GroupScaling] | None = None,
+    track: Literal["canary"] | None = None,
 ) -> PipelinePlan:
     """Group the selected cameras, pick variants per group and shard them.
 
     ``previous`` maps group name -> camera -> shard from the ConfigMaps already applied, so
     cameras stay on their replica whenever they can; ``scaling`` holds the autoscaler's
-    decisions by group name (groups without one are sized from expected throughput).
+    decisions by group name (groups without one are sized from expected throughput);
+    ``track`` canary plans a rollout's canary groups (:mod:`.rollout`).
     """
     variant_list, node_list = list(variants), list(nodes)
     selected = [c for c in cameras if not c.spec.paused and spec.camera_selector.matches(c.labels)]
@@ -130,7 +142,8 @@ def plan_pipeline(
             variant_list,
             node_list,
             previous,
-            (scaling or {}).get(group_name(pipeline, site, hardware)),
+            (scaling or {}).get(group_name(pipeline, site, hardware, track)),
+            track,
         )
         if isinstance(group, Problem):
             problems.setdefault(group.reason, []).append(group.message)
@@ -197,8 +210,9 @@ def _plan_group(
     nodes: list[NodeInfo],
     previous: Mapping[str, Mapping[str, int]],
     scaling: GroupScaling | None,
+    track: Literal["canary"] | None = None,
 ) -> GroupPlan | Problem:
-    name = group_name(pipeline, site, hardware)
+    name = group_name(pipeline, site, hardware, track)
     group_nodes = [
         n for n in nodes_for(nodes, hardware, site) if n.matches(spec.placement.node_selector)
     ]
@@ -245,5 +259,8 @@ def _plan_group(
         shards=shards,
         degradation=degradation,
         scaled_by_metrics=scaling is not None and scaling.replicas > shards.estimated_replicas,
-        **helpers,
+        track=track,
+        reid=helpers["reid"],
+        classifier=helpers["classifier"],
+        pose=helpers["pose"],
     )

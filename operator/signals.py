@@ -39,6 +39,10 @@ RECONNECTS = "kubevision_camera_reconnects_total"
 LAST_FRAME = "kubevision_camera_last_frame_timestamp_seconds"
 MODEL_RUNNING = "kubevision_model_running"
 MODEL_FAILED = "kubevision_model_artifact_failed"
+DETECTIONS = "kubevision_detections_total"
+CONFIDENCE = "kubevision_detection_confidence"
+BATCHES = "kubevision_batch_size_count"
+BATCH_ERRORS = "kubevision_batch_errors_total"
 _STATUS_TIMEOUT = 2.0
 
 
@@ -73,6 +77,14 @@ class Scrape:
     why (its ``/status`` did not answer), so nothing is known about them this time."""
     models: Mapping[str, ModelHealth] = field(default_factory=dict)
     """The worker's models by role (detector, classifier, reid, pose)."""
+    detections: float = 0.0
+    """Detections kept, all cameras and classes (a canary rollout's detection statistics)."""
+    confidence_sum: float = 0.0
+    confidence_count: float = 0.0
+    """Sum and count of those detections' scores."""
+    batches: float = 0.0
+    batch_errors: float = 0.0
+    """Inference batches run, and batches that failed (detect or track)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,8 @@ def parse_metrics(text: str, at: float) -> Scrape:
     per_camera: dict[str, dict[str, float]] = {}
     running: dict[str, str] = {}
     failed: dict[str, tuple[str, str]] = {}
+    extra = dict.fromkeys(("detections", "confidence_sum", "confidence_count", "batches",
+                           "batch_errors"), 0.0)  # fmt: skip
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == f"{LATENCY}_bucket":
@@ -129,6 +143,8 @@ def parse_metrics(text: str, at: float) -> Scrape:
                 queue += sample.value
             elif sample.name in (UP, RECONNECTS, FPS, LAST_FRAME):
                 per_camera.setdefault(sample.labels["camera"], {})[sample.name] = sample.value
+            elif sample.name in _ROLLOUT_SAMPLES:
+                extra[_ROLLOUT_SAMPLES[sample.name]] += sample.value
             elif sample.name == MODEL_RUNNING and sample.value == 1.0:
                 running[sample.labels["role"]] = sample.labels["variant"]
             elif sample.name == MODEL_FAILED and sample.value == 1.0:
@@ -142,7 +158,19 @@ def parse_metrics(text: str, at: float) -> Scrape:
         )
         for role in sorted({*running, *failed})
     }
-    return Scrape(at, tuple(sorted(buckets.items())), processed, dropped, queue, cameras, models)
+    return Scrape(
+        at, tuple(sorted(buckets.items())), processed, dropped, queue, cameras, models, **extra
+    )
+
+
+_ROLLOUT_SAMPLES = {
+    DETECTIONS: "detections",
+    f"{CONFIDENCE}_sum": "confidence_sum",
+    f"{CONFIDENCE}_count": "confidence_count",
+    BATCHES: "batches",
+    BATCH_ERRORS: "batch_errors",
+}
+"""Samples summed into :class:`Scrape`'s detection and error figures."""
 
 
 def _from_metrics(values: Mapping[str, float]) -> CameraHealth:

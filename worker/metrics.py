@@ -9,6 +9,7 @@ registry also carries the process' CPU and memory (``process_*``) for the dashbo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -17,6 +18,7 @@ STAGES = ("decode", "preprocess", "infer", "postprocess", "track", "classify", "
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+_CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 DropReason = Literal["buffer_full", "superseded", "stale"]
 """Why a sampled frame was not analysed: the capture buffer overwrote it (``buffer_full``), a
@@ -94,6 +96,23 @@ class WorkerMetrics:
             ["pipeline", "camera", "class"],
             registry=r,
         )
+        self.detection_confidence = Histogram(
+            "kubevision_detection_confidence",
+            "Scores of the detections kept (after tracking): a canary rollout compares their "
+            "distribution between cohorts.",
+            cam,
+            buckets=_CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+        self.batch_errors = Counter(
+            "kubevision_batch_errors",
+            "Batches whose detection (stage detect) or tracking and publishing (stage track) "
+            "raised; the worker logs why and goes on.",
+            ["pipeline", "stage"],
+            registry=r,
+        )
+        for stage in ("detect", "track"):  # exported at 0, so an error rate is never empty
+            self.batch_errors.labels(pipeline, stage)
         self.stream_fps = Gauge(
             "kubevision_stream_fps",
             "Frames per second decoded from the camera (moving average).",
@@ -157,6 +176,7 @@ class WorkerMetrics:
             self.camera_up,
             self.reconnects,
             self.detections,
+            self.detection_confidence,
             self.stream_fps,
             self.last_frame,
             self.camera_decoder,
@@ -248,6 +268,9 @@ class WorkerMetrics:
         the wanted one's artifact was verified, and why not (the message no label carries)."""
         return [dict(entry) for _, entry in sorted(self._models.items())]
 
+    def batch_failed(self, stage: Literal["detect", "track"]) -> None:
+        self.batch_errors.labels(self.pipeline, stage).inc()
+
     def stage(self, stage: str) -> Histogram:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
@@ -295,6 +318,7 @@ class CameraMetrics:
         """Seconds from each packet to BGR frames, decode and colour conversion (observed by
         the capture thread)."""
         self._detections = parent.detections
+        self.confidence = parent.detection_confidence.labels(*labels)
         self._decoder_info = parent.camera_decoder
         self._decoder: str | None = None
         self._labels = labels
@@ -320,6 +344,12 @@ class CameraMetrics:
     def detected(self, class_name: str, count: int) -> None:
         if self.current:
             self._detections.labels(*self._labels, class_name).inc(count)
+
+    def scored(self, scores: Iterable[float]) -> None:
+        """The kept detections' scores (``kubevision_detection_confidence``)."""
+        if self.current:
+            for score in scores:
+                self.confidence.observe(float(score))
 
     @property
     def current(self) -> bool:

@@ -476,6 +476,7 @@ class WorkerRuntime:
                 log.exception(
                     "processing a batch failed on %s; continuing after a pause", lane.device
                 )
+                self._metrics.batch_failed("detect")
                 self._stop.wait(_ERROR_PAUSE_SECONDS)  # a persistent fault must not spin or flood
             self._health.beat()
 
@@ -525,6 +526,7 @@ class WorkerRuntime:
                 log.exception(
                     "tracking a batch failed on %s; continuing after a pause", lane.device
                 )
+                self._metrics.batch_failed("track")
                 self._stop.wait(_ERROR_PAUSE_SECONDS)
 
     def _finish(self, detected: _Detected) -> None:
@@ -638,6 +640,7 @@ class WorkerRuntime:
         cam.metrics.processed.inc()
         cam.metrics.latency.observe(latency)
         if len(tracked):
+            cam.metrics.scored(tracked.scores)
             ids, counts = np.unique(tracked.class_ids, return_counts=True)
             for class_id, count in zip(ids, counts, strict=True):
                 cam.metrics.detected(models.detector.labels[int(class_id)], int(count))
