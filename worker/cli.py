@@ -40,7 +40,8 @@ from kubevision.worker.metrics import WorkerMetrics
 from kubevision.worker.models import MISSING, ArtifactError, sha256_of
 from kubevision.worker.nvdec import DECODER_CHOICES
 from kubevision.worker.runtime import RuntimeOptions, WorkerRuntime
-from kubevision.worker.sinks import SinkConfigError, build_sinks
+from kubevision.worker.sinks import FanOut, SinkConfigError, build_sinks
+from kubevision.worker.snapshots import SnapshotError, SnapshotMetrics, Snapshotter, build_store
 from kubevision.worker.summary import LiveSummary
 
 log = logging.getLogger("kubevision.worker")
@@ -86,7 +87,10 @@ def serve(args: argparse.Namespace) -> int:
         spool=config.spool,
         spool_dir=Path(args.spool_dir) if args.spool_dir else None,
     )
-    runtime = WorkerRuntime(config, shard, metrics, health, sink, _runtime_options(args))
+    snapshots = _snapshotter(config, sink, metrics, args.snapshot_dir)
+    runtime = WorkerRuntime(
+        config, shard, metrics, health, sink, _runtime_options(args), snapshots=snapshots
+    )
     watcher = ConfigWatcher(config_path, runtime.apply)
     runtime.start()
     watcher.start()
@@ -98,6 +102,22 @@ def serve(args: argparse.Namespace) -> int:
         runtime.stop()
         server.stop()
     return 0
+
+
+def _snapshotter(
+    config: WorkerConfig, sink: FanOut, metrics: WorkerMetrics, snapshot_dir: str | None
+) -> Snapshotter | None:
+    """The config's snapshot store behind an encoder thread, or None without snapshots."""
+    if config.snapshots is None:
+        return None
+    folder = Path(snapshot_dir) if snapshot_dir else None
+    counters = SnapshotMetrics(metrics.registry, config.pipeline)
+    try:
+        store = build_store(config.snapshots, counters, folder)
+    except SnapshotError:
+        sink.close()
+        raise
+    return Snapshotter(sink, store, config.snapshots, counters)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -285,6 +305,7 @@ def _parser() -> argparse.ArgumentParser:
         help="how often a model whose artifact was refused is tried again",
     )
     s.add_argument("--spool-dir", help="folder of the outputs' disk spools (the spool volume)")
+    s.add_argument("--snapshot-dir", help="folder of node snapshots (the snapshot volume)")
     s.add_argument(
         "--host", default="0.0.0.0", help="address the metrics and probe server binds to"
     )
@@ -327,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("malloc tuned %s", applied, extra={"malloc": applied})
     try:
         return serve(args) if args.command == "serve" else run(args)
-    except (ConfigError, ArtifactError, SinkConfigError, ValueError) as exc:
+    except (ConfigError, ArtifactError, SinkConfigError, SnapshotError, ValueError) as exc:
         log.error("%s", exc)
         return 2
 

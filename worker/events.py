@@ -7,8 +7,8 @@ publish ``zone.entered``, ``zone.left`` and ``line.crossed`` with the same shape
 zone's or line's name.
 
 On the wire an event is one JSON object with camelCase keys, like every KubeVision API, and
-without the optional keys that are unset (``classification``, ``keypoints``, ``zone``,
-``line``). Times are
+without the optional keys that are unset (``classification``, ``keypoints``, ``snapshot``,
+``zone``, ``line``). Times are
 ISO-8601 in UTC (``...Z``); boxes are ``[x1, y1, x2, y2]`` pixels of the original frame.
 """
 
@@ -50,6 +50,20 @@ class Classification(_EventModel):
     score: float = Field(ge=0, le=1)
 
 
+class Snapshot(_EventModel):
+    """A JPEG crop of the object at this event (``worker/snapshots.py``): where it is, and
+    what a reader checks it against."""
+
+    uri: str
+    """file:// (on the worker's node), s3://bucket/key, or data:image/jpeg;base64,..."""
+    size: int = Field(ge=0)
+    """Bytes of the JPEG."""
+    sha256: str = Field(pattern=r"^[a-f0-9]{64}$")
+    """Lower-case hex SHA-256 of the JPEG."""
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+
+
 class TrackEvent(_EventModel):
     """One thing that happened to one tracked object of one camera."""
 
@@ -68,6 +82,8 @@ class TrackEvent(_EventModel):
     )
     """The pose stage's latest 17 COCO keypoints of a person track (``worker/pose.py``
     order): x, y in pixels of the original frame and the visibility probability."""
+    snapshot: Snapshot | None = None
+    """The object's JPEG crop, for the kinds the Pipeline's spec.snapshots names."""
     zone: str | None = None
     """Zone name; set exactly for zone.entered and zone.left."""
     line: str | None = None

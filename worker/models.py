@@ -36,11 +36,15 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from kubevision.api.modelvariant import Artifact
 from kubevision.api.worker_config import CredentialEnv
+
+if TYPE_CHECKING:
+    import urllib3
+    from minio import Minio
 
 log = logging.getLogger("kubevision.worker.artifacts")
 
@@ -233,9 +237,14 @@ def _http_stream(uri: str) -> Iterator[bytes]:
         yield from response.iter_bytes(_CHUNK)
 
 
-def _s3_stream(
-    uri: str, endpoint_url: str | None, credentials: CredentialEnv | None
-) -> Iterator[bytes]:
+def s3_client(
+    endpoint_url: str | None,
+    keys: tuple[str, str] | None = None,
+    http_client: urllib3.PoolManager | None = None,
+) -> Minio:
+    """A MinIO client for an S3-compatible store: ``endpoint_url``, else ``AWS_ENDPOINT_URL_S3``
+    or ``AWS_ENDPOINT_URL`` (default AWS); ``keys`` (access key ID, secret key), else the
+    AWS or MinIO env vars or the pod's IAM role; ``http_client`` sets timeouts and retries."""
     from minio import Minio
     from minio.credentials.providers import (
         ChainedProvider,
@@ -245,12 +254,7 @@ def _s3_stream(
         Provider,
         StaticProvider,
     )
-    from minio.error import S3Error
 
-    parts = urlsplit(uri)
-    bucket, key = parts.netloc, parts.path.lstrip("/")
-    if not bucket or not key:
-        raise ArtifactError(UNSUPPORTED, f"{redact(uri)}: expected s3://<bucket>/<key>")
     endpoint = urlsplit(
         endpoint_url
         or os.environ.get("AWS_ENDPOINT_URL_S3")
@@ -258,21 +262,37 @@ def _s3_stream(
         or "https://s3.amazonaws.com"
     )
     provider: Provider = ChainedProvider([EnvAWSProvider(), EnvMinioProvider(), IamAwsProvider()])
+    if keys is not None:
+        provider = StaticProvider(*keys)
+    return Minio(
+        endpoint.netloc,
+        secure=endpoint.scheme == "https",
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        credentials=provider,
+        http_client=http_client,
+    )
+
+
+def _s3_stream(
+    uri: str, endpoint_url: str | None, credentials: CredentialEnv | None
+) -> Iterator[bytes]:
+    from minio.error import S3Error
+
+    parts = urlsplit(uri)
+    bucket, key = parts.netloc, parts.path.lstrip("/")
+    if not bucket or not key:
+        raise ArtifactError(UNSUPPORTED, f"{redact(uri)}: expected s3://<bucket>/<key>")
+    keys = None
     if credentials is not None:
-        keys = (os.environ.get(credentials.username_env), os.environ.get(credentials.password_env))
-        if not all(keys):
+        found = (os.environ.get(credentials.username_env), os.environ.get(credentials.password_env))
+        if not (found[0] and found[1]):
             raise ArtifactError(
                 FETCH_FAILED,
                 f"{redact(uri)}: the artifact's credentials are not in the environment "
                 f"({credentials.username_env}, {credentials.password_env}): is its Secret there?",
             )
-        provider = StaticProvider(str(keys[0]), str(keys[1]))
-    client = Minio(
-        endpoint.netloc,
-        secure=endpoint.scheme == "https",
-        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-        credentials=provider,
-    )
+        keys = (found[0], found[1])
+    client = s3_client(endpoint_url, keys)
     try:
         response = client.get_object(bucket, key)
     except S3Error as exc:

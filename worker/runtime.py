@@ -47,6 +47,7 @@ from kubevision.worker.placement import place_streams
 from kubevision.worker.pose import PoseEstimator
 from kubevision.worker.sampling import Sampler, build_sampler
 from kubevision.worker.sinks import FanOut
+from kubevision.worker.snapshots import Snapshotter
 from kubevision.worker.trackers import Tracker, create_tracker
 from kubevision.worker.trackers.reid import ReidEmbedder
 
@@ -243,8 +244,12 @@ class WorkerRuntime:
         sink: FanOut,
         options: RuntimeOptions | None = None,
         on_result: Callable[[FrameResult], None] | None = None,
+        snapshots: Snapshotter | None = None,
     ) -> None:
+        """``snapshots``, when set, takes every event (crops encoded and stored off the loop)
+        and publishes it to ``sink`` in order; else events go to ``sink`` directly."""
         self._options = options or RuntimeOptions()
+        self._snapshots = snapshots
         self._shard = shard
         self._metrics = metrics
         self._health = health
@@ -300,11 +305,13 @@ class WorkerRuntime:
                 thread.join(timeout=10)
         with self._lock:
             for cam in self._cameras.values():
-                self._sink.publish(cam.events.end_all())
+                self._emit(cam.events.end_all())
                 cam.stream.stop()
             self._cameras.clear()
             for lane in self._lanes:
                 lane.models.close()
+        if self._snapshots is not None:
+            self._snapshots.close()
         self._sink.close()
 
     def apply(self, config: WorkerConfig) -> None:
@@ -454,7 +461,7 @@ class WorkerRuntime:
         self._placement = placement
 
     def _retire(self, cam: _Camera) -> None:
-        self._sink.publish(cam.events.end_all())
+        self._emit(cam.events.end_all())
         cam.stream.stop(timeout=0)  # never block the loop on a stuck read
         self._metrics.forget(cam.metrics)  # unless its replacement owns the series now
 
@@ -627,14 +634,23 @@ class WorkerRuntime:
             if event.kind == "track.started":
                 cam.metrics.track_started(event.class_name)
         with self._stage("publish"):
-            if events:
-                self._sink.publish(events)
+            self._emit(events, frame)
         latency = time.time() - frame.capture_wall
         self._record(cam, models, tracked, latency)
         if self._on_result is not None:
             self._on_result(
                 FrameResult(frame, tracked, models.detector.labels, labels, events, latency)
             )
+
+    def _emit(self, events: list[TrackEvent], frame: Frame | None = None) -> None:
+        """To the snapshotter (which crops the frame for the events that get a snapshot), or
+        straight to the sinks."""
+        if not events:
+            return
+        if self._snapshots is None:
+            self._sink.publish(events)
+        else:
+            self._snapshots.submit(events, None if frame is None else lambda: frame.image)
 
     def _record(self, cam: _Camera, models: _Models, tracked: Detections, latency: float) -> None:
         cam.metrics.processed.inc()

@@ -140,6 +140,7 @@ def test_events_carry_the_latest_sighting_and_ended_the_last_one() -> None:
         "box": (20.0, 20.0, 25.12, 28.0),
         "classification": None,
         "keypoints": None,
+        "snapshot": None,
         "zone": None,
         "line": None,
         "capture_time": dt.datetime.fromtimestamp(T0, dt.UTC),
