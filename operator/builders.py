@@ -22,11 +22,13 @@ from kubevision.api.modelvariant import InputSize
 from kubevision.api.pipeline import PipelineSpec
 from kubevision.api.worker_config import (
     CONFIG_FILE,
+    SNAPSHOT_CREDENTIAL_ENV,
     CameraAssignment,
     ClassifierConfig,
     CredentialEnv,
     DetectorConfig,
     ModelConfig,
+    SnapshotConfig,
     SpoolConfig,
     WorkerConfig,
     artifact_credential_env,
@@ -182,6 +184,7 @@ def build_worker_config(
             max_events=spec.spool.max_events,
             max_bytes=spec.spool.max_bytes,
         ),
+        snapshots=_snapshots(spec),
         shards=[
             [_assignment(cam, group.cameras[cam].spec, frame_skip) for cam in home]
             + [
@@ -193,6 +196,24 @@ def build_worker_config(
             ]
             for i, home in enumerate(_padded(group.shards.shards, len(handover)))
         ],
+    )
+
+
+def _snapshots(spec: PipelineSpec) -> SnapshotConfig | None:
+    """spec.snapshots for the worker: the Secret becomes the names of its env vars."""
+    snap = spec.snapshots
+    if snap is None:
+        return None
+    return SnapshotConfig(
+        storage=snap.storage,
+        events=snap.events,
+        jpeg_quality=snap.jpeg_quality,
+        margin=snap.margin,
+        max_files=snap.max_files,
+        max_bytes=snap.max_bytes,
+        url=snap.url,
+        endpoint=snap.endpoint,
+        credentials=SNAPSHOT_CREDENTIAL_ENV if snap.credentials_secret_ref else None,
     )
 
 
@@ -312,6 +333,10 @@ SPOOL_DIR = "/var/spool/kubevision"
 a PersistentVolumeClaim per replica (``spec.spool.persistentVolumeClaim``: outlives the pod),
 or a node folder (``spool_host_path``; each pod writes in ``<namespace>/<pod>`` under it)."""
 SPOOL_VOLUME = "spool"
+SNAPSHOT_DIR = "/var/lib/kubevision/snapshots"
+"""Where node snapshots are written: an emptyDir as large as spec.snapshots.maxBytes, or a
+node folder (``snapshot_host_path``; each pod writes in ``<namespace>/<pod>`` under it)."""
+SNAPSHOT_VOLUME = "snapshots"
 
 
 def _accelerator_env(group: GroupPlan) -> list[dict[str, Any]]:
@@ -379,6 +404,27 @@ def _spool_args(spec: PipelineSpec, settings: OperatorSettings, namespace: str) 
     return [f"--spool-dir={SPOOL_DIR}"]
 
 
+def _snapshot_volume(spec: PipelineSpec, settings: OperatorSettings) -> dict[str, Any] | None:
+    """The pod volume of node snapshots (None for other storages)."""
+    if spec.snapshots is None or spec.snapshots.storage != "node":
+        return None
+    if settings.snapshot_host_path:  # "Directory": the node's admin creates it (UID 65532)
+        path = settings.snapshot_host_path
+        return {"name": SNAPSHOT_VOLUME, "hostPath": {"path": path, "type": "Directory"}}
+    # the worker keeps the folder within maxBytes; the limit is the kubelet's backstop
+    size = f"{spec.snapshots.max_bytes // 2**20 + 64}Mi"
+    return {"name": SNAPSHOT_VOLUME, "emptyDir": {"sizeLimit": size}}
+
+
+def _snapshot_args(spec: PipelineSpec, settings: OperatorSettings, namespace: str) -> list[str]:
+    """``--snapshot-dir`` for node snapshots: a folder per pod on a shared node folder."""
+    if _snapshot_volume(spec, settings) is None:
+        return []
+    if settings.snapshot_host_path:
+        return [f"--snapshot-dir={SNAPSHOT_DIR}/{namespace}/$(KUBEVISION_POD_NAME)"]
+    return [f"--snapshot-dir={SNAPSHOT_DIR}"]
+
+
 def _volumes(
     spec: PipelineSpec, group: GroupPlan, settings: OperatorSettings
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -400,6 +446,10 @@ def _volumes(
         volumes.append(spool)
     if spec.spool.storage == "disk":
         mounts.append({"name": SPOOL_VOLUME, "mountPath": SPOOL_DIR})
+    snapshots = _snapshot_volume(spec, settings)
+    if snapshots is not None:
+        volumes.append(snapshots)
+        mounts.append({"name": SNAPSHOT_VOLUME, "mountPath": SNAPSHOT_DIR})
     return volumes, mounts
 
 
@@ -440,6 +490,8 @@ def _env(spec: PipelineSpec, group: GroupPlan) -> list[dict[str, Any]]:
     for index, output in enumerate(spec.outputs):
         if output.credentials_secret_ref is not None:
             env += _secret_env(output_credential_env(index), output.credentials_secret_ref)
+    if spec.snapshots is not None and spec.snapshots.credentials_secret_ref is not None:
+        env += _secret_env(SNAPSHOT_CREDENTIAL_ENV, spec.snapshots.credentials_secret_ref)
     choices = (group.detector, group.reid, group.classifier, group.pose)
     variants = {c.variant.name: c.variant.spec for c in choices if c is not None}
     for name, variant in sorted(variants.items()):
@@ -464,6 +516,7 @@ def build_statefulset(
             "serve",
             f"--config={CONFIG_DIR}/{CONFIG_FILE}",
             *_spool_args(spec, settings, meta["namespace"]),
+            *_snapshot_args(spec, settings, meta["namespace"]),
         ],
         "env": _env(spec, group),
         "ports": [{"name": "metrics", "containerPort": settings.metrics_port}],

@@ -47,6 +47,10 @@ class OperatorSettings(BaseModel):
     """Keep disk spools in this node folder (hostPath; it must exist, writable by UID 65532),
     so a worker's undelivered events outlive its pod on that node. None (the default): an
     emptyDir, or a Pipeline's spec.spool.persistentVolumeClaim."""
+    snapshot_host_path: str | None = None
+    """Keep node snapshots (a Pipeline's spec.snapshots storage node) in this node folder
+    (hostPath; it must exist, writable by UID 65532). None (the default): a per-pod emptyDir
+    as large as the Pipeline's spec.snapshots.maxBytes."""
 
     shards: int = Field(default=1, ge=1, le=1024)
     """How many shards the Pipelines, Cameras and ModelVariants are split into; with more than
@@ -84,6 +88,7 @@ class OperatorSettings(BaseModel):
             handover_seconds=float(os.environ.get("KUBEVISION_HANDOVER_SECONDS", "90")),
             engine_cache_host_path=os.environ.get("KUBEVISION_ENGINE_CACHE_HOST_PATH") or None,
             spool_host_path=os.environ.get("KUBEVISION_SPOOL_HOST_PATH") or None,
+            snapshot_host_path=os.environ.get("KUBEVISION_SNAPSHOT_HOST_PATH") or None,
             jetson_runtime_class=os.environ.get("KUBEVISION_JETSON_RUNTIME_CLASS") or "nvidia",
             shards=int(os.environ.get("KUBEVISION_SHARDS") or 1),
             shard_lease_seconds=float(os.environ.get("KUBEVISION_SHARD_LEASE_SECONDS") or 15),
