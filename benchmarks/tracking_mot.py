@@ -52,7 +52,16 @@ from benchmarks.common import machine, write_results
 from kubevision.api.modelvariant import TrackingThresholds
 from kubevision.api.pipeline import TrackerStage
 from kubevision.worker.detections import Detections, FloatArray
-from kubevision.worker.trackers import ByteTrack, DeepSort, Embedder, Sort, Tracker, create_tracker
+from kubevision.worker.trackers import (
+    ByteTrack,
+    ByteTrackSettings,
+    ByteTrackTable,
+    DeepSort,
+    Embedder,
+    Sort,
+    Tracker,
+    create_tracker,
+)
 from kubevision.worker.trackers.base import Image
 from kubevision.worker.trackers.reid import ReidEmbedder
 
@@ -218,8 +227,13 @@ def reference_configured(kind: TrackerType, fps: float = 30.0) -> Tracker:
     if kind == "sort":
         return Sort(max_age=1, min_hits=3, iou_threshold=0.3)
     if kind == "bytetrack":
-        return ByteTrack(max_age=int(fps / 30.0 * 30), min_hits=2)
+        return ByteTrack(ByteTrackTable(bytetrack_reference(fps)))
     return DeepSort(max_age=70, min_hits=3, max_cosine_distance=0.2, min_iou=0.3)
+
+
+def bytetrack_reference(fps: float) -> ByteTrackSettings:
+    """The official ByteTrack's MOT17 setting: its track buffer of 30 frames scales with FPS."""
+    return ByteTrackSettings(max_age=int(fps / 30.0 * 30), min_hits=2)
 
 
 def pipeline_configured(
@@ -253,18 +267,24 @@ def run_tracker(
     tracker: Tracker, frames: Sequence[Detections], image: Callable[[int], Image] | None = None
 ) -> TrackerRun:
     """Feed frames 1..n in order; images are read outside the timed part."""
-    lines, seconds = [], []
+    lines: list[str] = []
+    seconds = []
     for number, dets in enumerate(frames, start=1):
         picture = image(number) if image is not None else None
         start = time.perf_counter()
         tracked = tracker.update(dets, picture)
         seconds.append(time.perf_counter() - start)
-        for box, score, _, track_id in tracked:
-            x1, y1, x2, y2 = (float(v) for v in box)
-            lines.append(
-                f"{number},{track_id},{x1:.2f},{y1:.2f},{x2 - x1:.2f},{y2 - y1:.2f},{score:.4f}"
-            )
+        lines += mot_lines(number, tracked)
     return TrackerRun("\n".join(lines) + "\n", seconds)
+
+
+def mot_lines(number: int, tracked: Detections) -> list[str]:
+    """Frame ``number``'s tracks as MOT result lines (frame, id, x, y, w, h, score)."""
+    out = []
+    for box, score, _, track_id in tracked:
+        x1, y1, x2, y2 = (float(v) for v in box)
+        out.append(f"{number},{track_id},{x1:.2f},{y1:.2f},{x2 - x1:.2f},{y2 - y1:.2f},{score:.4f}")
+    return out
 
 
 # --- scoring -------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from benchmarks import hota
 from benchmarks import tracking_mot as bench
 from kubevision.api.modelvariant import TrackingThresholds
 from kubevision.worker.detections import FloatArray
+from kubevision.worker.trackers import ByteTrack, ByteTrackSettings, ByteTrackTable, track_batch
 from kubevision.worker.trackers.base import iou
 from kubevision.worker.trackers.reid import ReidEmbedder
 from tests.assets import assets_dir, require
@@ -114,6 +115,35 @@ def test_motion_tracker_reproduces_its_reference(
         mine = bench.evaluate([(sequence, seq.gt, ours, None)])
         for metric in ("mota", "idf1"):
             assert mine[sequence][metric] == pytest.approx(ref[sequence][metric], abs=PARITY)
+
+
+def test_a_worker_batch_of_cameras_tracks_each_as_its_reference_does(
+    public: dict[str, bench.PublicSequence],
+) -> None:
+    """The six public sequences as six cameras of one worker, batched as frames arrive (each
+    camera missing a batch now and then, in varying order): cameras of equal settings share a
+    ByteTrack table (the 30 FPS ones; max_age follows the frame rate) and every camera's output
+    equals the reference's for its sequence."""
+    tables: dict[ByteTrackSettings, ByteTrackTable] = {}
+    cams = {}
+    for name, seq in public.items():
+        settings = bench.bytetrack_reference(seq.fps)
+        cams[name] = ByteTrack(tables.setdefault(settings, ByteTrackTable(settings)))
+    assert len(tables) < len(cams)
+    frames = {name: bench.per_frame(seq.detections, seq.frames) for name, seq in public.items()}
+    lines: dict[str, list[str]] = {name: [] for name in frames}
+    rng = np.random.default_rng(3)
+    position = dict.fromkeys(frames, 0)
+    while any(position[n] < len(frames[n]) for n in frames):
+        due = [n for n in rng.permutation(list(frames)) if position[n] < len(frames[n])]
+        due = [n for n in due if rng.random() < 0.8] or due[:1]
+        work = [(cams[n], frames[n][position[n]], None) for n in due]
+        for name, tracked in zip(due, track_batch(work), strict=True):
+            position[name] += 1
+            lines[name] += bench.mot_lines(position[name], tracked)
+    for name in frames:
+        agreement = bench.agreement("bytetrack", name, "\n".join(lines[name]) + "\n")
+        assert (agreement["mota"], agreement["idf1"]) == (1.0, 1.0), (name, agreement)
 
 
 def deepsort_runs(configured: str) -> list[tuple[str, Path, str, Path]]:

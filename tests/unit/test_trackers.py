@@ -22,7 +22,17 @@ from scipy.optimize import linear_sum_assignment  # type: ignore[import-untyped]
 from kubevision.api.modelvariant import TrackingThresholds
 from kubevision.api.pipeline import TrackerStage
 from kubevision.worker.detections import NO_TRACK, Detections, FloatArray
-from kubevision.worker.trackers import ByteTrack, DeepSort, Sort, Tracker, create_tracker, kalman
+from kubevision.worker.trackers import (
+    ByteTrack,
+    ByteTrackSettings,
+    ByteTrackTable,
+    DeepSort,
+    Sort,
+    Tracker,
+    create_tracker,
+    kalman,
+    track_batch,
+)
 from kubevision.worker.trackers.base import IdCounter, Image, assign_capped, iou
 from kubevision.worker.trackers.sort import match_iou
 
@@ -363,8 +373,9 @@ def test_factory_builds_motion_trackers_from_the_stage(kind: str, cls: type) -> 
     stage = TrackerStage.model_validate({"type": kind, "maxAgeFrames": 5, "minHits": 2})
     tracker = create_tracker(stage)
     assert isinstance(tracker, cls)
-    assert isinstance(tracker, Sort | ByteTrack)
-    assert (tracker.max_age, tracker.min_hits) == (5, 2)
+    settings = tracker.settings if isinstance(tracker, ByteTrack) else tracker
+    assert isinstance(settings, Sort | ByteTrackSettings)
+    assert (settings.max_age, settings.min_hits) == (5, 2)
     with pytest.raises(ValueError, match="only used by deepsort"):
         create_tracker(stage, embedder=lambda frame, xyxy: xyxy)
 
@@ -374,7 +385,8 @@ def test_factory_applies_the_detectors_thresholds() -> None:
     fitted = TrackingThresholds(high_score=0.34, low_score=0.1, new_track_score=0.44, match_iou=0.4)
     byte = create_tracker(TrackerStage(type="bytetrack"), thresholds=fitted)
     assert isinstance(byte, ByteTrack)
-    assert (byte.high_score, byte.low_score, byte.new_track_score) == (0.34, 0.1, 0.44)
+    assert (byte.settings.high_score, byte.settings.low_score) == (0.34, 0.1)
+    assert byte.settings.new_track_score == 0.44
     sort = create_tracker(TrackerStage(type="sort"), thresholds=fitted)
     assert isinstance(sort, Sort)
     assert sort.iou_threshold == 0.4
@@ -384,7 +396,7 @@ def test_factory_applies_the_detectors_thresholds() -> None:
     assert deep.min_iou == 0.4
     default = create_tracker(TrackerStage(type="bytetrack"))
     assert isinstance(default, ByteTrack)
-    assert (default.high_score, default.new_track_score) == (0.6, 0.7)  # the reference's
+    assert (default.settings.high_score, default.settings.new_track_score) == (0.6, 0.7)
 
 
 def test_factory_builds_deepsort_only_with_an_embedder() -> None:
@@ -527,3 +539,95 @@ def test_mahalanobis_gate_matches_the_definition() -> None:
         for n in range(3):
             d = xyah[n] - z_mean[t]
             assert got[t, n] == pytest.approx(d @ np.linalg.inv(s[t]) @ d)
+
+
+# -- ByteTrack cameras sharing one table (a worker's batch in one update) ------------------------
+
+
+def _same(a: Detections, b: Detections) -> bool:
+    return bool(
+        np.array_equal(a.xyxy, b.xyxy)
+        and np.array_equal(a.track_ids, b.track_ids)
+        and np.array_equal(a.scores, b.scores)
+    )
+
+
+def _random_scene(rng: np.random.Generator, frames: int) -> list[Detections]:
+    """People walking with jittery, sometimes missing, sometimes low-scoring boxes."""
+    start = rng.uniform(0, 600, (6, 2))
+    velocity = rng.normal(0, 4, (6, 2))
+    scenes = []
+    for k in range(frames):
+        centre = start + k * velocity + rng.normal(0, 2, start.shape)
+        seen = rng.random(6) < 0.85
+        half = np.array([20.0, 50.0])
+        xyxy = np.column_stack([centre - half, centre + half])[seen].astype(np.float32)
+        scores = rng.uniform(0.05, 1.0, len(xyxy)).astype(np.float32)
+        scenes.append(Detections(xyxy, scores, np.zeros(len(xyxy), np.int64)))
+    return scenes
+
+
+def test_cameras_sharing_a_table_track_as_one_tracker_each() -> None:
+    """Batches of any subset of cameras, in any order, give each camera exactly what its own
+    ByteTrack gives (boxes, scores, ids numbered per camera)."""
+    rng = np.random.default_rng(7)
+    settings = ByteTrackSettings(high_score=0.34, low_score=0.1, new_track_score=0.34, min_hits=3)
+    scenes = [_random_scene(rng, 60) for _ in range(6)]
+    table = ByteTrackTable(settings)
+    shared = [ByteTrack(table) for _ in scenes]
+    alone = [ByteTrack(ByteTrackTable(settings)) for _ in scenes]
+    position = [0] * len(scenes)
+    while any(p < 60 for p in position):
+        cams = [c for c in rng.permutation(len(scenes)).tolist() if position[c] < 60]
+        cams = cams[: rng.integers(1, len(cams) + 1)]
+        batch = [(shared[c].key, scenes[c][position[c]]) for c in cams]
+        for c, tracked in zip(cams, table.update(batch), strict=True):
+            assert _same(tracked, alone[c].update(scenes[c][position[c]])), (c, position[c])
+            position[c] += 1
+    assert table.cameras == 6
+
+
+def test_track_batch_runs_shared_cameras_in_one_update() -> None:
+    table = ByteTrackTable(ByteTrackSettings(min_hits=1))
+    cams = [ByteTrack(table) for _ in range(3)]
+    sort = Sort(min_hits=1)
+    found = detections([("a", box(50), 0.9)])
+    tracked = track_batch([(cams[0], found, None), (sort, found, None), (cams[2], found, None)])
+    assert [t.track_ids.tolist() for t in tracked] == [[1], [1], [1]]
+    assert table.tracks == 2  # the camera that sent no frame holds none
+
+
+def test_a_closed_camera_frees_its_tracks_and_a_late_frame_of_it_is_ignored() -> None:
+    table = ByteTrackTable(ByteTrackSettings(min_hits=1))
+    kept, gone = ByteTrack(table), ByteTrack(table)
+    found = detections([("a", box(50), 0.9), ("b", box(300), 0.9)])
+    table.update([(kept.key, found), (gone.key, found)])
+    assert table.tracks == 4
+    gone.close()
+    assert (table.tracks, table.cameras) == (2, 1)
+    late = table.update([(gone.key, found), (kept.key, found)])
+    assert len(late[0]) == 0
+    assert late[1].track_ids.tolist() == [1, 2]
+    kept.reset()
+    assert table.tracks == 0
+    assert kept.update(found).track_ids.tolist() == [1, 2]  # ids restart after a reset
+
+
+def test_a_camera_twice_in_one_batch_is_refused() -> None:
+    cam = ByteTrack()
+    with pytest.raises(ValueError, match="twice in one batch"):
+        cam.table.update([(cam.key, Detections.empty()), (cam.key, Detections.empty())])
+
+
+def test_the_factory_puts_cameras_of_equal_settings_on_one_table() -> None:
+    tables: dict[ByteTrackSettings, ByteTrackTable] = {}
+    stage = TrackerStage(type="bytetrack")
+    a, b = create_tracker(stage, tables=tables), create_tracker(stage, tables=tables)
+    other = create_tracker(
+        TrackerStage.model_validate({"type": "bytetrack", "minHits": 1}), tables=tables
+    )
+    assert isinstance(a, ByteTrack)
+    assert isinstance(b, ByteTrack)
+    assert isinstance(other, ByteTrack)
+    assert a.table is b.table is not other.table
+    assert len(tables) == 2

@@ -41,6 +41,10 @@ class Tracker(Protocol):
         """Forget every track and restart ids at 1 (e.g. after a stream reconnects)."""
         ...
 
+    def close(self) -> None:
+        """Release this camera's state for good (its camera is gone)."""
+        ...
+
 
 class Embedder(Protocol):
     """Appearance features for boxes in a frame (re-id), for DeepSORT."""
@@ -73,13 +77,22 @@ def iou(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating], offset: float 
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    size = np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2])
+    return iou_pairs(a[:, None, :], b[None, :, :], offset)
+
+
+def iou_pairs(
+    a: npt.NDArray[np.floating], b: npt.NDArray[np.floating], offset: float = 0.0
+) -> Array:
+    """IoU of the box pairs ``a[k]``, ``b[k]`` (xyxy, broadcast like any numpy operands; float64,
+    ``offset`` as in :func:`iou`): the pairs of a sparse set, e.g. only those of one camera."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    size = np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2])
     size = np.maximum(size + offset, 0.0)
     inter = size[..., 0] * size[..., 1]
-    area_a = (a[:, 2] - a[:, 0] + offset) * (a[:, 3] - a[:, 1] + offset)
-    area_b = (b[:, 2] - b[:, 0] + offset) * (b[:, 3] - b[:, 1] + offset)
+    area_a = (a[..., 2] - a[..., 0] + offset) * (a[..., 3] - a[..., 1] + offset)
+    area_b = (b[..., 2] - b[..., 0] + offset) * (b[..., 3] - b[..., 1] + offset)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out: Array = inter / (area_a[:, None] + area_b[None, :] - inter)
+        out: Array = inter / (area_a + area_b - inter)
     return np.nan_to_num(out, nan=0.0)
 
 

@@ -120,6 +120,10 @@ class DeepSort:
         self._tracks = _Tracks.empty(self.gallery_size, 0)
         self._ids = IdCounter()
 
+    def close(self) -> None:
+        """Its state is its own: forgetting it is all there is to release."""
+        self.reset()
+
     def update(self, detections: Detections, frame: Image | None = None) -> Detections:
         """Advance one frame; needs ``frame`` and an embedder unless detections carry embeddings."""
         features = self._features(detections, frame)

@@ -105,6 +105,10 @@ class Sort:
         self._ids = IdCounter()
         self._frame = 0
 
+    def close(self) -> None:
+        """Its state is its own: forgetting it is all there is to release."""
+        self.reset()
+
     def update(self, detections: Detections, frame: Image | None = None) -> Detections:
         """Advance one frame (``frame`` is not used: SORT is motion-only)."""
         self._frame += 1
