@@ -60,7 +60,7 @@ class WorkerMetrics:
         )
         self.stage_latency = Histogram(
             "kubevision_stage_latency_seconds",
-            "Latency of one pipeline stage per frame.",
+            "Latency of one pipeline stage per batch (each of its frames waits that long).",
             ["pipeline", "stage"],
             buckets=_STAGE_BUCKETS,
             registry=r,

@@ -22,6 +22,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from kubevision.worker.pose import PoseEstimator
 from kubevision.worker.sampling import Sampler, build_sampler
 from kubevision.worker.sinks import FanOut
 from kubevision.worker.snapshots import Snapshotter
-from kubevision.worker.trackers import Tracker, create_tracker
+from kubevision.worker.trackers import Tables, Tracker, create_tracker, track_batch
 from kubevision.worker.trackers.reid import ReidEmbedder
 
 log = logging.getLogger("kubevision.worker.runtime")
@@ -154,12 +155,13 @@ class _Camera:
         metrics: CameraMetrics,
         options: CaptureOptions,
         open_source: SourceFactory,
+        tables: Tables,
     ) -> None:
         self.assignment = assignment
         self.metrics = metrics
         self.stream = open_source(assignment, metrics, options, build_sampler(assignment.sampling))
         self.tracker: Tracker = create_tracker(
-            config.tracker, models.embedder, config.detector.model.tracking
+            config.tracker, models.embedder, config.detector.model.tracking, tables
         )
         # trackers report only the tracks matched in this frame; a track stays alive (no
         # track.ended) for as long as the tracker keeps it
@@ -269,6 +271,8 @@ class WorkerRuntime:
         self._metrics.models_loaded(_roles(config))
         self._cameras: dict[str, _Camera] = {}
         self._placement: dict[str, int] = {}
+        self._track_tables: Tables = weakref.WeakValueDictionary()
+        """ByteTrack cameras of equal settings share a table: a batch is one tracker update."""
         self._apply_cameras(config)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -361,14 +365,17 @@ class WorkerRuntime:
 
     def state_sizes(self) -> dict[str, int]:
         """What the worker holds for its cameras, summed over them (live tracks, classifier
-        labels, batcher streams): a soak watches these stay bounded under camera churn."""
+        labels, batcher streams, cameras in ByteTrack tables): a soak watches these stay
+        bounded under camera churn."""
         with self._lock:
             cams = list(self._cameras.values())
+            tables = list(self._track_tables.values())
         return {
             "cameras": len(cams),
             "live_tracks": sum(c.events.live_tracks for c in cams),
             "classifier_labels": sum(len(c.labels) for c in cams),
             "batcher_streams": sum(lane.batcher.streams for lane in self._lanes),
+            "tracker_cameras": sum(table.cameras for table in tables),
         }
 
     @property
@@ -446,6 +453,7 @@ class WorkerRuntime:
                 self._metrics.camera(name),
                 self._options.capture,
                 self._options.source_factory,
+                self._track_tables,
             )
             cam.stream.start()
             self._cameras[name] = cam
@@ -461,6 +469,7 @@ class WorkerRuntime:
         self._placement = placement
 
     def _retire(self, cam: _Camera) -> None:
+        cam.tracker.close()  # a late frame of it in a batch gets no tracks
         self._emit(cam.events.end_all())
         cam.stream.stop(timeout=0)  # never block the loop on a stuck read
         self._metrics.forget(cam.metrics)  # unless its replacement owns the series now
@@ -553,7 +562,7 @@ class WorkerRuntime:
             for cam, _, _ in sorted(work, key=lambda w: w[0].assignment.name):
                 held.enter_context(cam.lock)
             work = [(cam, frame, found) for cam, frame, found in work if self._advance(cam, frame)]
-            tracked = [self._track(cam, models, frame, found) for cam, frame, found in work]
+            tracked = self._track(models, work)
             labels = self._classify(models, [(c, f) for c, f, _ in work], tracked)
             keypoints = self._pose(models, [f for _, f, _ in work], tracked)
             for (cam, frame, _), frame_tracked, frame_labels, frame_keypoints in zip(
@@ -570,12 +579,20 @@ class WorkerRuntime:
         cam.last_index = frame.index
         return True
 
-    def _track(self, cam: _Camera, models: _Models, frame: Frame, found: Detections) -> Detections:
+    def _track(
+        self, models: _Models, work: list[tuple[_Camera, Frame, Detections]]
+    ) -> list[Detections]:
+        """Every frame of the batch through its camera's tracker (ByteTrack cameras in one
+        vectorised update)."""
         with self._stage("track"):
             # only appearance trackers (DeepSORT) look at pixels; a GPU frame is not copied
             # down for the others
-            image = frame.image if models.embedder is not None else None
-            return cam.tracker.update(found, image)
+            return track_batch(
+                [
+                    (cam.tracker, found, frame.image if models.embedder is not None else None)
+                    for cam, frame, found in work
+                ]
+            )
 
     def _classify(
         self, models: _Models, work: list[tuple[_Camera, Frame]], tracked: list[Detections]

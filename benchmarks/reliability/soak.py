@@ -122,6 +122,8 @@ def _settled(
         return None
     if cameras != current or sizes["cameras"] != STREAMS or sizes["batcher_streams"] > STREAMS:
         return None
+    if sizes["tracker_cameras"] != STREAMS:
+        return None
     return {**stats, **sizes, "camera_series": series}
 
 
@@ -190,6 +192,7 @@ def measure(size: Size) -> dict[str, Any]:
         "live_tracks_max": max(s["live_tracks"] for s in samples),
         "classifier_labels_max": max(s["classifier_labels"] for s in samples),
         "batcher_streams_max": max(s["batcher_streams"] for s in samples),
+        "tracker_cameras_max": max(s["tracker_cameras"] for s in samples),
         "camera_series": growth(samples, "camera_series", size.warmup),
         "series_cameras_max": max(s["series_cameras"] for s in samples),
         "samples": samples,

@@ -18,6 +18,7 @@ def test_soak_with_camera_churn_leaks_no_threads_fds_state_or_series() -> None:
     # only the 8 current cameras hold state; every label series names a current camera
     assert end["cameras"] == soak.STREAMS
     assert end["batcher_streams"] <= soak.STREAMS
+    assert end["tracker_cameras"] == soak.STREAMS, "removed cameras left tracks in a table"
     assert figures["series_cameras_max"] <= soak.STREAMS + 2, "removed cameras' series linger"
     assert figures["camera_series"]["max"] <= 2 * figures["camera_series"]["first"], figures[
         "camera_series"

@@ -26,6 +26,7 @@ __all__ = [
     "DeepSort",
     "Embedder",
     "Sort",
+    "Tables",
     "Tracker",
     "create_tracker",
     "track_batch",
