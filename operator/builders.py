@@ -169,9 +169,9 @@ def build_worker_config(
         site=group.site,
         detector=DetectorConfig(
             model=detector,
-            confidence=stages.detector.confidence,
-            nms_iou=stages.detector.nms_iou,
-            classes=stages.detector.classes,
+            confidence=(group.detector_stage or stages.detector).confidence,
+            nms_iou=(group.detector_stage or stages.detector).nms_iou,
+            classes=(group.detector_stage or stages.detector).classes,
         ),
         tracker=stages.tracker,
         reid=_model(group.reid) if group.reid else None,

@@ -11,7 +11,7 @@ from typing import Literal
 
 from kubevision.api.camera import CameraSpec
 from kubevision.api.modelvariant import HardwareClass, Task
-from kubevision.api.pipeline import DegradationStep, ModelRef, PipelineSpec
+from kubevision.api.pipeline import DegradationStep, DetectorStage, ModelRef, PipelineSpec
 from kubevision.operator import conditions
 from kubevision.operator.hardware import NodeInfo, nodes_for
 from kubevision.operator.selection import (
@@ -69,6 +69,9 @@ class GroupPlan:
     """The autoscaler's decision raised replicas above the throughput estimate."""
     track: Literal["canary"] | None = None
     """canary: the group runs a rollout's candidate (:mod:`.rollout`)."""
+    detector_stage: DetectorStage | None = None
+    """The detector thresholds the group runs when not spec.stages.detector's (a rollout's
+    candidate)."""
     leaving: frozenset[str] = frozenset()
     """Cameras the group keeps only until their new group (the other side of a rollout) has
     taken them on: make-before-break between groups; their Camera status names the new one."""

@@ -214,8 +214,16 @@ def plan_tracks(
         scaling,
         track="canary",
     )
-    groups = [replace(g, leaving=frozenset(g.cameras) & side.to_canary) for g in stable.groups] + [
-        replace(g, leaving=frozenset(g.cameras) & (side.moving - side.to_canary))
+    stages = {"stable": stable_spec.stages.detector, "canary": candidate_spec(spec).stages.detector}
+    groups = [
+        replace(g, leaving=frozenset(g.cameras) & side.to_canary, detector_stage=stages["stable"])
+        for g in stable.groups
+    ] + [
+        replace(
+            g,
+            leaving=frozenset(g.cameras) & (side.moving - side.to_canary),
+            detector_stage=stages["canary"],
+        )
         for g in canary.groups
     ]
     return PipelinePlan(groups, _merge(stable.problems + canary.problems), len(selected))
@@ -271,13 +279,23 @@ def judge(
     stable: CohortFigures, canary: CohortFigures, analysis: RolloutAnalysis
 ) -> tuple[Verdict, list[str]]:
     """Whether the canary cohort stayed within the analysis' bounds of the stable cohort; the
-    failures name each broken bound with both figures."""
-    if min(stable.frames, canary.frames) < analysis.min_frames:
-        return "Inconclusive", [
-            f"too few frames: stable {stable.frames}, canary {canary.frames} "
-            f"(minFrames {analysis.min_frames})"
-        ]
+    failures name each broken bound with both figures. Too few stable frames say nothing
+    (inconclusive); too few canary frames are a failure when its frame rate fell short (a
+    starving candidate), else inconclusive."""
+    few = (
+        f"too few frames: stable {stable.frames}, canary {canary.frames} "
+        f"(minFrames {analysis.min_frames})"
+    )
+    if stable.frames < analysis.min_frames:
+        return "Inconclusive", [few]
     failures = []
+    if canary.fps < stable.fps * analysis.min_fps_ratio:
+        failures.append(
+            f"fps per camera {canary.fps:g} < {stable.fps * analysis.min_fps_ratio:.2f} "
+            f"(stable {stable.fps:g} x {analysis.min_fps_ratio:g})"
+        )
+    if canary.frames < analysis.min_frames and not failures:
+        return "Inconclusive", [few]
     if canary.p99_latency_ms is not None and stable.p99_latency_ms is not None:
         bound = stable.p99_latency_ms * analysis.max_latency_ratio + analysis.latency_tolerance_ms
         if canary.p99_latency_ms > bound:
@@ -286,11 +304,6 @@ def judge(
                 f"{stable.p99_latency_ms:g} ms x {analysis.max_latency_ratio:g} + "
                 f"{analysis.latency_tolerance_ms:g} ms)"
             )
-    if canary.fps < stable.fps * analysis.min_fps_ratio:
-        failures.append(
-            f"fps per camera {canary.fps:g} < {stable.fps * analysis.min_fps_ratio:.2f} "
-            f"(stable {stable.fps:g} x {analysis.min_fps_ratio:g})"
-        )
     if canary.error_rate > stable.error_rate + analysis.max_error_rate_increase:
         failures.append(
             f"error rate {canary.error_rate:.2%} > stable {stable.error_rate:.2%} + "
@@ -364,6 +377,8 @@ def advance_rollout(
         memory.key = None
     assert status is not None
     if blocked is not None and status.phase == "Progressing":
+        if restart:  # nothing moved yet: nothing to move back
+            status = status.model_copy(update={"high_weight": 0})
         status = _move(status, "Invalid", blocked.reason, blocked.message, now)
         events.append(Event("Warning", blocked.reason, blocked.message))
     elif rollout.abort and status.phase != "Aborted":

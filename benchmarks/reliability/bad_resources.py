@@ -127,6 +127,11 @@ PIPELINE_FULL = _with(
     ("spec", "autoscaling", "prometheusUrl"),
     "http://prometheus.monitoring:9090",
 )
+ROLLOUT = _with(
+    PIPELINE,
+    ("spec", "rollout"),
+    {"candidate": {"variant": "yolox-nano-416-onnx-int8"}, "steps": [10, 50, 100]},
+)
 VARIANT = _doc(SAMPLES / "modelvariant.yaml", "yolox-nano-416-onnx-fp32")
 INT8 = _doc(CATALOG / "yolox-nano.yaml", "yolox-nano-416-trt-int8")
 BASES: tuple[Obj, ...] = (LOBBY, PARKING, ADAPTIVE, PIPELINE, PIPELINE_FULL, VARIANT, INT8)
@@ -280,7 +285,7 @@ def cel_cases() -> list[Case]:
     """A violation of every CEL rule the API defines (``test_every_cel_rule_is_fuzzed``)."""
     src, samp = ("spec", "source"), ("spec", "sampling")
     out0, auto = ("spec", "outputs", 0), ("spec", "autoscaling")
-    stages = ("spec", "stages")
+    stages, roll = ("spec", "stages"), ("spec", "rollout")
     fps = _floats(min_value=0.5, max_value=240)
     return [
         _case(
@@ -490,6 +495,36 @@ def cel_cases() -> list[Case]:
                         {"storage": "inline", "endpoint": "http://minio.storage:9000"},
                         {"storage": "node", "credentialsSecretRef": {"name": "s3-keys"}},
                     ]
+                ),
+            ),
+        ),
+        _case(
+            "rollout candidate changes nothing",
+            (*roll, "candidate"),
+            _set(ROLLOUT, (*roll, "candidate"), st.just({})),
+        ),
+        _case(
+            "rollout candidate variant and family",
+            (*roll, "candidate", "variant"),
+            _set(
+                ROLLOUT,
+                (*roll, "candidate"),
+                st.tuples(_NAMES, _NAMES).map(lambda vf: {"variant": vf[0], "family": vf[1]}),
+            ),
+        ),
+        _case(
+            "rollout promote and abort",
+            (*roll, "promote"),
+            st.just(_with(_with(ROLLOUT, (*roll, "promote"), True), (*roll, "abort"), True)),
+        ),
+        _case(
+            "rollout steps not increasing",
+            (*roll, "steps"),
+            _set(
+                ROLLOUT,
+                (*roll, "steps"),
+                st.lists(st.integers(1, 100), min_size=2, max_size=10, unique=True).filter(
+                    lambda steps: steps != sorted(steps)
                 ),
             ),
         ),
