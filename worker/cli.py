@@ -104,6 +104,47 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cascade(args: argparse.Namespace) -> int:
+    """The cloud half of the cascade (:mod:`.cascade`): edge events in, enriched events out."""
+    from kubevision.worker.cascade import (
+        Cascade,
+        CascadeMetrics,
+        build_classifier,
+        load_cascade_config,
+    )
+
+    config = load_cascade_config(Path(args.config))
+    classifier = build_classifier(
+        config,
+        model_search=[Path(p) for p in args.model_dir],
+        device=args.device,
+        threads=args.threads,
+        backend=args.backend,
+        labels_file=Path(args.classifier_labels) if args.classifier_labels else None,
+    )
+    metrics = WorkerMetrics(config.pipeline)
+    health = Health()
+    server = HealthServer(metrics.registry, health, args.port, host=args.host)
+    server.start()
+    sink = build_sinks(
+        config.outputs,
+        config.pipeline,
+        metrics.registry,
+        spool=config.spool,
+        spool_dir=Path(args.spool_dir) if args.spool_dir else None,
+    )
+    worker = Cascade(
+        config, classifier, sink, CascadeMetrics(metrics.registry, config.pipeline), health
+    )
+    worker.start()
+    try:
+        _wait_for_signal(threading.Event())
+    finally:
+        worker.stop()
+        server.stop()
+    return 0
+
+
 def _snapshotter(
     config: WorkerConfig, sink: FanOut, metrics: WorkerMetrics, snapshot_dir: str | None
 ) -> Snapshotter | None:
@@ -310,6 +351,14 @@ def _parser() -> argparse.ArgumentParser:
         "--host", default="0.0.0.0", help="address the metrics and probe server binds to"
     )
 
+    c = sub.add_parser(
+        "cascade", parents=[common], help="classify the crops of edge events (cloud side)"
+    )
+    c.add_argument("--config", default="/etc/kubevision/cascade.json")
+    c.add_argument("--port", type=int, default=9090, help="metrics and probes")
+    c.add_argument("--spool-dir", help="folder of the outputs' disk spools")
+    c.add_argument("--host", default="0.0.0.0", help="address the metrics server binds to")
+
     r = sub.add_parser("run", parents=[common], help="analyse sources from the command line")
     r.add_argument(
         "--source",
@@ -347,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     if applied := tune_allocator():
         log.debug("malloc tuned %s", applied, extra={"malloc": applied})
     try:
-        return serve(args) if args.command == "serve" else run(args)
+        commands = {"serve": serve, "cascade": cascade, "run": run}
+        return commands[args.command](args)
     except (ConfigError, ArtifactError, SinkConfigError, SnapshotError, ValueError) as exc:
         log.error("%s", exc)
         return 2
