@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -17,7 +18,7 @@ import numpy.typing as npt
 from kubevision.api.worker_config import ModelConfig
 from kubevision.worker.backends.base import InferenceBackend
 from kubevision.worker.nvdec import Pixels
-from kubevision.worker.preprocess import IMAGENET_RGB, Frame, InputFormat, crops, to_tensor
+from kubevision.worker.preprocess import IMAGENET_RGB, InputFormat, crops, to_tensor
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -86,13 +87,42 @@ class CropClassifier:
         if not sum(counts):
             empty = np.empty((0, self.top_k), np.int64), np.empty((0, self.top_k), np.float32)
             return [empty] * len(requests)
-        pixels = np.concatenate(
-            [self._crops(frame, b) for (frame, _), b in zip(requests, boxes, strict=True) if len(b)]
-        )
-        (logits,) = self._backend.infer(to_tensor(pixels, self._format))
-        class_ids, scores = self._top_k(logits)
+        frames = [(frame, b) for (frame, _), b in zip(requests, boxes, strict=True) if len(b)]
+        class_ids, scores = self._top_k(self._logits(frames))
         bounds = np.cumsum(counts)[:-1]
         return list(zip(np.split(class_ids, bounds), np.split(scores, bounds), strict=True))
+
+    def _logits(self, frames: list[tuple[Pixels, FloatArray]]) -> FloatArray:
+        """Logits of every box, frame by frame. Crops of host frames are cut on the host; those
+        of device frames (NVDEC) on the device, and go to a device backend as they are (one
+        small copy of the logits back), so a frame never crosses to the host."""
+        host = [(i, f, b) for i, (f, b) in enumerate(frames) if isinstance(f, np.ndarray)]
+        device = [(i, f, b) for i, (f, b) in enumerate(frames) if not isinstance(f, np.ndarray)]
+        parts: dict[int, FloatArray] = {}
+        if host:
+            pixels = np.concatenate([crops(f, b, *self._size) for _, f, b in host])
+            (logits,) = self._backend.infer(to_tensor(pixels, self._format))
+            parts |= _split([(i, b) for i, _, b in host], logits)
+        if device:
+            logits = self._device_logits([(f, b) for _, f, b in device])
+            parts |= _split([(i, b) for i, _, b in device], logits)
+        return np.concatenate([parts[i] for i in range(len(frames))])
+
+    def _device_logits(self, frames: Sequence[tuple[Any, FloatArray]]) -> FloatArray:
+        """Logits of device frames' boxes (``Any``: torch tensors; torch is imported only
+        where frames are on a device)."""
+        import torch
+
+        from kubevision.worker.gpu.preprocess import device_crops
+
+        batch = torch.cat([device_crops(f, b, *self._size, self._format) for f, b in frames])
+        infer_tensor = getattr(self._backend, "infer_tensor", None)
+        if infer_tensor is None:  # a host backend (ONNX Runtime): the crops go down, once
+            (logits,) = self._backend.infer(batch.cpu().numpy())
+            return logits
+        (device_logits,) = infer_tensor(batch)
+        host: FloatArray = device_logits.float().cpu().numpy()
+        return host
 
     def _top_k(self, logits: FloatArray) -> tuple[IntArray, FloatArray]:
         if logits.shape[1] != len(self.labels):
@@ -106,14 +136,12 @@ class CropClassifier:
         class_ids = np.take_along_axis(top, order, axis=1).astype(np.int64)
         return class_ids, np.take_along_axis(probs, class_ids, axis=1).astype(np.float32)
 
-    def _crops(self, frame: Pixels, boxes: FloatArray) -> Frame:
-        """Host crops; a device frame (NVDEC) is cropped on the device, never downloaded whole."""
-        if isinstance(frame, np.ndarray):
-            return crops(frame, boxes, *self._size)
-        from kubevision.worker.gpu.preprocess import device_crops
-
-        return device_crops(frame, boxes, *self._size)
-
     def names(self, class_ids: Sequence[int] | IntArray) -> list[str]:
         """Label names of class ids (for sinks and logs)."""
         return [self.labels[int(i)] for i in class_ids]
+
+
+def _split(rows: list[tuple[int, FloatArray]], logits: FloatArray) -> dict[int, FloatArray]:
+    """Logits of consecutive frames' boxes -> each frame's (frame index, its boxes)."""
+    bounds = np.cumsum([len(boxes) for _, boxes in rows])[:-1]
+    return dict(zip([i for i, _ in rows], np.split(logits, bounds), strict=True))

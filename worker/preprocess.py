@@ -196,12 +196,19 @@ def crops(frame: Frame, xyxy: FloatArray, width: int, height: int) -> Frame:
     """
     frame = check_frame(frame)
     frame_h, frame_w = frame.shape[:2]
+    x1, y1, x2, y2 = crop_boxes(xyxy, frame_w, frame_h).T
+    out = np.empty((len(x1), height, width, _BGR), np.uint8)
+    for i in range(len(x1)):
+        _paste(out[i], frame[y1[i] : y2[i], x1[i] : x2[i]], width, height)
+    return out
+
+
+def crop_boxes(xyxy: FloatArray, frame_w: int, frame_h: int) -> npt.NDArray[np.int64]:
+    """(N, 4) whole-pixel crops of frame-pixel boxes: outward to whole pixels, clipped to the
+    frame and at least one pixel wide (the device crops cut the same pixels)."""
     boxes = np.asarray(xyxy, np.float32).reshape(-1, 4)
     x1 = np.clip(np.floor(boxes[:, 0]), 0, frame_w - 1).astype(np.int64)
     y1 = np.clip(np.floor(boxes[:, 1]), 0, frame_h - 1).astype(np.int64)
     x2 = np.clip(np.ceil(boxes[:, 2]).astype(np.int64), x1 + 1, frame_w)
     y2 = np.clip(np.ceil(boxes[:, 3]).astype(np.int64), y1 + 1, frame_h)
-    out = np.empty((len(boxes), height, width, _BGR), np.uint8)
-    for i in range(len(boxes)):
-        _paste(out[i], frame[y1[i] : y2[i], x1[i] : x2[i]], width, height)
-    return out
+    return np.column_stack([x1, y1, x2, y2])

@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional
 
 from kubevision.worker.nvdec import Pixels
-from kubevision.worker.preprocess import InputFormat, Letterbox, check_frame
+from kubevision.worker.preprocess import InputFormat, Letterbox, check_frame, crop_boxes
 
 _BGR = 3
 _GRAY_TO_BGR = {1: cv2.COLOR_GRAY2BGR, 4: cv2.COLOR_BGRA2BGR}
@@ -133,19 +133,44 @@ class DeviceLetterbox:
         return groups
 
 
-def device_crops(frame: torch.Tensor, xyxy: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(N, height, width, 3) uint8 BGR host crops of a device frame's boxes, each stretched.
-
-    Crops are cut and resized on the device (``roi_align``), so only the small crops cross
-    to the host, never the frame.
-    """
-    from torchvision.ops import roi_align
-
-    boxes = torch.as_tensor(np.asarray(xyxy, np.float32).reshape(-1, 4), device=frame.device)
-    rois = torch.cat([torch.zeros((len(boxes), 1), device=frame.device), boxes], dim=1)
-    chw = frame.permute(2, 0, 1).unsqueeze(0).float()
-    crops = roi_align(chw, rois, output_size=(height, width), spatial_scale=1.0, aligned=True)
-    pixels: np.ndarray = (
-        crops.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+def device_crops(
+    frame: torch.Tensor, xyxy: np.ndarray, width: int, height: int, fmt: InputFormat
+) -> torch.Tensor:
+    """(N, 3, height, width) float32 model input for the boxes of a device frame, the pixels
+    of the host path's crops: the same whole-pixel boxes (``crop_boxes``), resized as
+    ``cv2.resize`` INTER_LINEAR does (half-pixel centres, each crop's border replicated) in
+    one ``grid_sample`` over the boxes' bounding region, rounded to uint8 values, then in the
+    model's colour order and scale. Nothing crosses to the host but the boxes."""
+    boxes = crop_boxes(xyxy, int(frame.shape[1]), int(frame.shape[0]))
+    x0, y0 = (int(v) for v in boxes[:, :2].min(axis=0))
+    x1, y1 = (int(v) for v in boxes[:, 2:].max(axis=0))
+    region = frame[y0:y1, x0:x1].permute(2, 0, 1).unsqueeze(0).float()
+    local = torch.as_tensor(boxes - [x0, y0, x0, y0], dtype=torch.float32, device=frame.device)
+    xs = _sample_at(local[:, 0], local[:, 2], width, x1 - x0)  # (N, width)
+    ys = _sample_at(local[:, 1], local[:, 3], height, y1 - y0)  # (N, height)
+    count = len(boxes)
+    grid = torch.stack(
+        [xs[:, None, :].expand(count, height, width), ys[:, :, None].expand(count, height, width)],
+        dim=-1,
     )
-    return pixels
+    sampled = functional.grid_sample(
+        region, grid.reshape(1, count * height, width, 2), align_corners=False
+    )  # (1, 3, N * height, width), crop after crop
+    crops = sampled.view(3, count, height, width).transpose(0, 1).round().clamp(0, 255)
+    if fmt.color == "rgb":
+        crops = crops.flip(1)
+    norm = fmt.normalization
+    mean = torch.tensor(norm.mean, device=frame.device).view(1, 3, 1, 1)
+    std = torch.tensor(norm.std, device=frame.device).view(1, 3, 1, 1)
+    normalised: torch.Tensor = (crops - mean) / std
+    return normalised
+
+
+def _sample_at(start: torch.Tensor, end: torch.Tensor, size: int, extent: int) -> torch.Tensor:
+    """(N, size) grid_sample coordinates of each crop [start, end) resized to ``size``:
+    OpenCV's source pixel ``start + (i + 0.5) * (end - start) / size - 0.5``, clamped into
+    the crop, normalised over a region ``extent`` pixels wide."""
+    step = (end - start) / size
+    pixel = start[:, None] + (torch.arange(size, device=start.device) + 0.5) * step[:, None] - 0.5
+    pixel = torch.minimum(torch.maximum(pixel, start[:, None]), (end - 1)[:, None])
+    return (2 * pixel + 1) / extent - 1
