@@ -96,6 +96,8 @@ RESOURCES = (
             _column("P99ms", ".status.p99LatencyMs", "number"),
             _column("Status", _condition("Ready")),
             _column("Reason", '.status.conditions[?(@.type=="Ready")].reason', priority=1),
+            _column("Rollout", ".status.rollout.phase", priority=1),
+            _column("Canary", ".status.rollout.canaryCameras", "integer", priority=1),
             _AGE,
         ),
         root_rules=(_SHORT_NAME,),

@@ -51,10 +51,17 @@ from kubevision.operator.pipelines import (
 )
 from kubevision.operator.planner import Camera
 from kubevision.operator.rollout import Observation, RolloutMemory
-from kubevision.operator.scaling import OperatorMetrics, PipelineScaler, stream_reports
+from kubevision.operator.scaling import (
+    OperatorMetrics,
+    PipelineScaler,
+    fetch_each,
+    stream_reports,
+    worker_urls,
+)
 from kubevision.operator.selection import Variant
 from kubevision.operator.settings import OperatorSettings
 from kubevision.operator.shards import ShardMembership
+from kubevision.operator.signals import scrape
 from kubevision.operator.statusqueue import StatusQueue
 from kubevision.operator.triggers import Triggers, pipeline_key
 
@@ -462,6 +469,8 @@ def _autoscale(
             events.append(Event("Normal", kind, f"group {change.group}: {change.decision.reason}"))
         if spec.autoscaling.prometheus_url or settings.prometheus_url:
             streams = stream_reports(kube, meta["namespace"], status.groups, snapshot.pods)
+            if spec.rollout is not None:  # a rollout compares the workers' own counters
+                observation = _scrape_workers(kube, meta["namespace"], status, snapshot)
         else:  # the step scraped every ready worker pod: their pages are this tick's health
             streams = streamhealth.reports(scaler.scrapes, since=scaler.last_run)
             models = modelvariants.reports(scaler.scrapes, since=scaler.last_run)
@@ -481,6 +490,21 @@ def _autoscale(
         observation=observation,
     )
     return view, events
+
+
+def _scrape_workers(
+    kube: Kube, namespace: str, status: PipelineStatus, snapshot: Snapshot
+) -> Observation:
+    """Every ready worker's ``/metrics`` by group, for a rollout whose autoscaling reads
+    Prometheus (which the scaler then does not scrape)."""
+    started = time.monotonic()
+    scrapes = {}
+    for group in status.groups:
+        pods = None if snapshot.pods is None else snapshot.pods.get(group.name, [])
+        urls = worker_urls(kube, namespace, group.name, "/metrics", pods)
+        found = fetch_each(urls, scrape)
+        scrapes[group.name] = {pod: s for pod, s in found.items() if s is not None}
+    return Observation(scrapes, started, time.monotonic())
 
 
 # -- triggers: changes that can alter a Pipeline's plan ---------------------------------------

@@ -548,6 +548,10 @@ def _by_track(
     }
 
 
+def _cameras_of(scrapes: Mapping[str, Scrape]) -> dict[str, frozenset[str]]:
+    return {pod: frozenset(s.cameras or {}) for pod, s in scrapes.items()}
+
+
 def _analyse(
     status: RolloutStatus,
     rollout: Rollout,
@@ -563,6 +567,11 @@ def _analyse(
     }
     key = (status.revision, status.step, status.weight, status.step_started_at)
     if memory.key != key:
+        memory.restart(key, current, observation.now)
+        return status, []
+    if _cameras_of(memory.baseline) != _cameras_of(current):
+        # a worker took on or let go of cameras since the window began (a move's last
+        # config reaching it, a restart): its counters mix cohorts, so the window restarts
         memory.restart(key, current, observation.now)
         return status, []
     seconds = observation.now - memory.started

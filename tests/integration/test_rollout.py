@@ -34,7 +34,7 @@ from tests.assets import require
 from tests.envtest.cluster import LocalCluster
 from tests.envtest.operator import OperatorProcess
 from tests.envtest.podrunner import PodRunner
-from tests.envtest.poll import wait_for
+from tests.envtest.poll import WaitTimeout, wait_for
 from tests.integration.helpers import Namespace, optimistic_cpu_detector
 
 STABLE = group_name("p", "site-a", "cpu")
@@ -149,7 +149,7 @@ def pipeline(candidate: dict[str, Any] | None = None, **rollout: Any) -> dict[st
                 "windowSeconds": WINDOW_SECONDS,
                 "minFrames": 20,
                 "maxLatencyRatio": 2,
-                "latencyToleranceMs": 50,
+                "latencyToleranceMs": 100,
                 "minFpsRatio": 0.6,
             },
             "progressDeadlineSeconds": 120,
@@ -194,9 +194,16 @@ class Watch:
         return dict(status.get("rollout") or {})
 
     def until(self, check: Any, what: str, timeout: float) -> dict[str, Any]:
-        result: dict[str, Any] = wait_for(
-            lambda: (r := self.look()) and check(r) and r, timeout=timeout, what=what, interval=0.5
-        )
+        last: dict[str, Any] = {}
+
+        def looked() -> dict[str, Any] | None:
+            last.update(self.look())
+            return dict(last) if check(last) else None
+
+        try:
+            result: dict[str, Any] = wait_for(looked, timeout=timeout, what=what, interval=0.5)
+        except WaitTimeout as exc:
+            raise WaitTimeout(f"{exc}; status.rollout: {last}") from exc
         return result
 
 
