@@ -152,6 +152,9 @@ def _convert(node: Any, defs: dict[str, Any]) -> Any:
         if key == "description":
             out[key] = _unwrap(value)
             continue
+        if key == "const":  # a one-value Literal; Kubernetes schemas have no const (dropped)
+            out["enum"] = [value]
+            continue
         out[key] = _convert(value, defs) if key not in ("default", "enum") else value
     if "properties" in out:
         out["type"] = "object"
@@ -222,7 +225,12 @@ def build_crd(resource: Resource) -> dict[str, Any]:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Quotes strings that YAML 1.1 readers (Go's sigs.k8s.io/yaml) would take for booleans."""
+    """Quotes strings that YAML 1.1 readers (Go's sigs.k8s.io/yaml) would take for booleans,
+    and writes a value used twice in full: Helm's server-side apply of an aliased list took
+    it for a different value than kubectl's and failed on a field conflict."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
 
     def represent_str(self, data: str) -> yaml.ScalarNode:
         style = '"' if data.lower() in _YAML11_BOOLS else None

@@ -26,7 +26,7 @@ RUNTIME_CLASS = REPO_ROOT / "edge_k3s" / "runtimeclass.yaml"
 def install_chart(cluster: LocalCluster, release: str = "kubevision") -> None:
     """``helm upgrade --install`` the chart (CRDs, RBAC, operator Deployment) and the Jetson
     RuntimeClass K3s would provide, then wait until the CRDs serve."""
-    subprocess.run(
+    out = subprocess.run(
         [
             str(cluster.toolchain.helm),
             f"--kubeconfig={cluster.kubeconfig()}",
@@ -37,11 +37,12 @@ def install_chart(cluster: LocalCluster, release: str = "kubevision") -> None:
             f"--namespace={OPERATOR_NAMESPACE}",
             "--create-namespace",
         ],
-        check=True,
         capture_output=True,
         text=True,
         timeout=180,
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"helm install of {release} failed: {out.stderr.strip()}")
     cluster.control_plane.kubectl("apply", "-f", str(RUNTIME_CLASS))
     for crd in ("cameras", "pipelines", "modelvariants"):
         cluster.control_plane.kubectl(
