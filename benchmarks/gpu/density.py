@@ -608,7 +608,12 @@ def measure_mode(setup: Setup, processes: int, args: argparse.Namespace) -> dict
     fleet = None
     try:
         fleet = Fleet(setup, processes)
-        best, trials = search(fleet, setup.mode, start, args.limit, args.seconds, args.warmup)
+        if args.streams:  # one trial at a given load (a before/after comparison)
+            trials = [fleet.trial(args.streams, args.seconds, args.warmup)]
+            print(setup.mode, json.dumps(trials[0]), flush=True)
+            best = args.streams if trials[0]["passed"] else 0
+        else:
+            best, trials = search(fleet, setup.mode, start, args.limit, args.seconds, args.warmup)
     except (RuntimeError, TimeoutError) as error:
         return {**config, "trials": [], "error": str(error)}
     finally:
@@ -756,6 +761,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=512)
     parser.add_argument(
         "--start", type=int, default=16, help="first N per worker process for KubeVision modes"
+    )
+    parser.add_argument(
+        "--streams", type=int, help="one trial at this many streams per configuration, no search"
     )
     parser.add_argument("--device", default="cuda:0", help="cpu only for a smoke test")
     parser.add_argument(

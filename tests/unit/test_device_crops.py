@@ -1,6 +1,6 @@
 """Crops of device frames (NVDEC's) for the classifier, cut on the device: the same pixels as
-the host path's crops, and the same answers, with frames of both kinds in one call. Torch on
-the CPU stands in for the GPU (the code path is the same; ``test_gpu_path.py`` runs on one)."""
+the host path's crops, and the same answers, with frames of both kinds in one call. Each test
+runs with torch on the CPU (the same code path) and, where there is one, on a CUDA GPU."""
 
 from __future__ import annotations
 
@@ -14,10 +14,24 @@ from kubevision.worker.backends.pytorch import TorchBackend
 from kubevision.worker.classifier import CropClassifier, read_labels
 from kubevision.worker.gpu.preprocess import device_crops
 from kubevision.worker.preprocess import InputFormat, crops
+from tests import hardware
 from tests.assets import require
 from tests.unit.test_decoders import classifier_config
 from tests.unit.test_shape_folding import float_classifier  # noqa: F401 (fixture)
 from tests.unit.test_torch_backend import video_frames  # noqa: F401 (fixture)
+
+DEVICES = pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(
+                not torch.cuda.is_available(), reason=hardware.reason("gpu", "needs a CUDA GPU")
+            ),
+        ),
+    ],
+)
 
 
 def boxes(frame: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -29,21 +43,24 @@ def boxes(frame: np.ndarray, count: int, seed: int) -> np.ndarray:
     return np.column_stack([xy, xy + wh]).astype(np.float32)
 
 
-def test_device_crops_cut_the_host_crops_pixels(video_frames: list[np.ndarray]) -> None:  # noqa: F811
+@DEVICES
+def test_device_crops_cut_the_host_crops_pixels(
+    video_frames: list[np.ndarray],  # noqa: F811
+    device: str,
+) -> None:
     frame = video_frames[0]
     xyxy = boxes(frame, 40, seed=1)
     host = crops(frame, xyxy, 224, 224).astype(np.float32)
-    device = device_crops(torch.from_numpy(frame), xyxy, 224, 224, InputFormat())
-    diff = np.abs(device.permute(0, 2, 3, 1).numpy() - host)
+    cut = device_crops(torch.from_numpy(frame).to(device), xyxy, 224, 224, InputFormat())
+    diff = np.abs(cut.permute(0, 2, 3, 1).cpu().numpy() - host)
     assert diff.mean() < 0.1, diff.mean()  # bilinear in fixed point (OpenCV) vs float
     assert (diff <= 1).mean() > 0.999
 
 
-@pytest.fixture(scope="module")
-def classifier(float_classifier: Path) -> CropClassifier:  # noqa: F811
+def classifier(model: Path, device: str) -> CropClassifier:
     labels = read_labels(require("models/imagenet_classes.txt"))
     backend = TorchBackend.from_onnx(
-        float_classifier, input_shape=(3, 224, 224), device="cpu", precision="fp32"
+        model, input_shape=(3, 224, 224), device=device, precision="fp32"
     )
     return CropClassifier(classifier_config(labels), backend, top_k=len(labels))
 
@@ -56,15 +73,18 @@ def probabilities(result: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return out
 
 
+@DEVICES
 def test_device_and_host_frames_in_one_call_get_the_host_answers(
-    classifier: CropClassifier,
+    float_classifier: Path,  # noqa: F811
     video_frames: list[np.ndarray],  # noqa: F811
+    device: str,
 ) -> None:
+    run = classifier(float_classifier, device)
     frames = video_frames[:3]
     requests = [(frame, boxes(frame, 4 + i, seed=i)) for i, frame in enumerate(frames)]
-    on_host = classifier.classify_many(requests)
-    mixed = classifier.classify_many(
-        [(torch.from_numpy(f) if i != 1 else f, b) for i, (f, b) in enumerate(requests)]
+    on_host = run.classify_many(requests)
+    mixed = run.classify_many(
+        [(torch.from_numpy(f).to(device) if i != 1 else f, b) for i, (f, b) in enumerate(requests)]
     )
     for host, both in zip(on_host, mixed, strict=True):
         assert len(host[0]) == len(both[0])
