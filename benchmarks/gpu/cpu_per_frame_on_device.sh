@@ -25,8 +25,9 @@ cp -r api worker operator benchmarks model_catalog tests pyproject.toml /tmp/bef
 tar -xzf "$before_tar" -C /tmp/before || exit 1
 ln -sfn "$root/.whl" /tmp/before/.whl
 ln -sfn "$root/.gpu" /tmp/before/.gpu
-mkdir -p /tmp/site && tar -xJf .whl/site312.tar.xz -C /tmp/site || exit 1
-PYTHONPATH=/tmp/site:$root python3 -m model_catalog.tools.prepare dynamic \
+mkdir -p /tmp/site /tmp/kv/kubevision && tar -xJf .whl/site312.tar.xz -C /tmp/site || exit 1
+for d in api worker operator; do ln -sfn "$root/$d" "/tmp/kv/kubevision/$d"; done
+PYTHONPATH=/tmp/site:/tmp/kv:$root python3 -m model_catalog.tools.prepare dynamic \
   .gpu/assets/models/yolox_nano_416.onnx /tmp/yolox_nano_dynamic.onnx || exit 1
 fixed=(--model /tmp/yolox_nano_dynamic.onnx --configs "kubevision-nvdec:$processes"
   --streams "$streams")
