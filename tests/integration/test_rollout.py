@@ -9,9 +9,10 @@ Three candidates against the stable YOLOX-nano, each a real model run by real wo
   nothing;
 * *good*: the same model file under another ModelVariant name.
 
-The first two must roll back by themselves, the third be promoted to every camera; in all
-three, every camera is in some worker's config at every look once the stable workers took
-them. The windows are short (``windowSeconds``) so the tests are; deadlines are derived from
+The first two must roll back by themselves, the third be promoted to every camera; a fourth
+test decides by hand (``abort``, then ``promote``) with a window too long to decide by itself.
+In all of them, every camera is in some worker's config at every look once the stable workers
+took them. The windows are short (``windowSeconds``) so the tests are; deadlines are derived from
 them plus a margin for a loaded machine.
 """
 
@@ -208,7 +209,10 @@ class Watch:
 
 
 def start(
-    ns: Namespace, candidate_variant: dict[str, Any] | None, candidate: dict[str, Any]
+    ns: Namespace,
+    candidate_variant: dict[str, Any] | None,
+    candidate: dict[str, Any],
+    **rollout: Any,
 ) -> Watch:
     """The stable Pipeline first (its worker takes every camera), then the rollout."""
     docs = [variant("stable", require("models/yolox_nano_416.onnx"))]
@@ -222,7 +226,7 @@ def start(
         what="the stable worker serving every camera",
         interval=0.5,
     )
-    ns.apply(docs=[pipeline(candidate)])
+    ns.apply(docs=[pipeline(candidate, **rollout)])
     return watch
 
 
@@ -309,4 +313,49 @@ def test_good_candidate_is_promoted_to_every_camera(ns: Namespace) -> None:
     assert (condition["status"], condition["reason"]) == ("True", "Promoted")
     assert {"RolloutStarted", "Analysing", "Promoted"} <= set(reasons(ns))
     assert watch.looks > 10
+    assert watch.violations == [], "a camera was in no worker's config during the rollout"
+
+
+def test_abort_and_promote_by_hand(ns: Namespace) -> None:
+    never = {"windowSeconds": 3600, "minFrames": 20}  # no window ends: only a person decides
+    good = variant("good", require("models/yolox_nano_416.onnx"))
+    watch = start(ns, good, {"variant": "good"}, analysis=never)
+
+    def analysing(r: dict[str, Any]) -> bool:
+        on_canary = CANARY in watch.configs() and len(watch.configs()[CANARY].assignments()) == 2
+        return r.get("reason") == "Analysing" and r["lowWeight"] == 50 and on_canary
+
+    watch.until(analysing, "half the cameras on the canary's worker", timeout=MARGIN * 2)
+    ns.apply(docs=[pipeline({"variant": "good"}, analysis=never, abort=True)])
+    aborted = watch.until(
+        lambda r: r.get("phase") == "Aborted" and r["lowWeight"] == r["highWeight"] == 0
+        and CANARY not in watch.configs(),
+        "the aborted canary's cameras home, its workload gone", timeout=MARGIN,
+    )  # fmt: skip
+    assert (aborted["reason"], aborted["weight"], aborted["stableCameras"]) == ("Aborted", 0, 4)
+    assert watch.configs()[STABLE].detector.model.variant == "stable"
+    assert set(watch.configs()[STABLE].assignments()) == set(CAMERAS)
+    condition = ns.condition("pipeline", "p", "Rollout")
+    assert condition is not None
+    assert (condition["status"], condition["reason"]) == ("False", "Aborted")
+
+    ns.apply(docs=[pipeline({"variant": "good"}, analysis=never, abort=False)])
+    watch.until(analysing, "the restarted rollout's canary serving again", timeout=MARGIN * 2)
+    ns.apply(docs=[pipeline({"variant": "good"}, analysis=never, promote=True)])
+    promoted = watch.until(
+        lambda r: r.get("phase") == "Promoted" and r["lowWeight"] == r["highWeight"] == 0
+        and CANARY not in watch.configs(),
+        "the candidate promoted by hand, its workload gone", timeout=MARGIN,
+    )  # fmt: skip
+    assert promoted["reason"] == "ManuallyPromoted"
+    assert "lastAnalysis" not in promoted, "no window ended: the promotion was the person's"
+    stable = watch.configs()[STABLE]
+    assert set(stable.assignments()) == set(CAMERAS)
+    assert stable.detector.model.variant == "good", "every camera runs the candidate"
+    condition = ns.condition("pipeline", "p", "Rollout")
+    assert condition is not None
+    assert (condition["status"], condition["reason"]) == ("True", "ManuallyPromoted")
+    seen = reasons(ns)
+    assert {"Analysing", "Aborted", "ManuallyPromoted"} <= set(seen)
+    assert seen.count("RolloutStarted") == 2, "abort=false restarted the rollout"
     assert watch.violations == [], "a camera was in no worker's config during the rollout"
