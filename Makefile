@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TYPECHECK_ROOT := .kubevision/typecheck
 
-.PHONY: system-packages bench bench-reliability bench-operator bench-worker bench-tracking bench-autoscaling bench-fleet bench-gpu bench-gpu-decode bench-gpu-nvdec bench-gpu-density help install toolchain lint format crds dashboards test test-unit demo cluster-up cluster-down cluster-status fleet-up images images-smoke clean
+.PHONY: system-packages bench bench-cascade bench-reliability bench-operator bench-worker bench-tracking bench-autoscaling bench-fleet bench-gpu bench-gpu-decode bench-gpu-nvdec bench-gpu-density help install toolchain lint format crds dashboards test test-unit demo cluster-up cluster-down cluster-status fleet-up images images-smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ bench-tracking: $(STAMP) ## SORT / ByteTrack / DeepSORT quality and speed on MOT
 
 bench-autoscaling: $(STAMP) toolchain ## SLO breach -> replicas patched, with real worker processes
 	$(PY) -m benchmarks.autoscaling_reaction
+
+bench-cascade: $(STAMP) ## edge->cloud cascade: upstream bytes per camera-hour vs streaming video, added latency
+	$(PY) -m benchmarks.cascade_bandwidth
 
 bench-fleet: $(STAMP) toolchain ## 10,000 Cameras on 1,000 kwok-simulated Jetsons: convergence, steady-state writes, churn, site failure, 1 vs 2 shards
 	$(PY) -m benchmarks.fleet_scale

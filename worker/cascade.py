@@ -190,7 +190,14 @@ class MqttConsumer:
 
 class KafkaConsumer:
     """A member of a Kafka consumer group; an offset is stored only once its event was
-    handled, and committed by librdkafka's auto-commit (so at least once)."""
+    handled, and committed by librdkafka's auto-commit (so at least once).
+
+    Every call into the consumer happens on its own poll thread: confluent-kafka serialises
+    concurrent calls to one Consumer, and a poll loop holding it starved a ``store_offsets``
+    from the cascade's thread for good (nothing was acknowledged past the first batch).
+    Acknowledgements are queued here and stored by the poll thread before each poll, before
+    a rebalance takes partitions away, and at close, before the final commit.
+    """
 
     def __init__(self, source: EventSource, deliver: Deliver) -> None:
         from confluent_kafka import Consumer as RdConsumer
@@ -203,14 +210,21 @@ class KafkaConsumer:
                 "bootstrap.servers": hosts,
                 "security.protocol": protocol,
                 "group.id": source.group,
+                # a new group starts at the oldest event the edge left, not at the log's end
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": True,
                 "enable.auto.offset.store": False,
                 "auto.commit.interval.ms": 1000,
+                # a topic the edge creates after this worker subscribed is found within 10 s
+                # (librdkafka's default looks again only every 5 minutes)
+                "topic.metadata.refresh.interval.ms": 10_000,
             }
         )
-        self._consumer.subscribe([source.topic], on_assign=self._on_assign)
+        self._consumer.subscribe(
+            [source.topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
         self._deliver = deliver
+        self._handled: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._assigned = False
         self._thread = threading.Thread(target=self._run, name="cascade-kafka", daemon=True)
@@ -223,8 +237,12 @@ class KafkaConsumer:
     def _on_assign(self, consumer: Any, partitions: Any) -> None:
         self._assigned = True
 
+    def _on_revoke(self, consumer: Any, partitions: Any) -> None:
+        self._store_handled()  # auto-commit commits them as the partitions go
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._store_handled()
             message = self._consumer.poll(_POLL_SECONDS)
             if message is None:
                 continue
@@ -234,14 +252,32 @@ class KafkaConsumer:
             self._deliver(Delivery(message.value() or b"", self._acker(message)))
 
     def _acker(self, message: Message) -> Callable[[], None]:
-        def ack() -> None:
-            self._consumer.store_offsets(message)
+        def ack() -> None:  # any thread: the poll thread stores it
+            self._handled.put(message)
 
         return ack
+
+    def _store_handled(self) -> None:
+        """Store the offsets of the events handled since the last call (poll thread only)."""
+        from confluent_kafka import KafkaException
+
+        while True:
+            try:
+                message = self._handled.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._consumer.store_offsets(message)
+            except KafkaException as exc:  # its partition went to another member: it is
+                log.info("Kafka offset not stored (redelivered): %s", exc)  # read again
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(10)
+        if self._thread.is_alive():
+            log.warning("Kafka source: the poll thread did not stop; offsets not committed")
+            return
+        self._store_handled()
         self._consumer.close()  # commits the stored offsets
 
 
@@ -378,11 +414,14 @@ class Cascade:
         )
 
     def stop(self) -> None:
+        """The batch in hand is published and acknowledged; what is only queued is not (the
+        broker delivers it again); then the consumer closes (Kafka: commits what was
+        acknowledged) and the outputs drain."""
         self._health.set_ready(False)
-        if self._consumer is not None:
-            self._consumer.close()  # no new deliveries; what is unacknowledged stays queued
         self._stop.set()
         self._thread.join(30)
+        if self._consumer is not None:
+            self._consumer.close()
         self._sink.close()
 
     def _enqueue(self, delivery: Delivery) -> None:
@@ -396,20 +435,23 @@ class Cascade:
                 continue
 
     def _run(self) -> None:
+        batch: list[Delivery] = []
         while not self._stop.is_set():
-            batch = self._take()
+            batch = batch or self._take()
             self._health.beat()
             if not batch:
                 continue
             try:
                 events = self.enrich([d.payload for d in batch])
                 self._sink.publish(events)
-            except Exception:  # a bad batch must not stop the worker; not acknowledged
-                log.exception("cascade batch failed; its events are redelivered")
+            except Exception:  # the worker goes on and tries the batch again (not skipped:
+                # a Kafka offset acknowledged after it would commit past it)
+                log.exception("cascade batch failed; trying it again")
                 self._stop.wait(1.0)
                 continue
             for delivery in batch:
                 delivery.ack()
+            batch = []
 
     def _take(self) -> list[Delivery]:
         try:
