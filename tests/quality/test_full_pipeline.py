@@ -60,9 +60,7 @@ def test_detector_tracker_classifier_on_mot17_frames() -> None:
     accumulators, classified = [], 0
     for sequence in bench.MOT17_SEQUENCES:
         seq = assets_dir() / bench.MOT17_MINI / sequence
-        tracker = create_tracker(
-            TrackerStage(type="bytetrack", min_hits=2), None, bench.catalog_thresholds()
-        )
+        tracker = create_tracker(TrackerStage(type="bytetrack"), None, bench.catalog_thresholds())
         read = bench.read_frame(seq)
         lines = []
         for frame in bench.mot17_frames(seq):

@@ -129,6 +129,24 @@ def test_a_new_track_is_reported_after_min_hits(
     assert first == max(detections_needed(min_hits), 1) - 1
 
 
+@pytest.mark.parametrize(
+    ("kind", "unset", "one"),
+    [("sort", 4, 2), ("bytetrack", 2, 1), ("deepsort", 3, 1)],
+)
+def test_a_stage_without_min_hits_confirms_by_its_references_rule(
+    kind: str, unset: int, one: int
+) -> None:
+    """Detections a new track needs with minHits unset (abewley/sort's 3 matches in a row after
+    the first detection, ByteTrack's second match, deep_sort's n_init 3) and with minHits 1."""
+    reid = {"reid": {"family": "person-reid"}} if kind == "deepsort" else {}
+    embedder = (lambda frame, xyxy: xyxy) if kind == "deepsort" else None
+    frames = after_warm_up([[("a", box(50), 0.9)]] * 6)
+    for stage, needed in (({}, unset), ({"minHits": 1}, one)):
+        spec = TrackerStage.model_validate({"type": kind, **reid, **stage})
+        result = run(create_tracker(spec, embedder), frames)
+        assert next(i for i, f in enumerate(result) if "a" in f) - WARM_UP == needed - 1
+
+
 @pytest.mark.parametrize("factory", [Sort, ByteTrack], ids=["sort", "bytetrack"])
 def test_tracks_of_a_streams_first_frames_are_reported_at_once(factory: Factory) -> None:
     """The references report every track from its first detection while the stream starts."""

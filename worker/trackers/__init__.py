@@ -10,6 +10,7 @@ of cameras in one vectorised update.
 from __future__ import annotations
 
 from collections.abc import MutableMapping, Sequence
+from typing import TypedDict
 
 from kubevision.api.modelvariant import TrackingThresholds
 from kubevision.api.pipeline import TrackerStage
@@ -37,6 +38,13 @@ Tables = MutableMapping[ByteTrackSettings, ByteTrackTable]
 last camera)."""
 
 
+class _Counts(TypedDict, total=False):
+    """The life-cycle counts a Pipeline sets; ``min_hits`` only when it sets one."""
+
+    max_age: int
+    min_hits: int
+
+
 def create_tracker(
     stage: TrackerStage,
     embedder: Embedder | None = None,
@@ -46,35 +54,35 @@ def create_tracker(
     """The tracker ``stage`` describes; ``embedder`` is the re-id model (deepsort only).
 
     ``thresholds`` come from the detector's ModelVariant; without them each tracker keeps its
-    reference's defaults. The Pipeline names its re-id model by reference (``stage.reid``);
-    resolving that to a file is the caller's job, which hands the loaded embedder in here.
+    reference's defaults, as it keeps its reference's confirmation rule when the stage sets no
+    ``min_hits``. The Pipeline names its re-id model by reference (``stage.reid``); resolving
+    that to a file is the caller's job, which hands the loaded embedder in here.
     A ByteTrack camera joins the table of ``tables`` with its settings (made if missing).
     """
-    max_age, min_hits = stage.max_age_frames, stage.min_hits
+    counts = _Counts(max_age=stage.max_age_frames)
+    if stage.min_hits is not None:
+        counts["min_hits"] = stage.min_hits
     if stage.type == "deepsort":
         if embedder is None:
             raise ValueError(
                 "a deepsort tracker needs an embedder built from the stage's reid model"
             )
         if thresholds is None:
-            return DeepSort(embedder=embedder, max_age=max_age, min_hits=min_hits)
-        return DeepSort(
-            embedder=embedder, min_iou=thresholds.match_iou, max_age=max_age, min_hits=min_hits
-        )
+            return DeepSort(embedder=embedder, **counts)
+        return DeepSort(embedder=embedder, min_iou=thresholds.match_iou, **counts)
     if embedder is not None:
         raise ValueError(f"an embedder is only used by deepsort, not by {stage.type}")
     if stage.type == "sort":
         if thresholds is None:
-            return Sort(max_age=max_age, min_hits=min_hits)
-        return Sort(iou_threshold=thresholds.match_iou, max_age=max_age, min_hits=min_hits)
-    settings = ByteTrackSettings(max_age=max_age, min_hits=min_hits)
+            return Sort(**counts)
+        return Sort(iou_threshold=thresholds.match_iou, **counts)
+    settings = ByteTrackSettings(**counts)
     if thresholds is not None:
         settings = ByteTrackSettings(
             high_score=thresholds.high_score,
             low_score=thresholds.low_score,
             new_track_score=thresholds.new_track_score,
-            max_age=max_age,
-            min_hits=min_hits,
+            **counts,
         )
     if tables is None:
         return ByteTrack(ByteTrackTable(settings))
