@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kubevision.api.common import (
     CONDITIONS_SCHEMA_EXTRA,
@@ -73,8 +73,10 @@ class TrackerStage(ApiModel):
     """Appearance-embedding model for deepsort."""
     max_age_frames: int = Field(default=30, ge=1, le=10000)
     """Frames a lost track is kept before it ends."""
-    min_hits: int = Field(default=3, ge=1, le=100)
-    """Detections before a track is confirmed."""
+    min_hits: int | None = Field(default=None, ge=1, le=100)
+    """Detections before a track is confirmed; unset: each tracker's reference rule (sort:
+    3 matches in a row after the first detection, bytetrack: the second match, deepsort:
+    n_init 3)."""
 
 
 class ClassifierStage(ModelRef):
@@ -91,7 +93,8 @@ class PoseStage(ModelRef):
 class Stages(ApiModel):
     """The analytics chain: detector, tracker, classifier and optional pose."""
 
-    detector: DetectorStage
+    detector: DetectorStage | None = None
+    """Required for a Pipeline of Cameras; not allowed with spec.source."""
     tracker: TrackerStage = Field(default_factory=TrackerStage)
     classifier: ClassifierStage | None = None
     pose: PoseStage | None = None
@@ -321,6 +324,45 @@ class Snapshots(ApiModel):
     (passwordKey); without it workers use their environment or IAM role."""
 
 
+class EventSource(ApiModel):
+    """The track events an edge Pipeline sends upstream through its MQTT or Kafka output: a
+    Pipeline with this source classifies their crops instead of analysing Cameras (the cloud
+    half of an edge→cloud cascade)."""
+
+    url: str = Field(max_length=1024, pattern=r"^(mqtt|tcp|kafka)://[^/@]+/?$")
+    """mqtt://host:port (the edge events arrive on <topic>/<camera>) or
+    kafka://host:port[,host:port]; never with credentials."""
+    topic: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._/-]+$")
+    """The edge output's topic."""
+    group: str | None = Field(
+        default=None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$"
+    )
+    """Kafka consumer group (shared by the replicas, which split the topic's partitions) or
+    MQTT persistent session id; unset: <namespace>.<pipeline>."""
+
+
+_CASCADE_RULES = (
+    (
+        "has(self.source) != has(self.stages.detector)",
+        "spec.stages.detector is required for a Pipeline of Cameras and not allowed with "
+        "spec.source (a cascade Pipeline only classifies the crops of edge events)",
+        ".stages.detector",
+    ),
+    (
+        "!has(self.source) || has(self.stages.classifier)",
+        "spec.stages.classifier is required with spec.source: it classifies the edge events' crops",
+        ".stages.classifier",
+    ),
+    (
+        "!has(self.source) || (!has(self.stages.pose) && !has(self.rollout) && "
+        "!has(self.snapshots))",
+        "spec.stages.pose, spec.rollout and spec.snapshots work on Cameras' frames and are not "
+        "allowed with spec.source",
+        ".source",
+    ),
+)
+
+
 class PipelineSpec(ApiModel):
     """Desired state of a Pipeline."""
 
@@ -331,12 +373,15 @@ class PipelineSpec(ApiModel):
                 "self.outputs.exists_one(p, p.type == 'stdout'))",
                 "spec.outputs may contain at most one stdout output",
                 field_path=".outputs",
-            )
+            ),
+            *(cel(rule, message, field_path=path) for rule, message, path in _CASCADE_RULES),
         )
     }
 
     camera_selector: LabelSelector = Field(default_factory=LabelSelector)
-    """Cameras in this namespace to process (empty selects all)."""
+    """Cameras in this namespace to process (empty selects all); not used with spec.source."""
+    source: EventSource | None = None
+    """Edge events to classify instead of Cameras (README: Edge→cloud cascade)."""
     stages: Stages
     slo: Slo = Field(default_factory=Slo)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
@@ -353,6 +398,24 @@ class PipelineSpec(ApiModel):
     rollout: Rollout | None = None
     """A canary of a detector change by camera cohort, with automatic rollback (README:
     Canary rollouts)."""
+
+    @model_validator(mode="after")
+    def _cascade_or_cameras(self) -> PipelineSpec:
+        """The API's CEL rules, again for the operator: it never plans a spec without them."""
+        if (self.source is None) != (self.stages.detector is not None):
+            raise ValueError(_CASCADE_RULES[0][1])
+        if self.source is not None and self.stages.classifier is None:
+            raise ValueError(_CASCADE_RULES[1][1])
+        if self.source is not None and (self.stages.pose or self.rollout or self.snapshots):
+            raise ValueError(_CASCADE_RULES[2][1])
+        return self
+
+    @property
+    def detector(self) -> DetectorStage:
+        """spec.stages.detector of a Pipeline of Cameras (validated to be there)."""
+        if self.stages.detector is None:
+            raise ValueError(_CASCADE_RULES[0][1])
+        return self.stages.detector
 
 
 class ScalingDecision(ApiModel):

@@ -24,9 +24,10 @@ from kubevision.api.modelvariant import (
     Task,
     TrackingThresholds,
 )
-from kubevision.api.pipeline import Output, Slo, SnapshotEvent, TrackerStage
+from kubevision.api.pipeline import EventSource, Output, Slo, SnapshotEvent, TrackerStage
 
 CONFIG_FILE = "worker.json"
+CASCADE_CONFIG_FILE = "cascade.json"
 
 
 class StrictModel(ApiModel):
@@ -166,3 +167,21 @@ class WorkerConfig(StrictModel):
         return {
             cam.name: i for i, shard in enumerate(self.shards) for cam in shard if not cam.handover
         }
+
+
+class CascadeConfig(StrictModel):
+    """What one cloud cascade worker runs (``kubevision-worker cascade``): the operator renders
+    it for a Pipeline with spec.source."""
+
+    pipeline: str
+    """Name for logs and the ``pipeline`` label of its metrics."""
+    source: EventSource
+    classifier: ModelConfig
+    outputs: list[Output] = Field(default_factory=list)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    snapshot_endpoint: str | None = None
+    """S3-compatible store of s3:// snapshots (default: AWS_ENDPOINT_URL_S3, else AWS)."""
+    snapshot_credentials: CredentialEnv | None = None
+    """Env vars with that store's access key ID and secret key (else AWS_* env or IAM)."""
+    batch_max: int = Field(default=16, ge=1, le=256)
+    """Most crops per classifier call."""

@@ -21,9 +21,11 @@ from kubevision.api.common import SecretKeyNames
 from kubevision.api.modelvariant import InputSize
 from kubevision.api.pipeline import PipelineSpec
 from kubevision.api.worker_config import (
+    CASCADE_CONFIG_FILE,
     CONFIG_FILE,
     SNAPSHOT_CREDENTIAL_ENV,
     CameraAssignment,
+    CascadeConfig,
     ClassifierConfig,
     CredentialEnv,
     DetectorConfig,
@@ -151,11 +153,12 @@ def build_worker_config(
 ) -> WorkerConfig:
     """The group's worker config; ``handover[i]`` are cameras replica ``i`` keeps serving as
     handover copies (:mod:`.handover`), shards past the plan's replicas included."""
+    assert group.detector is not None  # a camera group (cascade groups: build_cascade_config)
     frame_skip = "frameSkip" in group.degradation
     detector = _model(group.detector)
     if "resolution" in group.degradation and group.detector.variant.spec.dynamic_input_size:
         detector = detector.model_copy(update={"input_size": _smaller_input(detector.input_size)})
-    stages = spec.stages
+    stages, detector_stage = spec.stages, group.detector_stage or spec.detector
     classifier = None
     if group.classifier is not None and stages.classifier is not None:
         classifier = ClassifierConfig(
@@ -169,9 +172,9 @@ def build_worker_config(
         site=group.site,
         detector=DetectorConfig(
             model=detector,
-            confidence=(group.detector_stage or stages.detector).confidence,
-            nms_iou=(group.detector_stage or stages.detector).nms_iou,
-            classes=(group.detector_stage or stages.detector).classes,
+            confidence=detector_stage.confidence,
+            nms_iou=detector_stage.nms_iou,
+            classes=detector_stage.classes,
         ),
         tracker=stages.tracker,
         reid=_model(group.reid) if group.reid else None,
@@ -179,11 +182,7 @@ def build_worker_config(
         pose=_model(group.pose) if group.pose else None,
         slo=spec.slo,
         outputs=spec.outputs,
-        spool=SpoolConfig(
-            storage=spec.spool.storage,
-            max_events=spec.spool.max_events,
-            max_bytes=spec.spool.max_bytes,
-        ),
+        spool=_spool(spec),
         snapshots=_snapshots(spec),
         shards=[
             [_assignment(cam, group.cameras[cam].spec, frame_skip) for cam in home]
@@ -196,6 +195,31 @@ def build_worker_config(
             ]
             for i, home in enumerate(_padded(group.shards.shards, len(handover)))
         ],
+    )
+
+
+def build_cascade_config(
+    pipeline: str, namespace: str, spec: PipelineSpec, group: GroupPlan
+) -> CascadeConfig:
+    """The config of a cascade Pipeline's workers (spec.source): the edge events in, the
+    classifier on their crops, the Pipeline's outputs and spool."""
+    assert spec.source is not None
+    assert group.classifier is not None
+    source = spec.source
+    group_id = source.group or f"{namespace}.{pipeline}"
+    return CascadeConfig(
+        pipeline=pipeline,
+        source=source.model_copy(update={"group": group_id}),
+        classifier=_model(group.classifier),
+        outputs=spec.outputs,
+        spool=_spool(spec),
+    )
+
+
+def _spool(spec: PipelineSpec) -> SpoolConfig:
+    spool = spec.spool
+    return SpoolConfig(
+        storage=spool.storage, max_events=spool.max_events, max_bytes=spool.max_bytes
     )
 
 
@@ -232,14 +256,15 @@ def _metadata(pipeline: dict[str, Any], group: GroupPlan) -> dict[str, Any]:
 
 
 def build_configmap(
-    pipeline: dict[str, Any], config: WorkerConfig, group: GroupPlan
+    pipeline: dict[str, Any], config: WorkerConfig | CascadeConfig, group: GroupPlan
 ) -> dict[str, Any]:
     body = json.dumps(config.wire(), indent=1, sort_keys=True)
+    key = CONFIG_FILE if isinstance(config, WorkerConfig) else CASCADE_CONFIG_FILE
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(pipeline, group),
-        "data": {CONFIG_FILE: body},
+        "data": {key: body},
     }
 
 
@@ -501,6 +526,19 @@ def _env(spec: PipelineSpec, group: GroupPlan) -> list[dict[str, Any]]:
     return env + _accelerator_env(group)
 
 
+def _args(spec: PipelineSpec, settings: OperatorSettings, namespace: str) -> list[str]:
+    """``serve`` a shard of the config's cameras, or (spec.source) ``cascade`` edge events."""
+    if spec.source is not None:
+        config = f"--config={CONFIG_DIR}/{CASCADE_CONFIG_FILE}"
+        return ["cascade", config, *_spool_args(spec, settings, namespace)]
+    return [
+        "serve",
+        f"--config={CONFIG_DIR}/{CONFIG_FILE}",
+        *_spool_args(spec, settings, namespace),
+        *_snapshot_args(spec, settings, namespace),
+    ]
+
+
 def build_statefulset(
     pipeline: dict[str, Any], spec: PipelineSpec, group: GroupPlan, settings: OperatorSettings
 ) -> dict[str, Any]:
@@ -512,12 +550,7 @@ def build_statefulset(
     container = {
         "name": "worker",
         "image": image,
-        "args": [
-            "serve",
-            f"--config={CONFIG_DIR}/{CONFIG_FILE}",
-            *_spool_args(spec, settings, meta["namespace"]),
-            *_snapshot_args(spec, settings, meta["namespace"]),
-        ],
+        "args": _args(spec, settings, meta["namespace"]),
         "env": _env(spec, group),
         "ports": [{"name": "metrics", "containerPort": settings.metrics_port}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},

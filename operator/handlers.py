@@ -335,7 +335,11 @@ async def pipeline_reconciler(
             triggers.interest(key, selector)
             statefulsets = list(statefulset_index.get(key, []))
             snapshot = Snapshot(
-                cameras=_candidates(camera_index, namespace, name, selector),
+                cameras=(
+                    []  # a cascade Pipeline (spec.source) analyses edge events, not Cameras
+                    if (current.get("spec") or {}).get("source")
+                    else _candidates(camera_index, namespace, name, selector)
+                ),
                 variants=list(variant_index.get(namespace, [])),
                 nodes=list(node_index.get(NODES, [])),
                 owned={

@@ -23,7 +23,12 @@ from kubevision.api.common import Condition
 from kubevision.api.modelvariant import ModelVariantStatus
 from kubevision.api.pipeline import GroupStatus, PipelineSpec, PipelineStatus, ScalingDecision
 from kubevision.api.rollout import RolloutStatus
-from kubevision.api.worker_config import CONFIG_FILE, WorkerConfig
+from kubevision.api.worker_config import (
+    CASCADE_CONFIG_FILE,
+    CONFIG_FILE,
+    CascadeConfig,
+    WorkerConfig,
+)
 from kubevision.operator import conditions as c
 from kubevision.operator import modelvariants, rollout
 from kubevision.operator.applied import AppliedObjects, stamp
@@ -31,6 +36,7 @@ from kubevision.operator.builders import (
     GROUP_LABEL,
     PIPELINE_LABEL,
     POD_INDEX_LABEL,
+    build_cascade_config,
     build_configmap,
     build_service,
     build_statefulset,
@@ -264,6 +270,8 @@ def _previous_assignments(configmaps: list[dict[str, Any]]) -> dict[str, dict[st
     """group -> camera -> shard from the ConfigMaps already applied (the actual state)."""
     out = {}
     for cm in configmaps:
+        if CASCADE_CONFIG_FILE in (cm.get("data") or {}):
+            continue  # a cascade Pipeline's workload has no cameras
         try:
             config = WorkerConfig.model_validate(json.loads(cm["data"][CONFIG_FILE]))
         except (KeyError, ValueError, ValidationError):
@@ -313,7 +321,13 @@ def _apply_groups(
             time.time() - changed_at,
             settings.handover_seconds,
         )
-        config = build_worker_config(meta["name"], meta["namespace"], spec, group, handover.copies)
+        config: WorkerConfig | CascadeConfig
+        if group.detector is None:  # a cascade Pipeline's workload: no cameras to hand over
+            config = build_cascade_config(meta["name"], meta["namespace"], spec, group)
+        else:
+            config = build_worker_config(
+                meta["name"], meta["namespace"], spec, group, handover.copies
+            )
         configmap = build_configmap(body, config, group)
         configmap["metadata"]["annotations"] = {HOMES_CHANGED_AT: f"{changed_at:.0f}"}
         statefulset = build_statefulset(body, spec, group, settings)
@@ -483,7 +497,7 @@ def _status(
             name=g.name,
             site=g.site,
             hardware_class=g.hardware,
-            variant=g.detector.variant.name,
+            variant=g.main_model.variant.name,
             cameras=len(g.cameras),
             replicas=g.shards.replicas,
             ready_replicas=ready.get(g.name, 0),
@@ -537,7 +551,7 @@ def _ready_condition(
     generation: int | None,
     previous: list[Condition],
 ) -> Condition:
-    if plan.selected == 0:
+    if plan.selected == 0 and not plan.cascade:
         return c.condition(
             c.READY,
             "False",

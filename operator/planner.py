@@ -58,7 +58,8 @@ class GroupPlan:
     name: str
     site: str | None
     hardware: HardwareClass
-    detector: Choice
+    detector: Choice | None
+    """None for the workload of a cascade Pipeline (spec.source), which only classifies."""
     cameras: dict[str, Camera]
     shards: ShardPlan
     reid: Choice | None = None
@@ -76,6 +77,13 @@ class GroupPlan:
     """Cameras the group keeps only until their new group (the other side of a rollout) has
     taken them on: make-before-break between groups; their Camera status names the new one."""
 
+    @property
+    def main_model(self) -> Choice:
+        """The detector, or a cascade workload's classifier: the variant status names."""
+        choice = self.detector or self.classifier
+        assert choice is not None  # planned with one of the two
+        return choice
+
 
 @dataclass(frozen=True)
 class PipelinePlan:
@@ -83,6 +91,8 @@ class PipelinePlan:
     problems: list[Problem] = field(default_factory=list)
     selected: int = 0
     """Cameras the selector matched and that are not paused."""
+    cascade: bool = False
+    """The plan of a Pipeline with spec.source: edge events, no Cameras."""
 
 
 def group_name(
@@ -119,6 +129,8 @@ def plan_pipeline(
     ``track`` canary plans a rollout's canary groups (:mod:`.rollout`).
     """
     variant_list, node_list = list(variants), list(nodes)
+    if spec.source is not None:
+        return plan_cascade(pipeline, spec, variant_list, node_list)
     selected = [c for c in cameras if not c.spec.paused and spec.camera_selector.matches(c.labels)]
     members: dict[tuple[str | None, HardwareClass], list[Camera]] = {}
     detectors: dict[tuple[str | None, HardwareClass], Choice] = {}
@@ -154,7 +166,7 @@ def plan_pipeline(
         if group.shards.overloaded:
             problems.setdefault(conditions.NO_CAPACITY, []).append(
                 f"group {group.name} needs more than maxReplicas="
-                f"{spec.autoscaling.max_replicas} replicas of {group.detector.variant.name}"
+                f"{spec.autoscaling.max_replicas} replicas of {group.main_model.variant.name}"
             )
         groups.append(group)
     return PipelinePlan(
@@ -162,6 +174,53 @@ def plan_pipeline(
         problems=[Problem(reason, "; ".join(msgs)) for reason, msgs in sorted(problems.items())],
         selected=len(selected),
     )
+
+
+def plan_cascade(
+    pipeline: str, spec: PipelineSpec, variants: list[Variant], nodes: list[NodeInfo]
+) -> PipelinePlan:
+    """One workload for a Pipeline with spec.source: on the first allowed hardware class that
+    has nodes and a variant of spec.stages.classifier. Its replicas share a Kafka topic's
+    partitions (spec.autoscaling.minReplicas of them); an MQTT source is one persistent
+    session, so one replica."""
+    classifier = spec.stages.classifier
+    assert classifier is not None  # spec validation: a cascade Pipeline has one
+    classes_with_nodes = []
+    for hardware in spec.placement.hardware_classes:
+        group_nodes = [
+            n for n in nodes_for(nodes, hardware, None) if n.matches(spec.placement.node_selector)
+        ]
+        if not group_nodes:
+            continue
+        classes_with_nodes.append(hardware)
+        choice = choose_variant(classifier, "classify", hardware, group_nodes, variants)
+        if choice is None:
+            continue
+        kafka = spec.source is not None and spec.source.url.startswith("kafka://")
+        replicas = max(1, spec.autoscaling.min_replicas) if kafka else 1
+        shards = ShardPlan([[] for _ in range(replicas)], False, replicas)
+        group = GroupPlan(
+            name=group_name(pipeline, None, hardware),
+            site=None,
+            hardware=hardware,
+            detector=None,
+            cameras={},
+            shards=shards,
+            classifier=choice,
+        )
+        return PipelinePlan(groups=[group], cascade=True)
+    allowed = ", ".join(spec.placement.hardware_classes)
+    if not classes_with_nodes:
+        problem = Problem(
+            conditions.NO_SCHEDULABLE_NODES, f"no schedulable node of class {allowed}"
+        )
+    else:
+        problem = Problem(
+            conditions.NO_MATCHING_VARIANT,
+            f"no classifier variant of {describe(classifier)} runs on "
+            f"{', '.join(classes_with_nodes)}",
+        )
+    return PipelinePlan(problems=[problem], cascade=True)
 
 
 def _place_camera(
@@ -177,9 +236,7 @@ def _place_camera(
         if not group_nodes:
             continue
         classes_with_nodes.append(hardware)
-        choice = choose_variant(
-            spec.stages.detector, "detect", hardware, group_nodes, variants, spec.slo
-        )
+        choice = choose_variant(spec.detector, "detect", hardware, group_nodes, variants, spec.slo)
         if choice is not None:
             return (site, hardware), choice
     where = f"site {site}" if site else "any site"
@@ -188,7 +245,7 @@ def _place_camera(
         return Problem(
             conditions.NO_SCHEDULABLE_NODES, f"no schedulable node of class {allowed} at {where}"
         )
-    named = spec.stages.detector.variant
+    named = spec.detector.variant
     if named and all(v.name != named for v in variants):
         return Problem(
             conditions.NO_MATCHING_VARIANT,
@@ -196,7 +253,7 @@ def _place_camera(
         )
     return Problem(
         conditions.NO_MATCHING_VARIANT,
-        f"no detector variant of {describe(spec.stages.detector)} meets p99 <= "
+        f"no detector variant of {describe(spec.detector)} meets p99 <= "
         f"{spec.slo.p99_latency_ms:g} ms and >= {spec.slo.min_fps:g} fps on "
         f"{', '.join(classes_with_nodes)} at {where}",
     )
@@ -240,8 +297,7 @@ def _plan_group(
     degradation = scaling.degradation if scaling else ()
     if "smallerVariant" in degradation:
         detector = (
-            smaller_variant(spec.stages.detector, hardware, group_nodes, variants, detector)
-            or detector
+            smaller_variant(spec.detector, hardware, group_nodes, variants, detector) or detector
         )
     autoscaling = spec.autoscaling
     shards = plan_shards(

@@ -102,7 +102,7 @@ def revision(spec: PipelineSpec) -> str:
     """What identifies a rollout: the stable detector and the candidate (not the steps or the
     thresholds, which may be tuned while it runs)."""
     assert spec.rollout is not None
-    both = [spec.stages.detector.wire(), spec.rollout.candidate.wire()]
+    both = [spec.detector.wire(), spec.rollout.candidate.wire()]
     return hashlib.sha256(json.dumps(both, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -110,7 +110,7 @@ def candidate_spec(spec: PipelineSpec) -> PipelineSpec:
     """The Pipeline as the canary cohort runs it: the candidate's fields over the detector's."""
     assert spec.rollout is not None
     want = spec.rollout.candidate
-    detector = spec.stages.detector
+    detector = spec.detector
     update: dict[str, object] = {}
     if want.variant is not None or want.family is not None:
         update |= {"variant": want.variant, "family": want.family}
@@ -214,7 +214,7 @@ def plan_tracks(
         scaling,
         track="canary",
     )
-    stages = {"stable": stable_spec.stages.detector, "canary": candidate_spec(spec).stages.detector}
+    stages = {"stable": stable_spec.detector, "canary": candidate_spec(spec).detector}
     groups = [
         replace(g, leaving=frozenset(g.cameras) & side.to_canary, detector_stage=stages["stable"])
         for g in stable.groups

@@ -5,8 +5,9 @@ heavier classifier on the crops and publishes the enriched events to its own out
 Why a worker mode and not a Pipeline of Cameras: the cloud stage has no video, no sampling and
 no tracker; its unit of work is an event, and it scales the way consumers scale (Kafka
 consumer-group partitions, MQTT shared subscriptions), not by sharding cameras over
-StatefulSet replicas. It is one Deployment whose config file (:class:`CascadeConfig`) is a
-ConfigMap, like a worker's.
+StatefulSet replicas. A Pipeline with ``spec.source`` is rendered by the operator into one
+StatefulSet running this mode, its config file (:class:`CascadeConfig`) a ConfigMap, like a
+worker's.
 
 Delivery, end to end: at least once. An event is acknowledged to its broker (MQTT PUBACK with
 a persistent session, ``clean_session`` off; Kafka offset stored for the group's commit) only
@@ -42,10 +43,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
-from kubevision.api.pipeline import Output
-from kubevision.api.worker_config import CredentialEnv, ModelConfig, SpoolConfig, StrictModel
+from kubevision.api.pipeline import EventSource
+from kubevision.api.worker_config import CascadeConfig, CredentialEnv
 from kubevision.worker.backends.base import BackendChoice, create_backend
 from kubevision.worker.classifier import CropClassifier
 from kubevision.worker.events import Classification, Snapshot, TrackEvent
@@ -62,38 +63,12 @@ _MQTT_PORTS = {"mqtt": 1883, "tcp": 1883}
 _POLL_SECONDS = 0.2
 Result = Literal["enriched", "passed", "snapshot_error", "invalid"]
 RESULTS: tuple[Result, ...] = ("enriched", "passed", "snapshot_error", "invalid")
+DEFAULT_GROUP = "kubevision-cascade"
+"""The Kafka group / MQTT session of a config without one (the operator always names one)."""
 
 
 class CascadeError(RuntimeError):
     """The cascade's config cannot run (bad source URL, credentials not set)."""
-
-
-class EventSource(StrictModel):
-    """Where the edge events come from: ``mqtt://host:port`` (subscribes ``<topic>/+``, the
-    edge's MQTT output topic) or ``kafka://host:port[,...]`` (the edge's Kafka topic)."""
-
-    url: str = Field(pattern=r"^(mqtt|tcp|kafka)://.+$")
-    topic: str = Field(min_length=1)
-    group: str = Field(default="kubevision-cascade", min_length=1, max_length=100)
-    """Kafka consumer group, or the MQTT client id of the persistent session (one per
-    replica: give each replica its own, or use Kafka for several replicas)."""
-
-
-class CascadeConfig(StrictModel):
-    """What one cloud cascade worker runs."""
-
-    pipeline: str
-    """Name for logs and the ``pipeline`` label of its metrics."""
-    source: EventSource
-    classifier: ModelConfig
-    outputs: list[Output] = Field(default_factory=list)
-    spool: SpoolConfig = Field(default_factory=SpoolConfig)
-    snapshot_endpoint: str | None = None
-    """S3-compatible store of s3:// snapshots (default: AWS_ENDPOINT_URL_S3, else AWS)."""
-    snapshot_credentials: CredentialEnv | None = None
-    """Env vars with that store's access key ID and secret key (else AWS_* env or IAM)."""
-    batch_max: int = Field(default=16, ge=1, le=256)
-    """Most crops per classifier call."""
 
 
 def load_cascade_config(path: Path) -> CascadeConfig:
@@ -144,13 +119,14 @@ class MqttConsumer:
         self._connected = False
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=source.group,
+            client_id=source.group or DEFAULT_GROUP,
             clean_session=False,
             manual_ack=True,
         )
         client.reconnect_delay_set(1, 10)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         self._client = client
         client.connect_async(parts.hostname, parts.port or _MQTT_PORTS[parts.scheme], 60)
@@ -167,7 +143,11 @@ class MqttConsumer:
             log.warning("MQTT source refused the connection: %s", reason)
             return
         client.subscribe(self._topic, qos=1)
-        self._connected = True
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        self._connected = True  # the broker has the subscription: nothing published is missed
         log.info("cascade subscribed: topic=%s", self._topic, extra={"topic": self._topic})
 
     def _on_disconnect(
@@ -209,7 +189,7 @@ class KafkaConsumer:
             {
                 "bootstrap.servers": hosts,
                 "security.protocol": protocol,
-                "group.id": source.group,
+                "group.id": source.group or DEFAULT_GROUP,
                 # a new group starts at the oldest event the edge left, not at the log's end
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": True,
@@ -404,7 +384,6 @@ class Cascade:
         make = KafkaConsumer if scheme == "kafka" else MqttConsumer
         self._thread.start()
         self._consumer = make(source, self._enqueue)
-        self._health.set_ready(True)
         log.info(
             "cascade started pipeline=%s source=%s topic=%s classifier=%s",
             self._config.pipeline,
@@ -439,6 +418,8 @@ class Cascade:
         while not self._stop.is_set():
             batch = batch or self._take()
             self._health.beat()
+            # ready once subscribed (MQTT SUBACK, Kafka partitions assigned) and while connected
+            self._health.set_ready(self._consumer is not None and self._consumer.connected)
             if not batch:
                 continue
             try:

@@ -3,10 +3,10 @@
 No kubelet runs in the test cluster (:mod:`tests.envtest.nodes` only simulates Nodes), so worker
 pods would stay Pending with no process behind them. :class:`PodRunner` does a kubelet's part
 for them, and only for them (label ``app.kubernetes.io/name=kubevision-worker``, container args
-``serve ...``, bound to one of the simulated nodes):
+``serve ...`` or, for a cascade Pipeline, ``cascade ...``, bound to one of the simulated nodes):
 
 * it gives the pod a loopback IP (``127.0.20.N``; Linux routes all of 127/8 to ``lo``, so
-  nothing ever leaves this machine) and starts ``kubevision-worker serve`` bound to it, with
+  nothing ever leaves this machine) and starts ``kubevision-worker <args>`` bound to it, with
   the pod's env resolved (``fieldRef``, ``secretKeyRef``, ``configMapKeyRef``, plain values)
   and its ConfigMap volumes written to a per-pod folder that follows the ConfigMap, as the
   kubelet's atomic symlink swap does (emptyDir volumes are folders of the pod's own, kept
@@ -260,7 +260,8 @@ class PodRunner:
         if spec.get("nodeName") not in self._nodes:
             return False
         containers = spec.get("containers") or []
-        return len(containers) == 1 and (containers[0].get("args") or [])[:1] == ["serve"]
+        command = (containers[0].get("args") or [])[:1] if len(containers) == 1 else []
+        return command in (["serve"], ["cascade"])
 
     def running(self, namespace: str | None = None) -> dict[str, int]:
         """Pod name -> pid of each live worker process (in ``namespace``, if given)."""

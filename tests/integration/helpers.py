@@ -3,15 +3,23 @@ made there."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 import yaml
 
+from benchmarks.cascade_bandwidth import VIDEOS
 from kubevision.api.worker_config import CONFIG_FILE, WorkerConfig
+from kubevision.worker.events import Snapshot, TrackEvent
 from kubevision.worker.models import sha256_of
+from kubevision.worker.snapshots import InlineStore, crop, encode_jpeg
+from tests.assets import require
 from tests.envtest.cluster import LocalCluster
+from tests.envtest.sinks import track_event
 
 
 class Namespace:
@@ -124,3 +132,28 @@ def yolox_worker_config(
         "outputs": outputs or [],
         "shards": shards,
     }
+
+
+def edge_events(start: int, count: int) -> list[TrackEvent]:
+    """What an edge Pipeline sends upstream: events of two cameras, every other one a
+    track.started with a real inline JPEG crop (cut from the shared parking-lot video)."""
+    with av.open(str(require(VIDEOS["parking"]))) as video:
+        frame = next(video.decode(video=0)).to_ndarray(format="bgr24").astype(np.uint8)
+    events = []
+    for n in range(start, start + count):
+        event = track_event("edge", f"gate-{n % 2}", n, "track.started" if n % 2 else "track.ended")
+        if n % 2:
+            box = (100.0 + 10 * (n % 20), 120.0, 260.0 + 10 * (n % 20), 260.0)
+            cut = crop(frame, box, 0.1)
+            assert cut is not None
+            data = encode_jpeg(cut, 85)
+            snapshot = Snapshot(
+                uri=InlineStore().put("", data),
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                width=cut.shape[1],
+                height=cut.shape[0],
+            )
+            event = event.model_copy(update={"box": box, "snapshot": snapshot})
+        events.append(event)
+    return events

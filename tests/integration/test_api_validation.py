@@ -23,7 +23,7 @@ from tests.envtest.controlplane import REPO_ROOT
 CRD_DIR = REPO_ROOT / "crds"
 SAMPLE_DIR = CRD_DIR / "samples"
 CATALOG_DIR = REPO_ROOT / "model_catalog" / "variants"
-MANIFESTS = sorted([*SAMPLE_DIR.glob("*.yaml"), *CATALOG_DIR.glob("*.yaml")])
+MANIFESTS = sorted([*SAMPLE_DIR.glob("**/*.yaml"), *CATALOG_DIR.glob("*.yaml")])
 
 Manifest = dict[str, Any]
 
@@ -73,6 +73,7 @@ PIPELINE = sample(SAMPLE_DIR / "pipeline.yaml", "people")  # outputs: stdout, mq
 MODEL = sample(SAMPLE_DIR / "modelvariant.yaml", "yolox-nano-416-onnx-fp32")
 TRT_INT8 = sample(CATALOG_DIR / "yolox-nano.yaml", "yolox-nano-416-trt-int8")
 CLASSIFIER = sample(CATALOG_DIR / "classifiers.yaml", "mobilenetv2-int8-onnx")
+CLOUD = sample(SAMPLE_DIR / "cascade" / "cloud.yaml", "dock-cloud")  # spec.source: edge events
 
 ENTRANCE = LOBBY["spec"]["zones"][0]
 GATE = PARKING["spec"]["lines"][0]
@@ -198,6 +199,31 @@ INVALID = [
         edit(PIPELINE, "spec.outputs.1.url", "mqtt://kubevision:secret@mosquitto.messaging:1883"),
         ("spec.outputs[1].url: Invalid value", "must not carry a password"),
         id="output-url-with-password",
+    ),
+    pytest.param(
+        edit(CLOUD, "spec.stages.detector", {"family": "yolox-nano"}),
+        ("spec.stages.detector: Invalid value", "not allowed with spec.source"),
+        id="cascade-with-a-detector",
+    ),
+    pytest.param(
+        remove(PIPELINE, "spec.stages.detector"),
+        ("spec.stages.detector: Invalid value", "is required for a Pipeline of Cameras"),
+        id="pipeline-of-cameras-without-a-detector",
+    ),
+    pytest.param(
+        remove(CLOUD, "spec.stages.classifier"),
+        ("spec.stages.classifier: Invalid value", "is required with spec.source"),
+        id="cascade-without-a-classifier",
+    ),
+    pytest.param(
+        edit(CLOUD, "spec.rollout", {"candidate": {"variant": "x"}}),
+        ("spec.source: Invalid value", "not allowed with spec.source"),
+        id="cascade-with-a-rollout",
+    ),
+    pytest.param(
+        edit(CLOUD, "spec.source.url", "mqtt://user:pw@mosquitto.messaging:1883"),
+        ("spec.source.url: Invalid value", "^(mqtt|tcp|kafka)://[^/@]+/?$"),
+        id="cascade-source-with-credentials",
     ),
     pytest.param(
         edit(PIPELINE, "metadata.name", "p" * 41),

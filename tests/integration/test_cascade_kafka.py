@@ -6,28 +6,25 @@ twice."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from benchmarks.cascade_bandwidth import CLASSIFIER, LABELS, VIDEOS, _model
-from kubevision.worker.cascade import Cascade, CascadeConfig, CascadeMetrics, build_classifier
+from benchmarks.cascade_bandwidth import CLASSIFIER, LABELS, _model
+from kubevision.api.worker_config import CascadeConfig
+from kubevision.worker.cascade import Cascade, CascadeMetrics, build_classifier
 from kubevision.worker.classifier import CropClassifier
-from kubevision.worker.events import Snapshot, TrackEvent
+from kubevision.worker.events import TrackEvent
 from kubevision.worker.health import Health
 from kubevision.worker.kafka_sink import KafkaSink
 from kubevision.worker.sinks import SinkMetrics, build_sinks
-from kubevision.worker.snapshots import InlineStore, crop, encode_jpeg
 from tests.assets import require
 from tests.envtest.kafka import KafkaBroker, TopicReader, kafka_libs
 from tests.envtest.poll import wait_for
-from tests.envtest.sinks import track_event
+from tests.integration.helpers import edge_events
 
 EDGE, CLOUD = "edge-events", "cloud-events"
 
@@ -38,30 +35,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     assert libs is not None, "the Kafka broker's jars: run tests/toolchain/kafka.sh (Java, Maven)"
     with KafkaBroker(tmp_path_factory.mktemp("kafka"), libs) as broker:
         yield broker
-
-
-def edge_events(start: int, count: int) -> list[TrackEvent]:
-    """Events of two cameras; every other one a track.started with a real inline crop."""
-    with av.open(str(require(VIDEOS["parking"]))) as video:
-        frame = next(video.decode(video=0)).to_ndarray(format="bgr24").astype(np.uint8)
-    events = []
-    for n in range(start, start + count):
-        event = track_event("edge", f"gate-{n % 2}", n, "track.started" if n % 2 else "track.ended")
-        if n % 2:
-            box = (100.0 + 10 * (n % 20), 120.0, 260.0 + 10 * (n % 20), 260.0)
-            cut = crop(frame, box, 0.1)
-            assert cut is not None
-            data = encode_jpeg(cut, 85)
-            snapshot = Snapshot(
-                uri=InlineStore().put("", data),
-                size=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-                width=cut.shape[1],
-                height=cut.shape[0],
-            )
-            event = event.model_copy(update={"box": box, "snapshot": snapshot})
-        events.append(event)
-    return events
 
 
 def cascade(broker: KafkaBroker, classifier: CropClassifier) -> Cascade:

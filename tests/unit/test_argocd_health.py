@@ -270,4 +270,4 @@ def test_example_site_is_valid_and_ordered() -> None:
     assert _wave(by_kind["ModelVariant"]) < _wave(by_kind["Camera"]) == _wave(by_kind["Pipeline"])
     pipeline = PipelineSpec.model_validate(by_kind["Pipeline"]["spec"])
     assert pipeline.camera_selector.matches(by_kind["Camera"]["metadata"]["labels"])
-    assert pipeline.stages.detector.variant == by_kind["ModelVariant"]["metadata"]["name"]
+    assert pipeline.detector.variant == by_kind["ModelVariant"]["metadata"]["name"]

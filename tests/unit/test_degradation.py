@@ -56,7 +56,7 @@ def test_smaller_variant_picks_the_largest_smaller_one_of_the_family() -> None:
     cams = [camera("c1", site="site-a")]
     nodes = [node(CPU_NODE)]
     normal = plan_pipeline("p", spec, cams, variants, nodes, previous={})
-    assert normal.groups[0].detector.variant.name == "big"
+    assert normal.groups[0].main_model.variant.name == "big"
     name = normal.groups[0].name
     degraded = plan_pipeline(
         "p",
@@ -67,7 +67,7 @@ def test_smaller_variant_picks_the_largest_smaller_one_of_the_family() -> None:
         previous={},
         scaling={name: GroupScaling(1, ("smallerVariant",))},
     )
-    assert degraded.groups[0].detector.variant.name == "mid"
+    assert degraded.groups[0].main_model.variant.name == "mid"
     assert degraded.groups[0].degradation == ("smallerVariant",)
 
 

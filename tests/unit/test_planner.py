@@ -71,7 +71,7 @@ def test_sample_pipeline_groups_by_site_and_hardware() -> None:
         "loading-dock": (group_name("people", "site-b", "jetson"), 0),
     }
     for g in result.groups:
-        assert g.detector.variant.name == "yolox-nano-416-trt-fp16"
+        assert g.main_model.variant.name == "yolox-nano-416-trt-fp16"
         assert g.classifier is not None
         assert g.classifier.variant.name == "mobilenetv2-int8-onnx"
         assert g.reid is None

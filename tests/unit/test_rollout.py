@@ -212,7 +212,7 @@ def test_a_good_candidate_steps_through_and_is_promoted() -> None:
     assert loop.events.count("StepPassed") == 1
     assert loop.events[-2:] == ["Promoted", "Promoted"]  # decided, then its cameras came home
     plan = r.plan_tracks("p", loop.spec, loop.cams, VARIANTS, NODES, {}, {}, promoted)
-    assert [(g.name, g.detector.variant.name) for g in plan.groups] == [(STABLE, "good")]
+    assert [(g.name, g.main_model.variant.name) for g in plan.groups] == [(STABLE, "good")]
 
 
 def test_a_blind_candidate_rolls_back_on_its_first_window() -> None:
@@ -224,7 +224,7 @@ def test_a_blind_candidate_rolls_back_on_its_first_window() -> None:
     assert "detections per frame" in rolled.last_analysis.failures[0]
     assert rolled.stable_cameras == 8
     plan = r.plan_tracks("p", loop.spec, loop.cams, VARIANTS, NODES, {}, {}, rolled)
-    assert [(g.name, g.detector.variant.name) for g in plan.groups] == [(STABLE, "stable")]
+    assert [(g.name, g.main_model.variant.name) for g in plan.groups] == [(STABLE, "stable")]
     again = loop.tick(seconds=30)
     assert again == rolled, "a rolled-back revision stays rolled back (no loop)"
 
@@ -298,6 +298,6 @@ def test_each_side_gets_its_own_detector_thresholds() -> None:
     status = loop.tick(scraped=False)
     plan = r.plan_tracks("p", pipeline, loop.cams, VARIANTS, NODES, {}, {}, status)
     configs = {g.track: build_worker_config("p", "ns", pipeline, g) for g in plan.groups}
-    assert configs[None].detector.confidence == pipeline.stages.detector.confidence
+    assert configs[None].detector.confidence == pipeline.detector.confidence
     assert configs["canary"].detector.confidence == 0.99
     assert configs["canary"].detector.model.variant == "stable", "only the threshold changed"
