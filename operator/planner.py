@@ -5,7 +5,7 @@ variants and how many replicas. Pure code: the inputs are snapshots of the opera
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -176,6 +176,19 @@ def plan_pipeline(
     )
 
 
+def _allowed_nodes(
+    spec: PipelineSpec, nodes: list[NodeInfo], site: str | None
+) -> Iterator[tuple[HardwareClass, list[NodeInfo]]]:
+    """Each allowed hardware class, in the Pipeline's order, that has schedulable nodes at
+    ``site`` (None: any) matching spec.placement.nodeSelector, with those nodes."""
+    for hardware in spec.placement.hardware_classes:
+        group_nodes = [
+            n for n in nodes_for(nodes, hardware, site) if n.matches(spec.placement.node_selector)
+        ]
+        if group_nodes:
+            yield hardware, group_nodes
+
+
 def plan_cascade(
     pipeline: str, spec: PipelineSpec, variants: list[Variant], nodes: list[NodeInfo]
 ) -> PipelinePlan:
@@ -186,12 +199,7 @@ def plan_cascade(
     classifier = spec.stages.classifier
     assert classifier is not None  # spec validation: a cascade Pipeline has one
     classes_with_nodes = []
-    for hardware in spec.placement.hardware_classes:
-        group_nodes = [
-            n for n in nodes_for(nodes, hardware, None) if n.matches(spec.placement.node_selector)
-        ]
-        if not group_nodes:
-            continue
+    for hardware, group_nodes in _allowed_nodes(spec, nodes, None):
         classes_with_nodes.append(hardware)
         choice = choose_variant(classifier, "classify", hardware, group_nodes, variants)
         if choice is None:
@@ -229,12 +237,7 @@ def _place_camera(
     """The first allowed hardware class at the camera's site with a detector meeting the SLO."""
     site = cam.spec.site
     classes_with_nodes = []
-    for hardware in spec.placement.hardware_classes:
-        group_nodes = [
-            n for n in nodes_for(nodes, hardware, site) if n.matches(spec.placement.node_selector)
-        ]
-        if not group_nodes:
-            continue
+    for hardware, group_nodes in _allowed_nodes(spec, nodes, site):
         classes_with_nodes.append(hardware)
         choice = choose_variant(spec.detector, "detect", hardware, group_nodes, variants, spec.slo)
         if choice is not None:

@@ -7,10 +7,8 @@ twice."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from benchmarks.cascade_bandwidth import CLASSIFIER, LABELS, _model
@@ -22,33 +20,27 @@ from kubevision.worker.health import Health
 from kubevision.worker.kafka_sink import KafkaSink
 from kubevision.worker.sinks import SinkMetrics, build_sinks
 from tests.assets import require
-from tests.envtest.kafka import KafkaBroker, TopicReader, kafka_libs
+from tests.envtest.kafka import KafkaBroker, TopicReader
 from tests.envtest.poll import wait_for
 from tests.integration.helpers import edge_events
 
 EDGE, CLOUD = "edge-events", "cloud-events"
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    libs = kafka_libs()
-    assert libs is not None, "the Kafka broker's jars: run tests/toolchain/kafka.sh (Java, Maven)"
-    with KafkaBroker(tmp_path_factory.mktemp("kafka"), libs) as broker:
-        yield broker
-
-
-def cascade(broker: KafkaBroker, classifier: CropClassifier) -> Cascade:
+def cascade(kafka_broker: KafkaBroker, classifier: CropClassifier) -> Cascade:
     config = CascadeConfig.model_validate(
         {
             "pipeline": "cloud",
-            "source": {"url": f"kafka://{broker.bootstrap}", "topic": EDGE, "group": "cloud"},
+            "source": {"url": f"kafka://{kafka_broker.bootstrap}", "topic": EDGE, "group": "cloud"},
             "classifier": _model(
                 require(CLASSIFIER),
                 task="classify",
                 inputSize={"width": 224, "height": 224},
                 batchMax=16,
             ),
-            "outputs": [{"type": "kafka", "url": f"kafka://{broker.bootstrap}", "topic": CLOUD}],
+            "outputs": [
+                {"type": "kafka", "url": f"kafka://{kafka_broker.bootstrap}", "topic": CLOUD}
+            ],
         }
     )
     registry = CollectorRegistry()
@@ -59,7 +51,7 @@ def cascade(broker: KafkaBroker, classifier: CropClassifier) -> Cascade:
 
 
 def test_a_kafka_source_resumes_from_its_committed_offsets(
-    broker: KafkaBroker, tmp_path: Path
+    kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
     config = CascadeConfig.model_validate(
         {
@@ -75,17 +67,17 @@ def test_a_kafka_source_resumes_from_its_committed_offsets(
     )
     classifier = build_classifier(config, threads=1, labels_file=require(LABELS))
     counters = SinkMetrics.on(CollectorRegistry()).bind("edge", "kafka")
-    edge = KafkaSink(f"kafka://{broker.bootstrap}", EDGE, counters)
-    reader = TopicReader(broker.bootstrap, CLOUD)
+    edge = KafkaSink(f"kafka://{kafka_broker.bootstrap}", EDGE, counters)
+    reader = TopicReader(kafka_broker.bootstrap, CLOUD)
     try:
         first, second = edge_events(0, 20), edge_events(20, 20)
         edge.publish(first)
         wait_for(lambda: edge.pending == 0, timeout=60, what="the edge events in Kafka")
-        worker = cascade(broker, classifier)
+        worker = cascade(kafka_broker, classifier)
         wait_for(lambda: len(reader.messages()) >= 20, timeout=90, what="the first 20 enriched")
         worker.stop()  # commits the offsets it stored
         edge.publish(second)
-        worker = cascade(broker, classifier)
+        worker = cascade(kafka_broker, classifier)
         try:
             wait_for(lambda: len(reader.messages()) >= 40, timeout=90, what="the next 20")
         finally:

@@ -10,7 +10,6 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from kubevision.api.pipeline import Output
 from kubevision.worker.kafka_sink import KafkaSink
 from kubevision.worker.sinks import SinkConfigError, SinkMetrics, build_sinks
 from kubevision.worker.spool import Limits, Spool, SqliteSpool
-from tests.envtest.kafka import KafkaBroker, TopicReader, kafka_libs
+from tests.envtest.kafka import KafkaBroker, TopicReader
 from tests.envtest.poll import wait_for
 from tests.envtest.sinks import sink_counts, track_event
 
@@ -28,20 +27,12 @@ PIPELINE = "depot"
 CAMERAS = ("dock-1", "dock-2", "gate")
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    libs = kafka_libs()
-    assert libs is not None, "the Kafka broker's jars: run tests/toolchain/kafka.sh (Java, Maven)"
-    with KafkaBroker(tmp_path_factory.mktemp("kafka"), libs) as broker:
-        yield broker
-
-
 def _sink(
-    broker: KafkaBroker, topic: str, spool: Spool | None = None, drain_timeout: float = 5.0
+    kafka_broker: KafkaBroker, topic: str, spool: Spool | None = None, drain_timeout: float = 5.0
 ) -> tuple[KafkaSink, CollectorRegistry]:
     registry = CollectorRegistry()
     counters = SinkMetrics.on(registry).bind(PIPELINE, "kafka")
-    url = f"kafka://{broker.bootstrap}"
+    url = f"kafka://{kafka_broker.bootstrap}"
     return KafkaSink(url, topic, counters, spool=spool, drain_timeout=drain_timeout), registry
 
 
@@ -81,9 +72,9 @@ def _expected(count: int) -> dict[str, list[int]]:
     return {c: [n for n in range(count) if CAMERAS[n % len(CAMERAS)] == c] for c in CAMERAS}
 
 
-def test_events_keyed_by_camera_arrive_in_order(broker: KafkaBroker) -> None:
-    sink, registry = _sink(broker, "events-order")
-    reader = TopicReader(broker.bootstrap, "events-order")
+def test_events_keyed_by_camera_arrive_in_order(kafka_broker: KafkaBroker) -> None:
+    sink, registry = _sink(kafka_broker, "events-order")
+    reader = TopicReader(kafka_broker.bootstrap, "events-order")
     try:
         for n in range(0, 300, 10):
             sink.publish([track_event(PIPELINE, CAMERAS[i % 3], i) for i in range(n, n + 10)])
@@ -101,17 +92,17 @@ def test_events_keyed_by_camera_arrive_in_order(broker: KafkaBroker) -> None:
 
 @pytest.mark.parametrize("kill", [True, False], ids=["sigkill", "sigterm"])
 def test_broker_restarts_lose_nothing_and_keep_each_cameras_order(
-    broker: KafkaBroker, kill: bool
+    kafka_broker: KafkaBroker, kill: bool
 ) -> None:
     topic = f"events-restart-{'kill' if kill else 'term'}"
     count, rate = 600, 40.0
-    sink, registry = _sink(broker, topic)
-    reader = TopicReader(broker.bootstrap, topic)
+    sink, registry = _sink(kafka_broker, topic)
+    reader = TopicReader(kafka_broker.bootstrap, topic)
     try:
         publisher = _publish(sink, count, rate)
         for _ in range(2):
             _wait_for_more(reader, len(reader.messages()))
-            broker.restart(kill=kill)
+            kafka_broker.restart(kill=kill)
         publisher.join()
         wait_for(lambda: len(reader.messages()) >= count, timeout=120, what=f"{count} events")
         # idempotent producer: exactly once per event, in publish order per camera
@@ -125,20 +116,22 @@ def test_broker_restarts_lose_nothing_and_keep_each_cameras_order(
 
 
 def test_a_disk_spool_carries_events_across_a_worker_restart_while_the_broker_is_down(
-    broker: KafkaBroker, tmp_path: Path
+    kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
     topic, path, limits = "events-spool", tmp_path / "output-0-kafka.sqlite", Limits(10_000, 2**24)
-    reader = TopicReader(broker.bootstrap, topic)
+    reader = TopicReader(kafka_broker.bootstrap, topic)
     try:
-        broker.stop()
-        first, registry = _sink(broker, topic, spool=SqliteSpool(path, limits), drain_timeout=0.5)
+        kafka_broker.stop()
+        first, registry = _sink(
+            kafka_broker, topic, spool=SqliteSpool(path, limits), drain_timeout=0.5
+        )
         for n in range(0, 200, 20):
             first.publish([track_event(PIPELINE, CAMERAS[i % 3], i) for i in range(n, n + 20)])
         first.close()  # the worker stops with the broker still down: the file keeps them
         assert sink_counts(registry, PIPELINE, "kafka")["dropped_closed"] == 0
 
-        broker.start()
-        second, _ = _sink(broker, topic, spool=SqliteSpool(path, limits))
+        kafka_broker.start()
+        second, _ = _sink(kafka_broker, topic, spool=SqliteSpool(path, limits))
         try:
             wait_for(lambda: len(reader.messages()) >= 200, timeout=90, what="200 spooled events")
             assert _per_camera(reader.messages()) == _expected(200)
@@ -149,12 +142,12 @@ def test_a_disk_spool_carries_events_across_a_worker_restart_while_the_broker_is
         reader.close()
 
 
-def test_kafka_outputs_are_built_from_the_pipeline_spec(broker: KafkaBroker) -> None:
+def test_kafka_outputs_are_built_from_the_pipeline_spec(kafka_broker: KafkaBroker) -> None:
     output = Output.model_validate(
-        {"type": "kafka", "url": f"kafka://{broker.bootstrap}", "topic": "events-built"}
+        {"type": "kafka", "url": f"kafka://{kafka_broker.bootstrap}", "topic": "events-built"}
     )
     fanout = build_sinks([output], PIPELINE, CollectorRegistry())
-    reader = TopicReader(broker.bootstrap, "events-built")
+    reader = TopicReader(kafka_broker.bootstrap, "events-built")
     try:
         fanout.publish([track_event(PIPELINE, "gate", 1)])
         wait_for(lambda: reader.messages(), timeout=60, what="the event on the topic")
