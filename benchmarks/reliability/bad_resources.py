@@ -132,9 +132,19 @@ ROLLOUT = _with(
     ("spec", "rollout"),
     {"candidate": {"variant": "yolox-nano-416-onnx-int8"}, "steps": [10, 50, 100]},
 )
+CASCADE = _doc(SAMPLES / "cascade" / "cloud.yaml", "dock-cloud")  # spec.source: edge events
 VARIANT = _doc(SAMPLES / "modelvariant.yaml", "yolox-nano-416-onnx-fp32")
 INT8 = _doc(CATALOG / "yolox-nano.yaml", "yolox-nano-416-trt-int8")
-BASES: tuple[Obj, ...] = (LOBBY, PARKING, ADAPTIVE, PIPELINE, PIPELINE_FULL, VARIANT, INT8)
+BASES: tuple[Obj, ...] = (
+    LOBBY,
+    PARKING,
+    ADAPTIVE,
+    PIPELINE,
+    PIPELINE_FULL,
+    CASCADE,
+    VARIANT,
+    INT8,
+)
 
 
 # -- strategies derived from the structural schema ---------------------------------------------
@@ -282,7 +292,8 @@ def _adaptive_inverted(lo: float, hi: float) -> dict[str, Any]:
 
 
 def cel_cases() -> list[Case]:
-    """A violation of every CEL rule the API defines (``test_every_cel_rule_is_fuzzed``)."""
+    """A violation of every CEL rule the API defines (checked by
+    ``tests/reliability/test_bad_resources.py``)."""
     src, samp = ("spec", "source"), ("spec", "sampling")
     out0, auto = ("spec", "outputs", 0), ("spec", "autoscaling")
     stages, roll = ("spec", "stages"), ("spec", "rollout")
@@ -411,6 +422,30 @@ def cel_cases() -> list[Case]:
             "neither variant nor family",
             (*stages, "classifier"),
             st.just(_without(PIPELINE, (*stages, "classifier", "variant"))),
+        ),
+        _case(
+            "detector and source",
+            (*stages, "detector"),
+            st.one_of(
+                _set(CASCADE, (*stages, "detector"), _NAMES.map(lambda n: {"family": n})),
+                st.just(_without(PIPELINE, (*stages, "detector"))),
+            ),
+        ),
+        _case(
+            "cascade classifier",
+            (*stages, "classifier"),
+            st.just(_without(CASCADE, (*stages, "classifier"))),
+        ),
+        _case(
+            "camera stages with a source",
+            src,
+            st.sampled_from(
+                [
+                    _with(CASCADE, (*stages, "pose"), {"family": "yolov8n-pose"}),
+                    _with(CASCADE, roll, ROLLOUT["spec"]["rollout"]),
+                    _with(CASCADE, ("spec", "snapshots"), {"storage": "node"}),
+                ]
+            ),
         ),
         _case(
             "deepsort reid",
