@@ -352,6 +352,8 @@ async def pipeline_reconciler(
             )
             try:
                 async with memo.reconcile_slots:
+                    if not membership.owns(namespace, name):
+                        continue  # the shard moved while we queued for a slot
                     with metrics.reconciling("pipeline"):
                         view, scaled = await asyncio.to_thread(
                             _autoscale, kube, settings, scaler, current, snapshot, metrics

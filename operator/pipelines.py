@@ -149,8 +149,22 @@ class Outcome:
     ready_replicas: dict[str, int] | None = None
     """Ready replicas per group, for the operator's metrics; None when nothing was applied."""
     camera_events: list[CameraEvent] = field(default_factory=list)
-    status: dict[str, Any] | None = None
+    status: WrittenStatus | None = None
     """The status the Pipeline has now (written, or found already so), for the next pass."""
+
+
+@dataclass(frozen=True)
+class WrittenStatus:
+    """The status a reconciler wrote (or found) last, and the Pipeline's resourceVersion its
+    cached body showed then. While the cache still shows that version, our write is not in it
+    yet (no second write of the same status); once the version moved, the cache is the truth:
+    another writer (a shard's previous owner finishing a pass) may have written after us."""
+
+    wire: dict[str, Any]
+    seen_version: str | None
+
+    def still_ahead_of(self, body: dict[str, Any]) -> bool:
+        return self.seen_version == (body.get("metadata") or {}).get("resourceVersion")
 
 
 def camera_field_manager(settings: OperatorSettings, pipeline: str) -> str:
@@ -166,7 +180,7 @@ def reconcile_pipeline(
     scaling: ScalingView | None = None,
     ledger: StreamLedger | None = None,
     applied: AppliedObjects | None = None,
-    last_status: dict[str, Any] | None = None,
+    last_status: WrittenStatus | None = None,
     rollout_memory: rollout.RolloutMemory | None = None,
 ) -> Outcome:
     """One level-triggered pass (see the module docstring). ``ledger``: the reconciler's memory
@@ -177,8 +191,9 @@ def reconcile_pipeline(
     ``rollout_memory``: the analysis window in progress of spec.rollout (:mod:`.rollout`)."""
     meta = body["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
+    ahead = last_status.wire if last_status and last_status.still_ahead_of(body) else None
     previous_status = PipelineStatus.model_validate(
-        last_status if last_status is not None else body.get("status") or {}
+        ahead if ahead is not None else body.get("status") or {}
     )
     try:
         spec = PipelineSpec.model_validate(body.get("spec") or {})
@@ -221,7 +236,7 @@ def reconcile_pipeline(
     status = _status(plan, ready, waiting, generation, previous_status, view, rollout_status)
     wire = status.wire()
     current = PipelineStatus.model_validate(body.get("status") or {}).wire()
-    if wire not in (current, last_status):  # coalesced: an unchanged status is not written
+    if wire not in (current, ahead):  # coalesced: an unchanged status is not written
         kube.apply_status(PIPELINES, namespace, name, wire)
     if view.models is not None:
         _report_artifacts(kube, settings, namespace, name, plan, view.models, snapshot.variants)
@@ -231,7 +246,7 @@ def reconcile_pipeline(
         + [Event(e.type, e.reason, e.message) for e in rollout_events],
         ready_replicas=ready,
         camera_events=camera_events,
-        status=wire,
+        status=WrittenStatus(wire, meta.get("resourceVersion")),
     )
 
 
@@ -711,7 +726,8 @@ def _reject(
         }
     )
     meta, wire = body["metadata"], status.wire()
+    written = WrittenStatus(wire, meta.get("resourceVersion"))
     if wire == PipelineStatus.model_validate(body.get("status") or {}).wire():
-        return Outcome(status=wire)  # said already: no write, no second Event
+        return Outcome(status=written)  # said already: no write, no second Event
     kube.apply_status(PIPELINES, meta["namespace"], meta["name"], wire)
-    return Outcome(events=[Event("Warning", c.INVALID_SPEC, message)], status=wire)
+    return Outcome(events=[Event("Warning", c.INVALID_SPEC, message)], status=written)

@@ -12,7 +12,7 @@ from kubevision.api.camera import CameraSpec
 from kubevision.api.modelvariant import ModelVariantSpec
 from kubevision.operator.cameras import assignments
 from kubevision.operator.hardware import node_info
-from kubevision.operator.kube import Kube
+from kubevision.operator.kube import PIPELINES, Kube
 from kubevision.operator.pipelines import CameraRecord, Snapshot, reconcile_pipeline
 from kubevision.operator.planner import Camera, group_name
 from kubevision.operator.selection import Variant
@@ -497,6 +497,27 @@ def test_a_second_reconcile_changes_nothing(ns: Namespace, cluster: LocalCluster
     body = ns.get("pipeline", "people")
     reconcile_pipeline(kube, OperatorSettings(), body, snapshot(ns))
     assert state() == before
+
+
+def test_a_stale_status_written_after_ours_is_corrected(
+    ns: Namespace, cluster: LocalCluster
+) -> None:
+    """A shard's previous owner may finish a pass after the new owner wrote: its older status
+    lands last. The owner's next pass must write its own again, not trust that it did."""
+    ns.apply(docs=[SMALL_VARIANT, pipeline(stages={"detector": {"family": "tiny"}}), camera("c")])
+    wait_for(
+        lambda: (ns.get("pipeline", "p").get("status") or {}).get("cameras") == 1,
+        timeout=60,
+        what="the operator's status of the Pipeline",
+    )
+    stale = {**ns.get("pipeline", "p")["status"], "cameras": 0}
+    kube = Kube(cluster.api_client(), OperatorSettings().field_manager)
+    kube.apply_status(PIPELINES, ns.name, "p", stale)  # the operator's own field manager
+    wait_for(
+        lambda: ns.get("pipeline", "p")["status"]["cameras"] == 1,
+        timeout=60,
+        what="the operator to write its status over the stale one",
+    )
 
 
 # -- re-triggering ------------------------------------------------------------------------------
