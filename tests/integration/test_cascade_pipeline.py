@@ -48,9 +48,12 @@ def cloud_pipeline(broker: Mosquitto) -> dict[str, Any]:
 
 
 def ready(ns: Namespace) -> dict[str, Any] | None:
-    pipeline = ns.get("pipeline", "cloud")
-    condition = ns.condition("pipeline", "cloud", "Ready") or {}
-    return pipeline if condition.get("status") == "True" else None
+    """The Pipeline once Ready, its condition and groups read from one GET (two reads could
+    pair a Ready condition with the groups of an earlier status)."""
+    pipeline = ns.get("pipeline", "cloud") or {}
+    conditions = (pipeline.get("status") or {}).get("conditions", [])
+    ready_ = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+    return pipeline if ready_ else None
 
 
 def test_a_cascade_pipeline_classifies_the_crops_of_edge_events(
