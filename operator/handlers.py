@@ -13,6 +13,7 @@ import contextlib
 import copy
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
@@ -86,7 +87,17 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 30
     operator_settings = OperatorSettings.from_env()
     memo.settings = operator_settings
-    memo.kube = Kube.connect(operator_settings.field_manager)
+    # every blocking call runs in the loop's default executor: reconciles, status writers and
+    # the shard loop each need a thread (asyncio's default is cores + 4) and a connection
+    threads = operator_settings.max_concurrent_reconciles + operator_settings.status_writers + 2
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(threads, thread_name_prefix="kubevision")
+    )
+    # a reconcile's camera writes run side by side (pipelines.side_by_side) in threads of
+    # their own, so each slot may hold status_writers connections at once
+    writers = operator_settings.status_writers
+    connections = threads + operator_settings.max_concurrent_reconciles * writers
+    memo.kube = Kube.connect(operator_settings.field_manager, connections=connections)
     memo.triggers = Triggers()
     memo.node_facts = {}
     memo.camera_facts = {}
@@ -667,10 +678,20 @@ async def _flush_camera_status(memo: kopf.Memo) -> None:
                 queue.put(key, body, now, tick)
         elif due and index is not None:
             live = {(ns, p) for ns in {key[0] for key, _ in due} for p in index.get(ns, [])}
-            try:
-                await asyncio.to_thread(_write_camera_statuses, memo, due, live)
-            except Exception:  # a bug must not end the flusher
-                log.exception("camera status flush failed")
+            writers = min(settings.status_writers, len(due))
+            written = await asyncio.gather(
+                *(
+                    asyncio.to_thread(_write_camera_statuses, memo, due[i::writers], live)
+                    for i in range(writers)
+                ),
+                return_exceptions=True,
+            )
+            for part, failed in zip(range(writers), written, strict=True):
+                if isinstance(failed, BaseException):  # a bug must not end the flusher
+                    log.error("camera status flush failed", exc_info=failed)
+                    failed = due[part::writers]
+                for key, body in failed:
+                    queue.requeue(key, body, time.monotonic(), _RETRY_SECONDS)
 
 
 def _awaiting_assignment(memo: kopf.Memo, body: dict[str, Any]) -> bool:
@@ -683,13 +704,19 @@ def _awaiting_assignment(memo: kopf.Memo, body: dict[str, Any]) -> bool:
     return triggers.selected(meta["namespace"], meta.get("labels") or {})
 
 
+_RETRY_SECONDS = 1.0
+"""How long a Camera whose status write failed waits before the next try."""
+
+
 def _write_camera_statuses(
     memo: kopf.Memo, due: list[tuple[Any, dict[str, Any]]], live: set[tuple[str, str]]
-) -> None:
+) -> list[tuple[Any, dict[str, Any]]]:
     """Keep sourceHost, observedGeneration and Ready current, and drop the assignments of
     Pipelines that are gone (their deletion may have happened while no operator ran, or
     between kopf releasing the finalizer and :func:`pipeline_deleted`; kopf lists every Camera
-    again after a restart, so this heals them). A Camera that fails is queued again."""
+    again after a restart, so this heals them). Runs in a worker thread; returns the Cameras
+    whose write failed, for the event loop to queue again."""
+    failed = []
     for (namespace, name), body in due:
         try:
             with memo.operator_metrics.reconciling("camera"):
@@ -702,10 +729,11 @@ def _write_camera_statuses(
             if exc.status != 404:
                 log.warning("camera %s/%s status not written (%s); retrying", namespace, name,
                             exc.status)  # fmt: skip
-                memo.camera_queue.requeue((namespace, name), body, time.monotonic(), 1.0)
+                failed.append(((namespace, name), body))
         except (OSError, HTTPError) as exc:
             log.warning("camera %s/%s status not written (%s); retrying", namespace, name, exc)
-            memo.camera_queue.requeue((namespace, name), body, time.monotonic(), 1.0)
+            failed.append(((namespace, name), body))
+    return failed
 
 
 @kopf.on.event(GROUP, VERSION, "modelvariants", when=lambda type, **_: type != "DELETED")

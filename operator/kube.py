@@ -73,13 +73,18 @@ class Kube:
         self.field_manager = field_manager
 
     @classmethod
-    def connect(cls, field_manager: str) -> Kube:
-        """In-cluster credentials in a pod, else the current kubeconfig."""
+    def connect(cls, field_manager: str, connections: int | None = None) -> Kube:
+        """In-cluster credentials in a pod, else the current kubeconfig; ``connections``
+        kept open to the apiserver (one per thread that calls it at once; the client's
+        default is 5 per CPU)."""
         try:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
-        return cls(client.ApiClient(), field_manager)
+        configuration = client.Configuration.get_default_copy()
+        if connections is not None:
+            configuration.connection_pool_maxsize = connections
+        return cls(client.ApiClient(configuration), field_manager)
 
     def _call(
         self,

@@ -12,9 +12,10 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -68,12 +69,15 @@ from kubevision.operator.selection import Variant
 from kubevision.operator.settings import OperatorSettings
 from kubevision.operator.streamhealth import (
     DISCONNECTED,
+    Change,
     Reports,
     StreamLedger,
     event_message,
 )
 
 log = logging.getLogger("kubevision.operator.pipelines")
+T = TypeVar("T")
+R = TypeVar("R")
 
 # When several problems exist, the Degraded condition leads with the most fundamental one.
 _PROBLEM_ORDER = (c.NO_SCHEDULABLE_NODES, c.NO_MATCHING_VARIANT, c.NO_CAPACITY)
@@ -456,18 +460,26 @@ def _update_camera_assignments(
                 )
     manager = camera_field_manager(settings, pipeline)
     now = dt.datetime.now(dt.UTC)
-    events = []
     ledger.keep_only({r.camera.name for r in cameras})
+    changes = []
     for record in cameras:
         name = record.camera.name
         change = ledger.change(
             name, record.assignments.get(pipeline), placements.get(name), streams, now
         )
-        if change is None:
-            continue
+        if change is not None:
+            changes.append((name, change))
+
+    def write(item: tuple[str, Change]) -> dict[str, Any]:
+        name, change = item
+        camera = apply_camera_assignment(kube, namespace, name, change.entry, manager)
+        ledger.record(name, change.entry)
+        return camera
+
+    written = side_by_side(write, changes, settings.status_writers)
+    events = []
+    for (name, change), camera in zip(changes, written, strict=True):
         want, kind = change.entry, change.event
-        camera = apply_camera_assignment(kube, namespace, name, want, manager)
-        ledger.record(name, want)
         if kind is not None and want is not None:
             log.info(
                 "camera stream %s",
@@ -477,6 +489,16 @@ def _update_camera_assignments(
             level = "Warning" if kind == DISCONNECTED else "Normal"
             events.append(CameraEvent(camera, Event(level, kind, event_message(kind, want))))
     return events
+
+
+def side_by_side(call: Callable[[T], R], items: Sequence[T], most: int) -> list[R]:
+    """``call`` on every item, up to ``most`` at once: each is a round trip to the apiserver,
+    so a new site's hundred Cameras are written side by side, not one latency after another.
+    The first failure is raised (after the calls already started have finished)."""
+    if len(items) <= 1:
+        return [call(item) for item in items]
+    with ThreadPoolExecutor(min(most, len(items))) as pool:
+        return list(pool.map(call, items))
 
 
 def apply_camera_assignment(

@@ -67,6 +67,9 @@ class OperatorSettings(BaseModel):
     max_concurrent_reconciles: int = Field(default=4, ge=1)
     """Pipeline reconciles running at once (each Pipeline has at most one pending trigger, so
     the work queue is bounded by the number of Pipelines)."""
+    status_writers: int = Field(default=8, ge=1)
+    """Camera status writes in flight at once (each a round trip to the apiserver: written one
+    after another, a burst of thousands of Cameras waits on latency, not on the server)."""
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -98,4 +101,5 @@ class OperatorSettings(BaseModel):
                 os.environ.get("KUBEVISION_STATUS_COALESCE_SECONDS") or 1.0
             ),
             max_concurrent_reconciles=int(os.environ.get("KUBEVISION_MAX_RECONCILES") or 4),
+            status_writers=int(os.environ.get("KUBEVISION_STATUS_WRITERS") or 8),
         )

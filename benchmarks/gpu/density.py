@@ -47,6 +47,7 @@ import argparse
 import json
 import math
 import multiprocessing as mp
+import os
 import platform
 import queue
 import subprocess
@@ -383,6 +384,7 @@ class KubeVisionWorker:
         live = [self._sources[f"cam-{i:03d}"] for i in range(streams) if not self._setup.decodes]
         time.sleep(warmup)  # a benchmark's measuring window, not synchronisation
         offered_before = sum(s.offered for s in live)
+        _mark_measuring()
         self._collector.start()
         time.sleep(seconds)
         measured = self._collector.stop()
@@ -390,6 +392,16 @@ class KubeVisionWorker:
         if self._setup.decodes:
             offered = round(streams * FPS * seconds)  # what the cameras sent
         return {"offered": offered, **measured}
+
+
+PROFILE_DIR_ENV = "DENSITY_PROFILE_DIR"
+"""Where a worker process says (a file named for its pid) that its measuring window began,
+so a profiler (profile_on_device.sh) samples the steady state, not model loading."""
+
+
+def _mark_measuring() -> None:
+    if folder := os.environ.get(PROFILE_DIR_ENV):
+        Path(folder, f"measuring.{os.getpid()}").touch()
 
 
 class BaselineLoop:
