@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,7 @@ from kubevision.operator.pipelines import (
     apply_camera_assignment,
     camera_field_manager,
     reconcile_pipeline,
+    side_by_side,
 )
 from kubevision.operator.planner import Camera
 from kubevision.operator.rollout import Observation, RolloutMemory
@@ -87,16 +89,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 30
     operator_settings = OperatorSettings.from_env()
     memo.settings = operator_settings
-    # every blocking call runs in the loop's default executor: reconciles, status writers and
-    # the shard loop each need a thread (asyncio's default is cores + 4) and a connection
-    threads = operator_settings.max_concurrent_reconciles + operator_settings.status_writers + 2
+    # blocking calls run in the loop's default executor: each reconcile slot, the camera
+    # status flusher and the shard loop need a thread (asyncio's default is cores + 4); the
+    # slots and the flusher write Cameras side by side (pipelines.side_by_side), so each may
+    # hold status_writers connections at once
+    threads = operator_settings.max_concurrent_reconciles + 2
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(threads, thread_name_prefix="kubevision")
     )
-    # a reconcile's camera writes run side by side (pipelines.side_by_side) in threads of
-    # their own, so each slot may hold status_writers connections at once
-    writers = operator_settings.status_writers
-    connections = threads + operator_settings.max_concurrent_reconciles * writers
+    connections = (threads - 1) * operator_settings.status_writers + 1
     memo.kube = Kube.connect(operator_settings.field_manager, connections=connections)
     memo.triggers = Triggers()
     memo.node_facts = {}
@@ -678,19 +679,18 @@ async def _flush_camera_status(memo: kopf.Memo) -> None:
                 queue.put(key, body, now, tick)
         elif due and index is not None:
             live = {(ns, p) for ns in {key[0] for key, _ in due} for p in index.get(ns, [])}
-            writers = min(settings.status_writers, len(due))
-            written = await asyncio.gather(
-                *(
-                    asyncio.to_thread(_write_camera_statuses, memo, due[i::writers], live)
-                    for i in range(writers)
-                ),
-                return_exceptions=True,
-            )
-            for part, failed in zip(range(writers), written, strict=True):
-                if isinstance(failed, BaseException):  # a bug must not end the flusher
-                    log.error("camera status flush failed", exc_info=failed)
-                    failed = due[part::writers]
-                for key, body in failed:
+            try:
+                failed = await asyncio.to_thread(
+                    side_by_side,
+                    functools.partial(_write_camera_status, memo, live),
+                    due,
+                    settings.status_writers,
+                )
+            except Exception:  # a bug must not end the flusher: try them all again later
+                log.exception("camera status flush failed")
+                failed = [True] * len(due)
+            for (key, body), failure in zip(due, failed, strict=True):
+                if failure:
                     queue.requeue(key, body, time.monotonic(), _RETRY_SECONDS)
 
 
@@ -708,32 +708,31 @@ _RETRY_SECONDS = 1.0
 """How long a Camera whose status write failed waits before the next try."""
 
 
-def _write_camera_statuses(
-    memo: kopf.Memo, due: list[tuple[Any, dict[str, Any]]], live: set[tuple[str, str]]
-) -> list[tuple[Any, dict[str, Any]]]:
+def _write_camera_status(
+    memo: kopf.Memo, live: set[tuple[str, str]], due: tuple[Any, dict[str, Any]]
+) -> bool:
     """Keep sourceHost, observedGeneration and Ready current, and drop the assignments of
     Pipelines that are gone (their deletion may have happened while no operator ran, or
     between kopf releasing the finalizer and :func:`pipeline_deleted`; kopf lists every Camera
-    again after a restart, so this heals them). Runs in a worker thread; returns the Cameras
-    whose write failed, for the event loop to queue again."""
-    failed = []
-    for (namespace, name), body in due:
-        try:
-            with memo.operator_metrics.reconciling("camera"):
-                assigned = set(cameras.assignments(dict(body.get("status") or {})))
-                for pipeline in assigned - {p for ns, p in live if ns == namespace}:
-                    manager = camera_field_manager(memo.settings, pipeline)
-                    apply_camera_assignment(memo.kube, namespace, name, None, manager)
-                _sync_status(memo.kube, CAMERAS, body, cameras)
-        except ApiException as exc:
-            if exc.status != 404:
-                log.warning("camera %s/%s status not written (%s); retrying", namespace, name,
-                            exc.status)  # fmt: skip
-                failed.append(((namespace, name), body))
-        except (OSError, HTTPError) as exc:
-            log.warning("camera %s/%s status not written (%s); retrying", namespace, name, exc)
-            failed.append(((namespace, name), body))
-    return failed
+    again after a restart, so this heals them). Runs in a worker thread; returns whether the
+    write failed, for the event loop to queue the Camera again."""
+    (namespace, name), body = due
+    try:
+        with memo.operator_metrics.reconciling("camera"):
+            assigned = set(cameras.assignments(dict(body.get("status") or {})))
+            for pipeline in assigned - {p for ns, p in live if ns == namespace}:
+                manager = camera_field_manager(memo.settings, pipeline)
+                apply_camera_assignment(memo.kube, namespace, name, None, manager)
+            _sync_status(memo.kube, CAMERAS, body, cameras)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        log.warning("camera %s/%s status not written (%s); retrying", namespace, name, exc.status)
+        return True
+    except (OSError, HTTPError) as exc:
+        log.warning("camera %s/%s status not written (%s); retrying", namespace, name, exc)
+        return True
+    return False
 
 
 @kopf.on.event(GROUP, VERSION, "modelvariants", when=lambda type, **_: type != "DELETED")

@@ -493,7 +493,7 @@ def _update_camera_assignments(
 
 def side_by_side(call: Callable[[T], R], items: Sequence[T], most: int) -> list[R]:
     """``call`` on every item, up to ``most`` at once: each is a round trip to the apiserver,
-    so a new site's hundred Cameras are written side by side, not one latency after another.
+    so a burst of Camera writes waits on the server, not on one latency after another.
     The first failure is raised (after the calls already started have finished)."""
     if len(items) <= 1:
         return [call(item) for item in items]

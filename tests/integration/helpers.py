@@ -22,6 +22,14 @@ from tests.envtest.cluster import LocalCluster
 from tests.envtest.sinks import track_event
 
 
+def condition_of(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    """The ``type_`` condition of an object as read (None: no such condition)."""
+    for cond in ((obj or {}).get("status") or {}).get("conditions", []):
+        if cond["type"] == type_:
+            return dict(cond)
+    return None
+
+
 class Namespace:
     """kubectl in one test namespace, plus readers for what the operator produced."""
 
@@ -53,11 +61,7 @@ class Namespace:
         return list(result["items"]) if result else []
 
     def condition(self, kind: str, name: str, type_: str) -> dict[str, Any] | None:
-        obj = self.get(kind, name)
-        for cond in ((obj or {}).get("status") or {}).get("conditions", []):
-            if cond["type"] == type_:
-                return dict(cond)
-        return None
+        return condition_of(self.get(kind, name), type_)
 
     def worker_config(self, name: str) -> WorkerConfig:
         cm = self.get("configmap", name)

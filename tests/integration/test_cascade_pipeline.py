@@ -22,7 +22,7 @@ from tests.envtest.controlplane import REPO_ROOT
 from tests.envtest.podrunner import PodRunner
 from tests.envtest.poll import wait_for
 from tests.envtest.sinks import MOSQUITTO, Mosquitto, subscriber
-from tests.integration.helpers import Namespace, edge_events
+from tests.integration.helpers import Namespace, condition_of, edge_events
 
 CATALOG = REPO_ROOT / "model_catalog" / "variants"
 GROUP = group_name("cloud", None, "cpu")
@@ -50,10 +50,9 @@ def cloud_pipeline(broker: Mosquitto) -> dict[str, Any]:
 def ready(ns: Namespace) -> dict[str, Any] | None:
     """The Pipeline once Ready, its condition and groups read from one GET (two reads could
     pair a Ready condition with the groups of an earlier status)."""
-    pipeline = ns.get("pipeline", "cloud") or {}
-    conditions = (pipeline.get("status") or {}).get("conditions", [])
-    ready_ = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-    return pipeline if ready_ else None
+    pipeline = ns.get("pipeline", "cloud")
+    condition = condition_of(pipeline, "Ready") or {}
+    return pipeline if condition.get("status") == "True" else None
 
 
 def test_a_cascade_pipeline_classifies_the_crops_of_edge_events(
