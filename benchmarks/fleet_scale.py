@@ -140,11 +140,15 @@ class Audit:
         inside = [r for r in self.requests if start <= r.at <= end and r.user in users]
         verbs = Counter(r.verb for r in inside)
         writes = Counter(f"{r.verb} {r.resource}" for r in inside if r.write)
+        by_manager = Counter(
+            f"{r.verb} {r.resource} by {r.manager}" for r in inside if r.write and r.manager
+        )
         seconds = max(end - start, 1e-9)
         return {
             "seconds": round(seconds, 1),
             "by_verb": dict(sorted(verbs.items())),
             "writes_by_resource": dict(writes.most_common()),
+            "applies_by_field_manager": dict(by_manager.most_common()),
             "writes": sum(writes.values()),
             "writes_per_second": round(sum(writes.values()) / seconds, 2),
             "requests_per_second": round(len(inside) / seconds, 2),
@@ -710,6 +714,8 @@ def markdown(r: dict[str, Any]) -> str:
                 else []
             ),
             f"Burst writes by resource: {b['operator']['api']['writes_by_resource']}.",
+            "Burst server-side applies by field manager: "
+            f"{b['operator']['api']['applies_by_field_manager']}.",
             "Reproduce: `make bench-fleet` (`python -m benchmarks.fleet_scale`).",
             "",
         ]

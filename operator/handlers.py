@@ -644,19 +644,31 @@ async def camera_status(
 
 _AWAIT_ASSIGNMENT_SECONDS = 10.0
 """How long a new Camera that a Pipeline selects waits for its assignment before its status
-says NoPipeline: during a GitOps burst the assignment comes within seconds, and writing
-Ready=False first would double the Camera status writes of the burst."""
+says NoPipeline: the assignment normally comes within seconds, and writing Ready=False first
+would double the Camera's status writes."""
+
+_BURST_QUEUED_CAMERAS = 200
+"""Queued Cameras from which a replica is in a burst (a GitOps sync of a fleet)."""
+
+_AWAIT_ASSIGNMENT_IN_BURST_SECONDS = 180.0
+"""The wait for an assignment during a burst: the Pipelines' assignment writes queue behind
+thousands of others (at 10,000 Cameras they came ~2 minutes after the Camera), and a
+NoPipeline write for each Camera meanwhile would add a third of the burst's writes, slowing
+every assignment further."""
 
 
 def _hold(memo: kopf.Memo, body: dict[str, Any]) -> float:
     """How long a Camera's status may wait for more changes: none once it is assigned (the
     change a new Camera waits for came); a new Camera that a Pipeline selects waits for its
-    assignment (so created + assigned is one write); any other change a short while."""
+    assignment (so created + assigned is one write), longer in a burst; any other change a
+    short while."""
     settings: OperatorSettings = memo.settings
     if (body.get("status") or {}).get("assignments"):
         return 0.0
     if _awaiting_assignment(memo, body):
-        return max(settings.status_coalesce_seconds, _AWAIT_ASSIGNMENT_SECONDS)
+        burst = len(memo.camera_queue) >= _BURST_QUEUED_CAMERAS
+        wait = _AWAIT_ASSIGNMENT_IN_BURST_SECONDS if burst else _AWAIT_ASSIGNMENT_SECONDS
+        return max(settings.status_coalesce_seconds, wait)
     return settings.status_coalesce_seconds
 
 

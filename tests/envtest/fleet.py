@@ -21,12 +21,14 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -326,6 +328,9 @@ class Request:
     verb: str
     resource: str
     code: int
+    manager: str = ""
+    """The write's fieldManager (server-side apply), with a Pipeline's name folded to ``*``
+    (``kubevision-operator-pipeline-*``): whose writes they are, not which Pipeline's."""
 
     @property
     def write(self) -> bool:
@@ -358,9 +363,15 @@ def read_audit(path: Path, offset: int = 0) -> tuple[list[Request], int]:
                 verb=event["verb"],
                 resource=resource,
                 code=int((event.get("responseStatus") or {}).get("code", 0)),
+                manager=_field_manager(event.get("requestURI", "")),
             )
         )
     return out, offset + end
+
+
+def _field_manager(uri: str) -> str:
+    managers = urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query).get("fieldManager", [""])
+    return re.sub(r"-pipeline-.*$", "-pipeline-*", managers[0])
 
 
 # -- kwok -----------------------------------------------------------------------------------

@@ -9,8 +9,12 @@ import copy
 from collections import Counter
 from typing import Any
 
+import kopf
+
 from kubevision.api.common import LabelSelector
+from kubevision.operator import handlers
 from kubevision.operator.applied import AppliedObjects, desired_hash, stamp
+from kubevision.operator.settings import OperatorSettings
 from kubevision.operator.shards import shard_of, split
 from kubevision.operator.statusqueue import StatusQueue
 from kubevision.operator.triggers import Triggers
@@ -130,3 +134,19 @@ def test_a_camera_change_wakes_only_the_pipelines_that_select_it() -> None:
         return {k[1] for k, e in triggers._events.items() if e.is_set()}
 
     assert asyncio.run(run()) == {"a", "b", "c", "new"}
+
+
+def test_a_new_camera_waits_longer_for_its_assignment_during_a_burst() -> None:
+    """A lone new Camera gets NoPipeline after the short wait; in a burst its status waits
+    for the assignment (one write, not NoPipeline first); once assigned it is due at once."""
+    triggers = Triggers()
+    triggers.register(("cams", "site-1"))
+    memo = kopf.Memo(settings=OperatorSettings(), triggers=triggers, camera_queue=StatusQueue())
+    new = {"metadata": {"namespace": "cams", "name": "c1", "labels": {"site": "1"}}, "spec": {}}
+    assigned = {**new, "status": {"assignments": [{"pipeline": "site-1"}]}}
+
+    assert handlers._hold(memo, new) == handlers._AWAIT_ASSIGNMENT_SECONDS
+    for i in range(handlers._BURST_QUEUED_CAMERAS):
+        memo.camera_queue.put(("cams", f"c{i}"), new, 0.0)
+    assert handlers._hold(memo, new) == handlers._AWAIT_ASSIGNMENT_IN_BURST_SECONDS
+    assert handlers._hold(memo, assigned) == 0.0
