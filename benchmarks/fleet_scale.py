@@ -31,6 +31,7 @@ import copy
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -510,6 +511,8 @@ def measure(shape: FleetShape, shards: int, args: argparse.Namespace) -> dict[st
                 run.cameras.stop()
                 for op in operators:
                     op.stop()
+                if args.keep_logs:  # the state folder goes with the run
+                    shutil.copytree(Path(tmp) / "logs", args.keep_logs, dirs_exist_ok=True)
             result |= run.result
             pods = sum(
                 1 for _ in list_json(fleet.api_client(), f"/api/v1/namespaces/{NAMESPACE}/pods")
@@ -733,6 +736,9 @@ def main() -> int:
     parser.add_argument("--steady-seconds", type=float, default=40)
     parser.add_argument("--churn-seconds", type=float, default=60)
     parser.add_argument("--name", default="fleet_scale")
+    parser.add_argument(
+        "--keep-logs", type=Path, help="copy the run's logs (operators, kwok, control plane) here"
+    )
     args = parser.parse_args()
     shape = FleetShape(
         sites=args.sites,

@@ -178,6 +178,7 @@ def camera_index(
     labels: kopf.Labels,
     spec: kopf.Spec,
     status: kopf.Status,
+    meta: kopf.Meta,
     **_: Any,
 ) -> dict[str, CameraRecord]:
     try:
@@ -185,7 +186,11 @@ def camera_index(
     except ValidationError as exc:
         log.warning("camera %s/%s ignored: %s", namespace, name, exc.errors()[0]["msg"])
         return {}
-    record = CameraRecord(Camera(name, dict(labels), parsed), cameras.assignments(dict(status)))
+    record = CameraRecord(
+        Camera(name, dict(labels), parsed),
+        cameras.assignments(dict(status)),
+        meta.get("resourceVersion"),
+    )
     keys: list[Any] = [namespace]
     keys += [("label", namespace, k, v) for k, v in labels.items()]
     keys += [("assigned", namespace, pipeline) for pipeline in record.assignments]
