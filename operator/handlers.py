@@ -178,7 +178,6 @@ def camera_index(
     labels: kopf.Labels,
     spec: kopf.Spec,
     status: kopf.Status,
-    meta: kopf.Meta,
     **_: Any,
 ) -> dict[str, CameraRecord]:
     try:
@@ -186,11 +185,7 @@ def camera_index(
     except ValidationError as exc:
         log.warning("camera %s/%s ignored: %s", namespace, name, exc.errors()[0]["msg"])
         return {}
-    record = CameraRecord(
-        Camera(name, dict(labels), parsed),
-        cameras.assignments(dict(status)),
-        meta.get("resourceVersion"),
-    )
+    record = CameraRecord(Camera(name, dict(labels), parsed), cameras.assignments(dict(status)))
     keys: list[Any] = [namespace]
     keys += [("label", namespace, k, v) for k, v in labels.items()]
     keys += [("assigned", namespace, pipeline) for pipeline in record.assignments]

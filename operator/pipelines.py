@@ -89,8 +89,6 @@ class CameraRecord:
 
     camera: Camera
     assignments: dict[str, CameraAssignmentStatus]
-    version: str | None = None
-    """The Camera's resourceVersion as indexed (None: not known)."""
 
 
 @dataclass(frozen=True)
@@ -467,25 +465,20 @@ def _update_camera_assignments(
     for record in cameras:
         name = record.camera.name
         change = ledger.change(
-            name,
-            record.assignments.get(pipeline),
-            placements.get(name),
-            streams,
-            now,
-            record.version,
+            name, record.assignments.get(pipeline), placements.get(name), streams, now
         )
         if change is not None:
-            changes.append((name, change, record.version))
+            changes.append((name, change))
 
-    def write(item: tuple[str, Change, str | None]) -> dict[str, Any]:
-        name, change, version = item
+    def write(item: tuple[str, Change]) -> dict[str, Any]:
+        name, change = item
         camera = apply_camera_assignment(kube, namespace, name, change.entry, manager)
-        ledger.record(name, change.entry, version)
+        ledger.record(name, change.entry)
         return camera
 
     written = side_by_side(write, changes, settings.status_writers)
     events = []
-    for (name, change, _), camera in zip(changes, written, strict=True):
+    for (name, change), camera in zip(changes, written, strict=True):
         want, kind = change.entry, change.event
         if kind is not None and want is not None:
             log.info(

@@ -154,8 +154,6 @@ class StreamLedger:
     reported: dict[str, CameraAssignment] = field(default_factory=dict)
     """camera -> the last entry it wrote with a known stream state: the episode an Event
     opened, kept while the camera's worker restarts or the camera moves to another."""
-    written_over: dict[str, str] = field(default_factory=dict)
-    """camera -> the resourceVersion of the Camera the last write was decided on."""
 
     def change(
         self,
@@ -164,13 +162,11 @@ class StreamLedger:
         placement: CameraAssignment | None,
         seen: Reports | None,
         now: dt.datetime,
-        version: str | None = None,
     ) -> Change | None:
         """What to write for ``camera`` (None: nothing), given its entry in the index, where
-        the plan puts it (None: not this Pipeline's), this tick's reports and the
-        resourceVersion of the indexed Camera. Call :meth:`record` once the write
-        succeeded."""
-        have = self._current(camera, indexed, version)
+        the plan puts it (None: not this Pipeline's) and this tick's reports. Call
+        :meth:`record` once the write succeeded."""
+        have = self._current(camera, indexed)
         want = placement and next_assignment(placement, have, camera, seen, now)
         if want == have:
             return None
@@ -178,36 +174,26 @@ class StreamLedger:
         kind = None if want is None else transition(before or self.reported.get(camera), want)
         return Change(want, kind)
 
-    def record(
-        self, camera: str, entry: CameraAssignment | None, version: str | None = None
-    ) -> None:
-        """Remember a write (``None``: the entry was dropped, the episode ends with it),
-        decided on the Camera at resourceVersion ``version``."""
+    def record(self, camera: str, entry: CameraAssignment | None) -> None:
+        """Remember a write (``None``: the entry was dropped, the episode ends with it)."""
         if entry is None:
-            for book in (self.written, self.reported, self.written_over):
-                book.pop(camera, None)
+            self.written.pop(camera, None)
+            self.reported.pop(camera, None)
             return
         self.written[camera] = entry
-        if version is not None:
-            self.written_over[camera] = version
         if entry.connected is not None:
             self.reported[camera] = entry
 
     def keep_only(self, cameras: set[str]) -> None:
         """Forget cameras that no longer exist (bounded by the namespace's cameras)."""
-        for book in (self.written, self.reported, self.written_over):
+        for book in (self.written, self.reported):
             for gone in set(book) - cameras:
                 del book[gone]
 
-    def _current(
-        self, camera: str, indexed: CameraAssignment | None, version: str | None
-    ) -> CameraAssignment | None:
+    def _current(self, camera: str, indexed: CameraAssignment | None) -> CameraAssignment | None:
         """The entry the Camera has now: the one last written here, unless the index shows
-        none at all on a Camera that moved on since that write was decided (a new Camera,
-        one deleted and created again, or one whose entry someone removed: a new episode).
-        An index still at the version the write was decided on has not seen the write yet:
-        in a burst the watch runs minutes behind, and writing again would double it."""
-        if indexed is None and (version is None or self.written_over.get(camera) != version):
+        none at all (a new Camera, or one deleted and created again: a new episode too)."""
+        if indexed is None:
             self.record(camera, None)
             return None
         return self.written.get(camera, indexed)

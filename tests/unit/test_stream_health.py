@@ -353,20 +353,6 @@ def test_a_camera_created_again_opens_a_new_episode() -> None:
     assert run_ticks([(PLACED, seen(down()))], ledger, frozen=True) == [DISCONNECTED]
 
 
-def test_an_index_that_has_not_seen_a_new_entry_yet_gets_no_second_write() -> None:
-    """In a burst the watch runs behind: the index still shows the Camera as it was when the
-    entry was written (no entry, same resourceVersion), so nothing is written again; once the
-    Camera moved on without the entry (created again, or the entry removed) it is."""
-    ledger = StreamLedger()
-    first = ledger.change("cam", None, PLACED, None, T0, version="7")
-    assert first is not None
-    ledger.record("cam", first.entry, version="7")
-    assert ledger.change("cam", None, PLACED, None, T0, version="7") is None
-    again = ledger.change("cam", None, PLACED, None, T0, version="9")
-    assert again is not None
-    assert again.entry == first.entry
-
-
 def test_after_an_operator_restart_the_index_carries_the_episode() -> None:
     ledger = StreamLedger()
     run_ticks([(PLACED, seen(down()))], ledger)
