@@ -12,9 +12,10 @@ set -uo pipefail
 streams=$1 processes=$2 seconds=${3:-10}
 OUT=${OUT:-benchmarks/results}
 profile=$OUT/profile marks=/tmp/density_marks
-mkdir -p /tmp/site "$profile"
+mkdir -p /tmp/site /tmp/kv/kubevision "$profile"
 tar -xJf .whl/site312.tar.xz -C /tmp/site || exit 1
-export PYTHONPATH=/tmp/site:$PWD
+for d in api worker operator; do ln -sfn "$PWD/$d" "/tmp/kv/kubevision/$d"; done
+export PYTHONPATH=/tmp/site:/tmp/kv:$PWD
 python3 -m model_catalog.tools.prepare dynamic .gpu/assets/models/yolox_nano_416.onnx \
   /tmp/yolox_nano_dynamic.onnx || exit 1
 for mode in cpu gil; do
