@@ -6,7 +6,7 @@
 # samples SM and NVDEC utilisation beside every trial. Carry .whl and .gpu (see
 # density_on_device.sh). Results: $OUT/lanes<L>_n<N>.{json,md} and dmon_l<L>_n<N>.log.
 #
-#   bash benchmarks/gpu/lanes_on_device.sh STREAMS...
+#   [LANES="1 2"] bash benchmarks/gpu/lanes_on_device.sh STREAMS...
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
 mkdir -p /tmp/site /tmp/kv/kubevision "$OUT"
@@ -15,7 +15,7 @@ for d in api worker operator; do ln -sfn "$PWD/$d" "/tmp/kv/kubevision/$d"; done
 PYTHONPATH=/tmp/site:/tmp/kv:$PWD python3 -m model_catalog.tools.prepare dynamic \
   .gpu/assets/models/yolox_nano_416.onnx /tmp/yolox_nano_dynamic.onnx || exit 1
 for streams in "$@"; do
-  for lanes in 1 2; do
+  for lanes in ${LANES:-1 2}; do
     name=lanes${lanes}_n${streams}
     nvidia-smi dmon -s u -d 1 >"$OUT/dmon_l${lanes}_n${streams}.log" 2>&1 &
     dmon=$!
