@@ -64,6 +64,7 @@ import torch
 
 from benchmarks.common import machine, write_results
 from benchmarks.gpu.decode_throughput import Clip
+from benchmarks.gpu.kernel_profile import profiled
 from kubevision.api.camera import Sampling
 from kubevision.api.modelvariant import Artifact, InputSize
 from kubevision.api.pipeline import Slo, TrackerStage
@@ -389,7 +390,8 @@ class KubeVisionWorker:
         offered_before = sum(s.offered for s in live)
         _mark_measuring()
         self._collector.start()
-        time.sleep(seconds)
+        with profiled(lambda: len(self._collector.latencies)):
+            time.sleep(seconds)
         measured = self._collector.stop()
         offered = sum(s.offered for s in live) - offered_before
         if self._setup.decodes:
