@@ -186,12 +186,16 @@ class TorchBackend:
 
         Flatten-by-batch reshapes are folded first (:mod:`.shape_folding`), so exported
         classifiers (``x.view(x.size(0), -1)``) run without a device sync and capture as
-        CUDA graphs.
+        CUDA graphs; square max pools are split into row and column pools
+        (:mod:`.separable_pooling`: the same values for far fewer reads); and each
+        ``x * sigmoid(x)`` becomes one SiLU (:mod:`.silu_fusion`).
         """
         import onnx
         from onnx2torch import convert
 
+        from kubevision.worker.backends.separable_pooling import separate_max_pools
         from kubevision.worker.backends.shape_folding import fold_batch_reshapes
+        from kubevision.worker.backends.silu_fusion import fuse_silu
 
         # onnx2torch's Slice indexes with a list; torch warns on every process's first call.
         # The CPU tests compare the converted model with ONNX Runtime, so a semantic change
@@ -207,9 +211,14 @@ class TorchBackend:
         model = onnx.load(str(path))
         if folded := fold_batch_reshapes(model):
             log.info("folded %d shape-computed reshapes of %s into constants", folded, path.name)
+        if split := separate_max_pools(model):
+            log.info("split %d square max pools of %s into row and column pools", split, path.name)
         names = [o.name for o in model.graph.output]
+        module = convert(model)
+        if fused := fuse_silu(module):
+            log.info("fused %d sigmoid-multiply pairs of %s into SiLU", fused, path.name)
         return cls(
-            convert(model),
+            module,
             input_shape=input_shape,
             fixed_batch=fixed_batch,
             output_names=names,
