@@ -50,15 +50,15 @@ def fold(events: Any) -> dict[str, Any]:
     """Kernel microseconds and launches by kernel name. CUPTI traces every kernel of the
     process; the profiler records torch ops only on the thread that started it, so a
     kernel's name, not its op, says which stage it belongs to."""
-    spent: Counter[str] = Counter()
+    spent: dict[str, float] = {}
     launches: Counter[str] = Counter()
     for event in events:
         if not str(getattr(event, "device_type", "")).endswith("CUDA"):
             continue
         name = event.name[:100]
-        spent[name] += float(getattr(event, "self_device_time_total", 0.0))
+        spent[name] = spent.get(name, 0.0) + float(getattr(event, "self_device_time_total", 0.0))
         launches[name] += 1
-    return {"kernel_us": dict(spent), "kernel_launches": dict(launches)}
+    return {"kernel_us": spent, "kernel_launches": dict(launches)}
 
 
 def summarise(folder: Path) -> dict[str, Any]:

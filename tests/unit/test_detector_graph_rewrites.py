@@ -5,12 +5,14 @@ sigmoid-multiply pairs fused into SiLU (the same outputs as ONNX Runtime)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 import onnxruntime as ort  # type: ignore[import-untyped]
 import pytest
 from onnx import TensorProto, helper
-from onnx2torch import convert  # type: ignore[import-untyped]
+from onnx2torch import convert
 from torch import nn
 
 from kubevision.worker.backends.pytorch import TorchBackend
@@ -24,7 +26,7 @@ def _run(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> list[np.ndarr
     return [np.asarray(o) for o in session.run(None, inputs)]
 
 
-def _pool_model(**attrs: object) -> onnx.ModelProto:
+def _pool_model(**attrs: Any) -> onnx.ModelProto:
     node = helper.make_node("MaxPool", ["x"], ["y"], **attrs)
     graph = helper.make_graph(
         [node],
@@ -55,7 +57,7 @@ def test_split_pool_gives_the_same_values(k: int) -> None:
         {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2], "ceil_mode": 1},
     ],
 )
-def test_other_pools_are_left_alone(attrs: dict[str, object]) -> None:
+def test_other_pools_are_left_alone(attrs: dict[str, Any]) -> None:
     model = _pool_model(**attrs)
     before = model.SerializeToString()
     assert separate_max_pools(model) == 0
