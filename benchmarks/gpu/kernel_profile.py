@@ -21,7 +21,7 @@ import contextlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ KERNEL_PROFILE_ENV = "DENSITY_KERNEL_PROFILE"
 
 
 @contextlib.contextmanager
-def profiled(frames: Any) -> Iterator[None]:
+def profiled(frames: Callable[[], int]) -> Iterator[None]:
     """Trace CUDA kernels while the block runs, when ``DENSITY_KERNEL_PROFILE`` is set;
     ``frames()`` (called after the block) gives the frames processed meanwhile."""
     folder = os.environ.get(KERNEL_PROFILE_ENV)

@@ -10,11 +10,13 @@ reading 275 inputs per output where 54 suffice.
 
 from __future__ import annotations
 
+from typing import Any
+
 import onnx
 from onnx import helper
 
 
-def _attributes(node: onnx.NodeProto) -> dict[str, object]:
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -24,15 +26,15 @@ def _square_window(node: onnx.NodeProto) -> int | None:
     if node.op_type != "MaxPool" or len(node.output) != 1:
         return None
     attrs = _attributes(node)
-    kernel = list(attrs.get("kernel_shape", []))  # type: ignore[call-overload]
+    kernel = list(attrs.get("kernel_shape", []))
     if len(kernel) != 2 or kernel[0] != kernel[1] or kernel[0] % 2 == 0 or kernel[0] < 3:
         return None
     k = int(kernel[0])
-    if list(attrs.get("strides", [1, 1])) != [1, 1]:  # type: ignore[call-overload]
+    if list(attrs.get("strides", [1, 1])) != [1, 1]:
         return None
-    if list(attrs.get("dilations", [1, 1])) != [1, 1]:  # type: ignore[call-overload]
+    if list(attrs.get("dilations", [1, 1])) != [1, 1]:
         return None
-    if list(attrs.get("pads", [])) != [k // 2] * 4:  # type: ignore[call-overload]
+    if list(attrs.get("pads", [])) != [k // 2] * 4:
         return None
     if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         return None
