@@ -52,7 +52,6 @@ from kubevision.operator.pipelines import (
     reconcile_pipeline,
     side_by_side,
 )
-from kubevision.operator.planner import Camera
 from kubevision.operator.rollout import Observation, RolloutMemory
 from kubevision.operator.scaling import (
     OperatorMetrics,
@@ -176,16 +175,17 @@ def camera_index(
     namespace: str,
     name: str,
     labels: kopf.Labels,
+    meta: kopf.Meta,
     spec: kopf.Spec,
     status: kopf.Status,
     **_: Any,
 ) -> dict[str, CameraRecord]:
     try:
         parsed = CameraSpec.model_validate(dict(spec))
+        record = CameraRecord.of(name, dict(labels), meta.get("generation"), parsed, dict(status))
     except ValidationError as exc:
         log.warning("camera %s/%s ignored: %s", namespace, name, exc.errors()[0]["msg"])
         return {}
-    record = CameraRecord(Camera(name, dict(labels), parsed), cameras.assignments(dict(status)))
     keys: list[Any] = [namespace]
     keys += [("label", namespace, k, v) for k, v in labels.items()]
     keys += [("assigned", namespace, pipeline) for pipeline in record.assignments]
@@ -734,7 +734,8 @@ def _write_camera_status(
             assigned = set(cameras.assignments(dict(body.get("status") or {})))
             for pipeline in assigned - {p for ns, p in live if ns == namespace}:
                 manager = camera_field_manager(memo.settings, pipeline)
-                apply_camera_assignment(memo.kube, namespace, name, None, manager)
+                status = cameras.entry_write_for(body, pipeline, None)
+                body = memo.kube.apply_status(CAMERAS, namespace, name, status, manager)
             _sync_status(memo.kube, CAMERAS, body, cameras)
     except ApiException as exc:
         if exc.status == 404:
@@ -772,4 +773,5 @@ def pipeline_deleted(
     with memo.operator_metrics.reconciling("pipeline"):
         for record in list(camera_index.get(("assigned", namespace, name), [])):
             if name in record.assignments:
-                apply_camera_assignment(memo.kube, namespace, record.camera.name, None, manager)
+                status = record.entry_write(name, None)
+                apply_camera_assignment(memo.kube, namespace, record.camera.name, status, manager)

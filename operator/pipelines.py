@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from kubevision.api.camera import CameraAssignment as CameraAssignmentStatus
+from kubevision.api.camera import CameraSpec, CameraStatus
 from kubevision.api.common import Condition
 from kubevision.api.modelvariant import ModelVariantStatus
 from kubevision.api.pipeline import GroupStatus, PipelineSpec, PipelineStatus, ScalingDecision
@@ -30,8 +31,8 @@ from kubevision.api.worker_config import (
     CascadeConfig,
     WorkerConfig,
 )
+from kubevision.operator import cameras, modelvariants, rollout
 from kubevision.operator import conditions as c
-from kubevision.operator import modelvariants, rollout
 from kubevision.operator.applied import AppliedObjects, stamp
 from kubevision.operator.builders import (
     GROUP_LABEL,
@@ -89,6 +90,31 @@ class CameraRecord:
 
     camera: Camera
     assignments: dict[str, CameraAssignmentStatus]
+    generation: int | None = None
+    conditions: tuple[Condition, ...] = ()
+    """The Camera's generation and conditions: a Pipeline's write of its entry carries the
+    Camera's summary (:func:`.cameras.entry_write`)."""
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        labels: dict[str, str],
+        generation: int | None,
+        spec: CameraSpec,
+        status: dict[str, Any],
+    ) -> CameraRecord:
+        """The record of a Camera as the API holds it (raises on a status it cannot read)."""
+        observed = CameraStatus.model_validate(status)
+        assigned = {a.pipeline: a for a in observed.assignments}
+        return cls(Camera(name, labels, spec), assigned, generation, tuple(observed.conditions))
+
+    def entry_write(self, pipeline: str, entry: CameraAssignmentStatus | None) -> dict[str, Any]:
+        """The status the Pipeline applies to set (or drop) its entry."""
+        status = CameraStatus(
+            assignments=list(self.assignments.values()), conditions=list(self.conditions)
+        )
+        return cameras.entry_write(self.camera.spec, self.generation, status, pipeline, entry)
 
 
 @dataclass(frozen=True)
@@ -442,7 +468,7 @@ def _update_camera_assignments(
     namespace: str,
     pipeline: str,
     plan: PipelinePlan,
-    cameras: list[CameraRecord],
+    records: list[CameraRecord],
     streams: Reports | None,
     ledger: StreamLedger,
 ) -> list[CameraEvent]:
@@ -460,25 +486,27 @@ def _update_camera_assignments(
                 )
     manager = camera_field_manager(settings, pipeline)
     now = dt.datetime.now(dt.UTC)
-    ledger.keep_only({r.camera.name for r in cameras})
+    ledger.keep_only({r.camera.name for r in records})
     changes = []
-    for record in cameras:
+    for record in records:
         name = record.camera.name
         change = ledger.change(
             name, record.assignments.get(pipeline), placements.get(name), streams, now
         )
         if change is not None:
-            changes.append((name, change))
+            changes.append((record, change))
 
-    def write(item: tuple[str, Change]) -> dict[str, Any]:
-        name, change = item
-        camera = apply_camera_assignment(kube, namespace, name, change.entry, manager)
-        ledger.record(name, change.entry)
+    def write(item: tuple[CameraRecord, Change]) -> dict[str, Any]:
+        record, change = item
+        status = record.entry_write(pipeline, change.entry)
+        camera = apply_camera_assignment(kube, namespace, record.camera.name, status, manager)
+        ledger.record(record.camera.name, change.entry)
         return camera
 
     written = side_by_side(write, changes, settings.status_writers)
     events = []
-    for (name, change), camera in zip(changes, written, strict=True):
+    for (record, change), camera in zip(changes, written, strict=True):
+        name = record.camera.name
         want, kind = change.entry, change.event
         if kind is not None and want is not None:
             log.info(
@@ -502,15 +530,10 @@ def side_by_side(call: Callable[[T], R], items: Sequence[T], most: int) -> list[
 
 
 def apply_camera_assignment(
-    kube: Kube,
-    namespace: str,
-    camera: str,
-    assignment: CameraAssignmentStatus | None,
-    manager: str,
+    kube: Kube, namespace: str, camera: str, status: dict[str, Any], manager: str
 ) -> dict[str, Any]:
-    """Set (or, with ``None``, drop) one Pipeline's entry; other Pipelines' entries stay.
-    Returns the Camera as Events refer to it."""
-    status: dict[str, Any] = {"assignments": [assignment.wire()]} if assignment else {}
+    """Apply one Pipeline's entry write (:func:`.cameras.entry_write`); other Pipelines'
+    entries stay. Returns the Camera as Events refer to it."""
     applied = kube.apply_status(CAMERAS, namespace, camera, status, field_manager=manager)
     meta = applied.get("metadata") or {}
     return {

@@ -10,11 +10,10 @@ import pytest
 
 from kubevision.api.camera import CameraSpec
 from kubevision.api.modelvariant import ModelVariantSpec
-from kubevision.operator.cameras import assignments
 from kubevision.operator.hardware import node_info
 from kubevision.operator.kube import PIPELINES, Kube
 from kubevision.operator.pipelines import CameraRecord, Snapshot, reconcile_pipeline
-from kubevision.operator.planner import Camera, group_name
+from kubevision.operator.planner import group_name
 from kubevision.operator.selection import Variant
 from kubevision.operator.settings import OperatorSettings
 from tests.envtest.cluster import LocalCluster
@@ -69,13 +68,12 @@ def pipeline(name: str = "p", **spec: Any) -> dict[str, Any]:
 def snapshot(ns: Namespace) -> Snapshot:
     """What the operator's indexes hold for this namespace, read straight from the API."""
     cameras = [
-        CameraRecord(
-            Camera(
-                c["metadata"]["name"],
-                c["metadata"].get("labels", {}),
-                CameraSpec.model_validate(c["spec"]),
-            ),
-            assignments(c.get("status")),
+        CameraRecord.of(
+            c["metadata"]["name"],
+            c["metadata"].get("labels", {}),
+            c["metadata"].get("generation"),
+            CameraSpec.model_validate(c["spec"]),
+            c.get("status") or {},
         )
         for c in ns.items("cameras")
     ]

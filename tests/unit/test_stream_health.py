@@ -10,6 +10,7 @@ import json
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
@@ -18,7 +19,12 @@ from kubevision.api.camera import LAST_ERROR_MAX, CameraAssignment, Sampling
 from kubevision.api.common import Condition
 from kubevision.api.worker_config import CameraAssignment as WorkerCamera
 from kubevision.operator import conditions as c
-from kubevision.operator.cameras import connected_condition, desired_status
+from kubevision.operator.cameras import (
+    connected_condition,
+    current_status,
+    desired_status,
+    entry_write_for,
+)
 from kubevision.operator.signals import CameraHealth, Scrape, parse_metrics, parse_status
 from kubevision.operator.streamhealth import (
     DISCONNECTED,
@@ -467,3 +473,45 @@ def test_camera_status_carries_connected_next_to_ready() -> None:
         (c.READY, "True"),
         (c.CONNECTED, "False"),
     ]
+
+
+def _applied(body: dict[str, Any], pipeline: str, write: dict[str, Any]) -> dict[str, Any]:
+    """The Camera after the apiserver merged a Pipeline's entry write (server-side apply: its
+    entry replaced or added at the end, the summary fields replaced)."""
+    others = [a for a in body["status"].get("assignments", []) if a["pipeline"] != pipeline]
+    status = {**body["status"], **write, "assignments": others + write.get("assignments", [])}
+    return {**body, "status": status}
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_an_entry_write_leaves_the_operator_nothing_to_write(paused: bool) -> None:
+    """A Pipeline's write of its entry carries Ready and Connected as they will be, so placing
+    a camera is one write: the operator's own check of the result finds nothing to change,
+    whichever order the entries end up in."""
+    body: dict[str, Any] = {
+        "metadata": {"name": "cam", "generation": 4},
+        "spec": {"source": {"url": "rtsp://cam.example/live"}, "paused": paused},
+        "status": {"assignments": [entry("b", True).wire()]},
+    }
+    body["status"] |= desired_status(body)
+    placed = _applied(body, "a", entry_write_for(body, "a", entry("a", None)))
+    assert current_status(placed) == desired_status(placed)
+    ready = next(x for x in placed["status"]["conditions"] if x["type"] == c.READY)
+    if not paused:
+        assert ready["message"] == "processed by a/a-cpu[0], b/b-cpu[0]"
+    dropped = _applied(placed, "b", entry_write_for(placed, "b", None))
+    assert [a["pipeline"] for a in dropped["status"]["assignments"]] == ["a"]
+    assert current_status(dropped) == desired_status(dropped)
+
+
+def test_dropping_the_last_entry_says_no_pipeline_in_the_same_write() -> None:
+    body = {
+        "metadata": {"name": "cam", "generation": 1},
+        "spec": {"source": {"url": "rtsp://user:pw@cam.example/live"}},
+        "status": {"assignments": [entry("a", True).wire()]},
+    }
+    write = entry_write_for(body, "a", None)
+    assert "assignments" not in write  # an apply without them drops only this manager's entry
+    assert write["sourceHost"] == "cam.example"
+    ready = next(x for x in write["conditions"] if x["type"] == c.READY)
+    assert (ready["status"], ready["reason"]) == ("False", c.NO_PIPELINE)
