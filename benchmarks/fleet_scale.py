@@ -141,6 +141,9 @@ class Audit:
         inside = [r for r in self.requests if start <= r.at <= end and r.user in users]
         verbs = Counter(r.verb for r in inside)
         writes = Counter(f"{r.verb} {r.resource}" for r in inside if r.write)
+        stored = Counter(
+            f"{r.verb} {r.resource}" for r in inside if r.write and 200 <= r.code < 300
+        )
         by_manager = Counter(
             f"{r.verb} {r.resource} by {r.manager}" for r in inside if r.write and r.manager
         )
@@ -149,6 +152,7 @@ class Audit:
             "seconds": round(seconds, 1),
             "by_verb": dict(sorted(verbs.items())),
             "writes_by_resource": dict(writes.most_common()),
+            "stored_writes_by_resource": dict(stored.most_common()),
             "applies_by_field_manager": dict(by_manager.most_common()),
             "writes": sum(writes.values()),
             "writes_per_second": round(sum(writes.values()) / seconds, 2),
@@ -561,6 +565,18 @@ def _api(w: dict[str, Any]) -> str:
     return f"{w['writes_per_second']} writes/s, {w['requests_per_second']} req/s ({verbs})"
 
 
+def _camera_status_writes(api: dict[str, Any], cameras: int) -> str:
+    """Camera status writes per Camera in the burst: those stored, and those the apiserver
+    refused (a queued body gone stale fails its resourceVersion precondition)."""
+    key = "patch cameras/status"
+    sent = api["writes_by_resource"].get(key, 0)
+    stored = api.get("stored_writes_by_resource", {}).get(key, sent)
+    return (
+        f"Burst Camera status writes: {round(stored / cameras, 2)} stored per Camera "
+        f"({stored}), {sent - stored} refused as stale (409, nothing written)."
+    )
+
+
 def _row(*cells: object) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -717,6 +733,7 @@ def markdown(r: dict[str, Any]) -> str:
                 else []
             ),
             f"Burst writes by resource: {b['operator']['api']['writes_by_resource']}.",
+            _camera_status_writes(b["operator"]["api"], fl["cameras"]),
             "Burst server-side applies by field manager: "
             f"{b['operator']['api']['applies_by_field_manager']}.",
             "Reproduce: `make bench-fleet` (`python -m benchmarks.fleet_scale`).",

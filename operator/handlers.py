@@ -182,7 +182,7 @@ def camera_index(
 ) -> dict[str, CameraRecord]:
     try:
         parsed = CameraSpec.model_validate(dict(spec))
-        record = CameraRecord.of(name, dict(labels), meta.get("generation"), parsed, dict(status))
+        record = CameraRecord.of(dict(meta), parsed, dict(status))
     except ValidationError as exc:
         log.warning("camera %s/%s ignored: %s", namespace, name, exc.errors()[0]["msg"])
         return {}
@@ -611,12 +611,19 @@ async def workload_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo,
 
 def _sync_status(kube: Kube, kind: Kind, body: Any, owner: ModuleType) -> None:
     """Apply ``owner.desired_status`` when it differs from what is there (else no write, so
-    our own status updates, which come back as events, do not loop)."""
+    our own status updates, which come back as events, do not loop). Only onto the version
+    ``body`` shows: a body that went stale while queued (a Pipeline placed the Camera
+    meanwhile) must not overwrite the newer status; its event brings the object again."""
     obj = dict(body)
     desired = owner.desired_status(obj)
     if desired != owner.current_status(obj):
         meta = obj["metadata"]
-        kube.apply_status(kind, meta["namespace"], meta["name"], desired)
+        version = meta.get("resourceVersion")
+        try:
+            kube.apply_status(kind, meta["namespace"], meta["name"], desired, None, version)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
 
 
 @kopf.on.event(GROUP, VERSION, "cameras")
@@ -634,18 +641,19 @@ async def camera_status(
     # of the memo, so it is shared through a dict made at start-up
     memo.pipelines_seen["index"] = pipeline_index
     queue: StatusQueue = memo.camera_queue
-    if type == "DELETED":
-        queue.discard((namespace, name))
-    elif memo.shards.owns(namespace, name):
+    if type == "DELETED" or not memo.shards.owns(namespace, name):
+        queue.discard((namespace, name))  # its shard's owner writes it (from newer events)
+    else:
         obj = dict(body)  # each event brings a fresh body: nothing mutates this one later
         if queue.put((namespace, name), obj, time.monotonic(), _hold(memo, obj)):
             memo.camera_wake.set()  # nothing more to wait for: write it now
 
 
-_AWAIT_ASSIGNMENT_SECONDS = 10.0
-"""How long a new Camera that a Pipeline selects waits for its assignment before its status
-says NoPipeline: the assignment normally comes within seconds, and writing Ready=False first
-would double the Camera's status writes."""
+_AWAIT_ASSIGNMENT_SECONDS = 30.0
+"""How long a new Camera (or one a Pipeline selects) waits for its assignment before its
+status says NoPipeline: the assignment normally comes within seconds (within ten, in a 500-Camera
+burst on two loaded cores), and writing Ready=False first would double the Camera's status
+writes."""
 
 _BURST_QUEUED_CAMERAS = 200
 """Queued Cameras from which a replica is in a burst (a GitOps sync of a fleet)."""
@@ -684,7 +692,8 @@ async def _flush_camera_status(memo: kopf.Memo) -> None:
             await asyncio.wait_for(memo.camera_wake.wait(), tick)
         memo.camera_wake.clear()
         now = time.monotonic()
-        due = queue.take(now)
+        # a shard handed over meanwhile: its new owner lists and writes its Cameras
+        due = [(key, body) for key, body in queue.take(now) if memo.shards.owns(*key)]
         index: kopf.Index[str, str] | None = memo.pipelines_seen.get("index")
         if due and index is None:  # no Camera event yet (only a takeover's list): next tick
             for key, body in due:
@@ -707,10 +716,14 @@ async def _flush_camera_status(memo: kopf.Memo) -> None:
 
 
 def _awaiting_assignment(memo: kopf.Memo, body: dict[str, Any]) -> bool:
-    """A Camera with no assignment yet that some live Pipeline selects (and not paused)."""
+    """A Camera with no assignment yet (and not paused) that some live Pipeline selects, or
+    that is new: a GitOps sync applies Pipelines and Cameras together, and the Pipelines'
+    events may reach the operator after their Cameras'."""
     status = body.get("status") or {}
     if status.get("assignments") or (body.get("spec") or {}).get("paused"):
         return False
+    if not status.get("conditions"):
+        return True
     meta = body["metadata"]
     triggers: Triggers = memo.triggers
     return triggers.selected(meta["namespace"], meta.get("labels") or {})

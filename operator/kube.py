@@ -93,6 +93,7 @@ class Kube:
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
+        retried: frozenset[int] = _RETRIED,
     ) -> Any:
         """One REST call; raises ApiException (with the server's message) unless 2xx. A
         conflict, throttling (429) or an overloaded server is retried a few times with jittered
@@ -102,7 +103,7 @@ class Kube:
             try:
                 return self._call_once(method, path, body, query, content_type)
             except ApiException as exc:
-                if exc.status not in _RETRIED or attempt == _ATTEMPTS - 1:
+                if exc.status not in retried or attempt == _ATTEMPTS - 1:
                     raise
                 delay = _retry_delay(exc, attempt)
                 log.info("%s %s answered %s; retrying in %.2fs", method, path, exc.status, delay)
@@ -140,12 +141,14 @@ class Kube:
         subresource: str | None = None,
         field_manager: str | None = None,
     ) -> dict[str, Any]:
-        """Server-side apply ``obj`` (forcing ownership of the fields it sets)."""
+        """Server-side apply ``obj`` (forcing ownership of the fields it sets). With a
+        ``metadata.resourceVersion`` (a precondition) a conflict is not retried: the same
+        request could never succeed."""
         meta = obj["metadata"]
         query = [("fieldManager", field_manager or self.field_manager), ("force", "true")]
-        result: dict[str, Any] = self._call(
-            "PATCH", kind.path(meta["namespace"], meta["name"], subresource), obj, query, _APPLY
-        )
+        retried = _RETRIED - {409} if "resourceVersion" in meta else _RETRIED
+        path = kind.path(meta["namespace"], meta["name"], subresource)
+        result: dict[str, Any] = self._call("PATCH", path, obj, query, _APPLY, retried)
         return result
 
     def apply_status(
@@ -155,13 +158,18 @@ class Kube:
         name: str,
         status: dict[str, Any],
         field_manager: str | None = None,
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
         """Server-side apply the fields in ``status`` (fields this manager set before and
-        left out now are removed; other managers' fields stay); returns the object."""
+        left out now are removed; other managers' fields stay); returns the object. With
+        ``resource_version``, only onto that version of the object (else 409 Conflict)."""
+        meta = {"name": name, "namespace": namespace}
+        if resource_version is not None:
+            meta["resourceVersion"] = resource_version
         obj = {
             "apiVersion": kind.api_version,
             "kind": kind.kind,
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": meta,
             "status": status,
         }
         return self.apply(kind, obj, subresource="status", field_manager=field_manager)

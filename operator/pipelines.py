@@ -94,20 +94,25 @@ class CameraRecord:
     conditions: tuple[Condition, ...] = ()
     """The Camera's generation and conditions: a Pipeline's write of its entry carries the
     Camera's summary (:func:`.cameras.entry_write`)."""
+    resource_version: str | None = None
+    """The version the index holds (how a reconciler tells its own write not seen yet)."""
 
     @classmethod
     def of(
         cls,
-        name: str,
-        labels: dict[str, str],
-        generation: int | None,
+        meta: dict[str, Any],
         spec: CameraSpec,
         status: dict[str, Any],
     ) -> CameraRecord:
         """The record of a Camera as the API holds it (raises on a status it cannot read)."""
         observed = CameraStatus.model_validate(status)
-        assigned = {a.pipeline: a for a in observed.assignments}
-        return cls(Camera(name, labels, spec), assigned, generation, tuple(observed.conditions))
+        return cls(
+            Camera(meta["name"], dict(meta.get("labels") or {}), spec),
+            {a.pipeline: a for a in observed.assignments},
+            meta.get("generation"),
+            tuple(observed.conditions),
+            meta.get("resourceVersion"),
+        )
 
     def entry_write(self, pipeline: str, entry: CameraAssignmentStatus | None) -> dict[str, Any]:
         """The status the Pipeline applies to set (or drop) its entry."""
@@ -491,7 +496,12 @@ def _update_camera_assignments(
     for record in records:
         name = record.camera.name
         change = ledger.change(
-            name, record.assignments.get(pipeline), placements.get(name), streams, now
+            name,
+            record.assignments.get(pipeline),
+            placements.get(name),
+            streams,
+            now,
+            record.resource_version,
         )
         if change is not None:
             changes.append((record, change))
@@ -500,7 +510,7 @@ def _update_camera_assignments(
         record, change = item
         status = record.entry_write(pipeline, change.entry)
         camera = apply_camera_assignment(kube, namespace, record.camera.name, status, manager)
-        ledger.record(record.camera.name, change.entry)
+        ledger.record(record.camera.name, change.entry, record.resource_version)
         return camera
 
     written = side_by_side(write, changes, settings.status_writers)

@@ -154,6 +154,10 @@ class StreamLedger:
     reported: dict[str, CameraAssignment] = field(default_factory=dict)
     """camera -> the last entry it wrote with a known stream state: the episode an Event
     opened, kept while the camera's worker restarts or the camera moves to another."""
+    written_over: dict[str, str] = field(default_factory=dict)
+    """camera -> the resourceVersion the index showed when the entry was written: while the
+    index still shows that version it has not seen the write yet (a burst can keep kopf's
+    watch seconds behind), which is not the same as the entry being gone."""
 
     def change(
         self,
@@ -162,11 +166,12 @@ class StreamLedger:
         placement: CameraAssignment | None,
         seen: Reports | None,
         now: dt.datetime,
+        version: str | None = None,
     ) -> Change | None:
-        """What to write for ``camera`` (None: nothing), given its entry in the index, where
-        the plan puts it (None: not this Pipeline's) and this tick's reports. Call
-        :meth:`record` once the write succeeded."""
-        have = self._current(camera, indexed)
+        """What to write for ``camera`` (None: nothing), given its entry in the index (at the
+        Camera's resourceVersion ``version``), where the plan puts it (None: not this
+        Pipeline's) and this tick's reports. Call :meth:`record` once the write succeeded."""
+        have = self._current(camera, indexed, version)
         want = placement and next_assignment(placement, have, camera, seen, now)
         if want == have:
             return None
@@ -174,26 +179,37 @@ class StreamLedger:
         kind = None if want is None else transition(before or self.reported.get(camera), want)
         return Change(want, kind)
 
-    def record(self, camera: str, entry: CameraAssignment | None) -> None:
-        """Remember a write (``None``: the entry was dropped, the episode ends with it)."""
+    def record(
+        self, camera: str, entry: CameraAssignment | None, version: str | None = None
+    ) -> None:
+        """Remember a write made when the index showed ``version`` (``None`` entry: the entry
+        was dropped, the episode ends with it)."""
         if entry is None:
-            self.written.pop(camera, None)
-            self.reported.pop(camera, None)
+            for book in (self.written, self.reported, self.written_over):
+                book.pop(camera, None)
             return
         self.written[camera] = entry
+        if version is None:
+            self.written_over.pop(camera, None)
+        else:
+            self.written_over[camera] = version
         if entry.connected is not None:
             self.reported[camera] = entry
 
     def keep_only(self, cameras: set[str]) -> None:
         """Forget cameras that no longer exist (bounded by the namespace's cameras)."""
-        for book in (self.written, self.reported):
+        for book in (self.written, self.reported, self.written_over):
             for gone in set(book) - cameras:
                 del book[gone]
 
-    def _current(self, camera: str, indexed: CameraAssignment | None) -> CameraAssignment | None:
-        """The entry the Camera has now: the one last written here, unless the index shows
-        none at all (a new Camera, or one deleted and created again: a new episode too)."""
-        if indexed is None:
+    def _current(
+        self, camera: str, indexed: CameraAssignment | None, version: str | None
+    ) -> CameraAssignment | None:
+        """The entry the Camera has now: the one last written here, unless the index, past
+        that write, shows none at all (a new Camera, or one deleted and created again: a new
+        episode too)."""
+        lagging = version is not None and self.written_over.get(camera) == version
+        if indexed is None and not lagging:
             self.record(camera, None)
             return None
         return self.written.get(camera, indexed)

@@ -38,7 +38,7 @@ SHAPE = FleetShape(
 SHARDS = 2
 CAMERA_STATUS = "cameras/status"
 MAX_STATUS_WRITES_PER_CAMERA = 1.3
-"""Measured 2.1 when the assignment and the conditions were separate writes."""
+"""2.1 when the assignment and the conditions were separate writes."""
 
 
 @pytest.fixture(scope="module")
@@ -85,16 +85,19 @@ def test_the_burst_writes_each_camera_s_status_about_once(
 ) -> None:
     """A Pipeline's assignment write carries the Camera's Ready and Connected, so a GitOps
     burst costs about one status write per Camera (not one for the assignment and one for the
-    conditions); the rest are cameras moved while their Pipeline grew."""
+    conditions); the rest are cameras moved while their Pipeline grew. (Writes from a body
+    that went stale in the queue are refused by their resourceVersion precondition: counted
+    apart, they change nothing.)"""
     wait_for(lambda: _handovers_done(fleet), timeout=60, what="make-before-break handovers done")
     _quiet(fleet.control_plane.audit_log, QUIET_SECONDS)
     requests = read_audit(fleet.control_plane.audit_log)[0]
-    writes = Counter(
-        r.manager
+    outcomes = Counter(
+        (r.manager, r.code)
         for r in requests
         if r.user == OPERATOR_USER and r.write and r.resource == CAMERA_STATUS
     )
-    assert sum(writes.values()) <= MAX_STATUS_WRITES_PER_CAMERA * len(load.cameras), writes
+    written = sum(n for (_, code), n in outcomes.items() if 200 <= code < 300)
+    assert written <= MAX_STATUS_WRITES_PER_CAMERA * len(load.cameras), outcomes
 
 
 def test_no_write_in_steady_state(

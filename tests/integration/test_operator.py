@@ -68,13 +68,7 @@ def pipeline(name: str = "p", **spec: Any) -> dict[str, Any]:
 def snapshot(ns: Namespace) -> Snapshot:
     """What the operator's indexes hold for this namespace, read straight from the API."""
     cameras = [
-        CameraRecord.of(
-            c["metadata"]["name"],
-            c["metadata"].get("labels", {}),
-            c["metadata"].get("generation"),
-            CameraSpec.model_validate(c["spec"]),
-            c.get("status") or {},
-        )
+        CameraRecord.of(c["metadata"], CameraSpec.model_validate(c["spec"]), c.get("status") or {})
         for c in ns.items("cameras")
     ]
     variants = [
