@@ -30,6 +30,7 @@ from kubevision.operator.streamhealth import (
     DISCONNECTED,
     RECONNECTED,
     REFRESH_SECONDS,
+    Change,
     Reports,
     StreamLedger,
     Transition,
@@ -318,6 +319,20 @@ def run_ticks(
             entry = change.entry
         events.append(None if change is None else change.event)
     return events
+
+
+def test_a_new_camera_s_first_write_is_not_repeated_while_the_index_lags() -> None:
+    """A burst keeps the watch behind: the index still shows the new Camera without the entry
+    this reconciler wrote, at the version it had then. No second write; once the index is
+    past that version and shows no entry (deleted and created again, or the entry removed),
+    the entry is written again."""
+    ledger = StreamLedger()
+    first = ledger.change("cam", None, PLACED, None, T0, version="7")
+    assert first == Change(PLACED, None)
+    ledger.record("cam", PLACED, "7")
+    assert ledger.change("cam", None, PLACED, None, T0, version="7") is None
+    again = ledger.change("cam", None, PLACED, None, T0, version="9")
+    assert again == Change(PLACED, None)
 
 
 def test_a_lagging_index_gets_no_second_write_nor_event() -> None:
