@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["KUBEVISION_SHARDS"] = str(args.shards)  # read by OperatorSettings.from_env
 
     import kubevision.operator.handlers  # noqa: F401  (registers the handlers with kopf)
+    from kubevision.operator import kopf_toggles
+
+    kopf_toggles.install()  # else start-up with thousands of objects is quadratic
 
     kopf.configure(
         debug=args.log_level == "debug",
