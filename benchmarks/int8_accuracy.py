@@ -95,7 +95,8 @@ def markdown(rows: list[dict[str, Any]], hardware: str) -> str:
         "# INT8 vs FP32: accuracy gate and speed (CPU)",
         "",
         f"Hardware: {hardware}, {THREADS} intra-op threads. Builds: ONNX Runtime static QDQ "
-        "(per-channel INT8 weights, UINT8 activations, minmax; detection head kept FP32) by "
+        "(per-channel INT8 weights in 7 bits, so CPUs without VNNI do not saturate; UINT8 "
+        "activations, minmax; detection head kept FP32) by "
         "`python -m model_catalog.tools.int8 calibrate`. Accuracy: COCO mAP50-95 through the "
         "worker's detector path on coco128 images 64-127, which calibration did not see; the "
         "FP32 parent on the same images is the reference. Budget: 1.0 point. Speed: one "

@@ -14,7 +14,7 @@ ByteTrack, it measures:
     python -m benchmarks.worker_latency [--seconds 20]
 
 writes benchmarks/results/worker_latency.{json,md}. Models are prepared once into
-``~/.cache/kubevision/models`` with model_catalog.tools.prepare.
+``~/.cache/kubevision/models`` with model_catalog.tools.prepare and .int8.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ from kubevision.worker.runtime import FrameResult, RuntimeOptions, WorkerRuntime
 from kubevision.worker.sinks import FanOut
 from kubevision.worker.trackers import create_tracker
 from kubevision.worker.trackers.base import Image
-from model_catalog.tools.prepare import make_dynamic, quantize_int8
+from model_catalog.tools.int8 import image_frames, quantize
+from model_catalog.tools.prepare import make_dynamic
 from tests.assets import require
 
 RESULTS = Path(__file__).parent / "results"
@@ -72,11 +73,11 @@ def prepare_models() -> dict[str, Path]:
     if not fp32.exists():
         onnx.save(make_dynamic(onnx.load(str(source))), str(fp32))
     models = {"fp32": fp32}
-    calibration = require("coco128/images/val2017")
+    calibration = image_frames(require("coco128/images/val2017"), 64)
     for size in (416, 320):
-        int8 = CACHE / f"yolox_nano_{size}_int8.onnx"
+        int8 = CACHE / f"yolox_nano_{size}_int8_qdq7.onnx"  # model_catalog.tools.int8's build
         if not int8.exists():
-            quantize_int8(fp32, int8, "yolox", size, calibration, 64, "minmax")
+            quantize(fp32, int8, calibration, "yolox", size)
         models[f"int8-{size}"] = int8
     return models
 

@@ -230,7 +230,7 @@ def test_precision_plan(
 
 
 def test_int8_without_qdq_on_strongly_typed_tensorrt_says_how_to_quantize() -> None:
-    with pytest.raises(ValueError, match=r"removed implicit INT8 calibration.*prepare int8"):
+    with pytest.raises(ValueError, match=r"removed implicit INT8 calibration.*int8 calibrate"):
         precision_plan("int8", weakly_typed=False, quantized=False)
 
 

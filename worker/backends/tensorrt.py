@@ -17,7 +17,7 @@ Precision follows what the installed TensorRT offers:
 - TensorRT 11 removed those flags and implicit calibration: every network is strongly typed,
   running each layer in the type its ONNX graph says. FP16 is then had by converting the
   model's float weights and activations to float16 before parsing (inputs and outputs stay
-  float32); INT8 needs a QDQ model (``python -m model_catalog.tools.prepare int8``).
+  float32); INT8 needs a QDQ model (``python -m model_catalog.tools.int8 calibrate``).
 
 Inference runs on torch CUDA tensors as TensorRT's device buffers (no pycuda or cuda-python
 dependency): :meth:`TensorRTBackend.infer_tensor` for GPU pipelines that keep frames on the
@@ -208,7 +208,7 @@ def precision_plan(precision: Precision, *, weakly_typed: bool, quantized: bool)
     if not weakly_typed and not quantized:
         raise ValueError(
             "INT8 with this TensorRT needs a QDQ-quantized model: TensorRT 11 removed implicit "
-            "INT8 calibration (quantize with `python -m model_catalog.tools.prepare int8`)"
+            "INT8 calibration (quantize with `python -m model_catalog.tools.int8 calibrate`)"
         )
     flags = ("INT8", "FP16") if weakly_typed else ()
     return PrecisionPlan(flags, calibrate=not quantized)
