@@ -35,6 +35,7 @@ from kubevision.api.worker_config import (
 from kubevision.worker.allocator import tune_allocator
 from kubevision.worker.capture import CaptureOptions
 from kubevision.worker.config import ConfigError, ConfigWatcher, load_config, shard_index
+from kubevision.worker.gpu.sync_policy import SYNC_POLICIES
 from kubevision.worker.health import Health, HealthServer
 from kubevision.worker.metrics import WorkerMetrics
 from kubevision.worker.models import MISSING, ArtifactError, sha256_of
@@ -206,6 +207,7 @@ def _runtime_options(args: argparse.Namespace, **overrides: Any) -> RuntimeOptio
         backend=args.backend,
         triton_url=args.triton_url,
         threads=args.threads,
+        cuda_sync=args.cuda_sync,
         classifier_labels=Path(args.classifier_labels) if args.classifier_labels else None,
         **overrides,
     )
@@ -333,6 +335,12 @@ def _parser() -> argparse.ArgumentParser:
         help="Triton gRPC host:port for triton:// models (default: KUBEVISION_TRITON_URL)",
     )
     common.add_argument("--threads", type=int, help="inference threads (default: runtime's)")
+    common.add_argument(
+        "--cuda-sync",
+        default="blocking",
+        choices=SYNC_POLICIES,
+        help="how threads wait for a GPU: blocking sleeps (frees cores), spin is CUDA's busy wait",
+    )
     common.add_argument("--classifier-labels", help="class names file for the classifier")
 
     s = sub.add_parser("serve", parents=[common], help="run a shard of the operator's config")

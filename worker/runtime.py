@@ -41,6 +41,7 @@ from kubevision.worker.config import my_cameras
 from kubevision.worker.detections import NO_TRACK, Detections, FloatArray, IntArray
 from kubevision.worker.detector import Detector, build_detector
 from kubevision.worker.events import Classification, EventBuilder, TrackEvent
+from kubevision.worker.gpu.sync_policy import SyncPolicy, SyncPolicyError, set_sync_policy
 from kubevision.worker.health import Health
 from kubevision.worker.metrics import CameraMetrics, WorkerMetrics
 from kubevision.worker.models import ArtifactError, resolve_artifact
@@ -95,6 +96,9 @@ class RuntimeOptions:
     """Runtime for ONNX models: ``auto`` picks torch on a GPU when installed, else ORT."""
     threads: int | None = None
     """Inference threads; set it to the pod's CPU limit."""
+    cuda_sync: SyncPolicy = "blocking"
+    """How threads wait for a GPU (:mod:`~kubevision.worker.gpu.sync_policy`): asleep, so
+    waiting capture and inference threads leave the cores to the work."""
     max_batch: int | None = None
     """Frames per inference call; default the detector variant's batch max."""
     max_wait_seconds: float = 0.005
@@ -264,10 +268,10 @@ class WorkerRuntime:
         self._apply_lock = threading.Lock()
         """The last config whose models could not be loaded (its cameras run meanwhile)."""
         self._show_slo(config)
-        self._lanes = [
-            self._new_lane(i, device, config)
-            for i, device in enumerate(resolve_devices(self._options.device))
-        ]
+        devices = resolve_devices(self._options.device)
+        if any(d.startswith("cuda") for d in devices):
+            _wait_for_gpus(self._options.cuda_sync)  # before the models touch the GPU
+        self._lanes = [self._new_lane(i, device, config) for i, device in enumerate(devices)]
         self._metrics.models_loaded(_roles(config))
         self._cameras: dict[str, _Camera] = {}
         self._placement: dict[str, int] = {}
@@ -704,6 +708,14 @@ def resolve_devices(device: str) -> list[str]:
     if count == 0:
         raise RuntimeError("device 'cuda' asked for, but this process sees no CUDA GPU")
     return [f"cuda:{i}" for i in range(count)]
+
+
+def _wait_for_gpus(policy: SyncPolicy) -> None:
+    """Set how threads wait for the GPUs; a driver that refuses leaves CUDA's default."""
+    try:
+        set_sync_policy(policy)
+    except SyncPolicyError as exc:
+        log.warning("cuda sync policy %s not set (CUDA's default stays): %s", policy, exc)
 
 
 def _models_key(config: WorkerConfig) -> tuple[object, ...]:

@@ -81,6 +81,7 @@ from kubevision.worker.capture import CameraStream, CaptureOptions, Frame, Strea
 from kubevision.worker.classifier import CropClassifier
 from kubevision.worker.detections import NO_TRACK
 from kubevision.worker.detector import Detector
+from kubevision.worker.gpu.sync_policy import SYNC_POLICIES, SyncPolicy
 from kubevision.worker.health import Health
 from kubevision.worker.metrics import CameraMetrics, WorkerMetrics
 from kubevision.worker.models import sha256_of
@@ -175,6 +176,8 @@ class Setup:
     lanes: int = 1
     """Inference lanes per worker process on its one GPU (``--device cuda:0,cuda:0``): two
     lanes keep two batches in flight, so one lane's GPU wait overlaps the other's host work."""
+    cuda_sync: SyncPolicy = "blocking"
+    """How the worker's threads wait for the GPU (``spin``: CUDA's default busy wait)."""
 
     @property
     def decodes(self) -> bool:
@@ -352,6 +355,7 @@ class KubeVisionWorker:
             source_factory=CameraStream if setup.decodes else self._open,
             classifier_labels=setup.labels,
             threads=2,
+            cuda_sync=setup.cuda_sync,
             on_stage=self._collector.stage,
         )
         self._runtime = WorkerRuntime(
@@ -653,6 +657,13 @@ def gpu_name() -> str:
     return f"{props.name}, {props.total_memory // 2**30} GiB, driver {driver}"
 
 
+_SYNC_TEXT = {
+    "blocking": "sleeping in the driver (blocking sync)",
+    "spin": "spinning (CUDA's busy wait)",
+    "auto": "CUDA's default (spinning on a host with more cores than contexts)",
+}
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The summary table, where the time went at each configuration's best N, every trial."""
     configs = results["configs"]
@@ -673,7 +684,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"processed; {results['seconds']} s measured after {results['warmup']} s warm-up. "
         "Processes: worker processes (pods) sharing the GPU, streams split evenly; they share "
         f"it by {results.get('gpu_sharing', 'time-slicing')}; "
-        f"{results.get('lanes', 1)} inference lane(s) per process.",
+        f"{results.get('lanes', 1)} inference lane(s) per process; the workers' threads wait "
+        f"for the GPU by {_SYNC_TEXT[results.get('cuda_sync', 'auto')]}.",
         "",
         "| configuration | decode | processes | max streams | frames/s at max | p50 / p99 ms | "
         "CPU ms per frame | x baseline |",
@@ -788,6 +800,12 @@ def main(argv: list[str] | None = None) -> int:
         "--lanes", type=int, default=1, help="inference lanes per worker process (same GPU)"
     )
     parser.add_argument(
+        "--cuda-sync",
+        choices=SYNC_POLICIES,
+        default="blocking",
+        help="how the worker's threads wait for the GPU (the baseline loop keeps CUDA's default)",
+    )
+    parser.add_argument(
         "--configs",
         default=",".join(DEFAULT_CONFIGS),
         help="MODE:PROCESSES pairs; modes: " + ", ".join(MODES),
@@ -809,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
         setup = Setup(
             mode, args.model, args.classifier, args.labels, args.clip, args.frames,
             args.max_batch, args.device, args.classifier_precision, args.video, args.detector,
-            args.input_size, args.confidence, args.lanes,
+            args.input_size, args.confidence, args.lanes, args.cuda_sync,
         )  # fmt: skip
         configs.append(measure_mode(setup, int(processes), args))
         # written after every configuration: a run cut short by its time limit keeps the rest
@@ -837,6 +855,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "max_batch": args.max_batch,
             "lanes": args.lanes,
+            "cuda_sync": args.cuda_sync,
             "configs": configs,
         }
         write_results(args.out, args.name, results, markdown(results))
