@@ -135,8 +135,14 @@ def plan_pipeline(
     members: dict[tuple[str | None, HardwareClass], list[Camera]] = {}
     detectors: dict[tuple[str | None, HardwareClass], Choice] = {}
     problems: dict[str, list[str]] = {}
+    by_site: dict[str | None, tuple[tuple[str | None, HardwareClass], Choice] | Problem] = {}
     for cam in sorted(selected, key=lambda c: c.name):
-        placed = _place_camera(spec, cam, variant_list, node_list)
+        # a camera's placement depends on its site alone: once per site, not per camera
+        # (10,000 cameras x 1,000 nodes made every plan a 10-million-step scan)
+        site = cam.spec.site
+        if site not in by_site:
+            by_site[site] = _place_at_site(spec, site, variant_list, node_list)
+        placed = by_site[site]
         if isinstance(placed, Problem):
             problems.setdefault(placed.reason, []).append(f"{cam.name}: {placed.message}")
             continue
@@ -231,11 +237,11 @@ def plan_cascade(
     return PipelinePlan(problems=[problem], cascade=True)
 
 
-def _place_camera(
-    spec: PipelineSpec, cam: Camera, variants: list[Variant], nodes: list[NodeInfo]
+def _place_at_site(
+    spec: PipelineSpec, site: str | None, variants: list[Variant], nodes: list[NodeInfo]
 ) -> tuple[tuple[str | None, HardwareClass], Choice] | Problem:
-    """The first allowed hardware class at the camera's site with a detector meeting the SLO."""
-    site = cam.spec.site
+    """The first allowed hardware class at a camera's site (None: any) with a detector meeting
+    the SLO."""
     classes_with_nodes = []
     for hardware, group_nodes in _allowed_nodes(spec, nodes, site):
         classes_with_nodes.append(hardware)

@@ -6,8 +6,8 @@
 #
 #   bash benchmarks/gpu/cuda_sync_on_device.sh STREAMS PROCESSES [START_PER_PROCESS]
 #
-# Writes to $OUT: gpu_cuda_sync_{spin,blocking}.json (the same-load pair),
-# gpu_density_decode_h200_blocking.{json,md} (the search), gpu_tests.log and cuda_sync.log.
+# Writes to $OUT: gpu_cuda_sync_{spin,blocking}.json (the same-load pair), cuda_sync.log (their
+# logs), gpu_tests.log, gpu_density_decode_h200_blocking.{json,md,log} (the search).
 set -uo pipefail
 streams=$1 processes=$2 start=${3:-12}
 out=${OUT:-benchmarks/results}
@@ -16,14 +16,18 @@ mkdir -p "$runs" "$out"
 python3 -m model_catalog.tools.prepare dynamic .gpu/assets/models/yolox_nano_416.onnx \
   /tmp/yolox_nano_dynamic.onnx >/dev/null || exit 1
 common=(--model /tmp/yolox_nano_dynamic.onnx --configs "kubevision-nvdec:$processes")
+# each step's files are copied out as soon as it ends: a call cut at its time limit keeps them
+keep() {
+  cp "$@" "$out"/ 2>/dev/null
+  cat "$runs"/gpu_*.log >"$out/cuda_sync.log" 2>/dev/null
+}
 tests=--tests
 for policy in spin blocking; do
   OUT=$runs bash benchmarks/gpu/density_on_device.sh $tests --name "gpu_cuda_sync_$policy" -- \
     "${common[@]}" --streams "$streams" --cuda-sync "$policy" 2>&1 | tail -4
+  keep "$runs/gpu_cuda_sync_$policy.json" "$runs/gpu_tests.log"
   tests=
 done
-OUT=$runs bash benchmarks/gpu/density_on_device.sh --name gpu_density_decode_h200_blocking -- \
+# the search writes (and tees its log) straight into $out
+OUT=$out bash benchmarks/gpu/density_on_device.sh --name gpu_density_decode_h200_blocking -- \
   "${common[@]}" --cuda-sync blocking --start "$start" 2>&1 | tail -12
-cp "$runs"/gpu_cuda_sync_{spin,blocking}.json "$runs"/gpu_density_decode_h200_blocking.{json,md} \
-  "$runs"/gpu_tests.log "$out"/ 2>/dev/null
-cat "$runs"/*.log >"$out/cuda_sync.log"
