@@ -96,9 +96,9 @@ class RuntimeOptions:
     """Runtime for ONNX models: ``auto`` picks torch on a GPU when installed, else ORT."""
     threads: int | None = None
     """Inference threads; set it to the pod's CPU limit."""
-    cuda_sync: SyncPolicy = "blocking"
-    """How threads wait for a GPU (:mod:`~kubevision.worker.gpu.sync_policy`): asleep, so
-    waiting capture and inference threads leave the cores to the work."""
+    cuda_sync: SyncPolicy = "auto"
+    """How threads wait for a GPU (:mod:`~kubevision.worker.gpu.sync_policy`): ``blocking``
+    sleeps, leaving the cores to the work; CUDA's default stays until a GPU run measures it."""
     max_batch: int | None = None
     """Frames per inference call; default the detector variant's batch max."""
     max_wait_seconds: float = 0.005

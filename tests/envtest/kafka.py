@@ -82,7 +82,14 @@ class KafkaBroker(Service):
         (workdir / "log4j2.yaml").write_text(_LOG4J)
         # Kafka's cluster ids are 16 random bytes in URL-safe base64 (`kafka-storage random-uuid`)
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config))
+        # joined to its option: an id starting with "-" (1 in 64) would read as another option
+        self._java(
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={cluster_id}",
+            "-c",
+            str(self.config),
+        )
 
     @property
     def bootstrap(self) -> str:
