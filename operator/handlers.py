@@ -539,9 +539,6 @@ async def camera_event(
     body: kopf.Body,
     namespace: str,
     name: str,
-    labels: kopf.Labels,
-    meta: kopf.Meta,
-    status: kopf.Status,
     memo: kopf.Memo,
     pipeline_index: kopf.Index[str, str],
     **_: Any,
@@ -549,30 +546,23 @@ async def camera_event(
     """Every Camera event: wake the Pipelines it concerns, queue its status. One handler, not
     two: each replica sees every Camera event of a burst (tens of thousands at 10,000 Cameras)
     and kopf spends its own time on every handler call."""
-    _wake_pipelines(type, namespace, name, labels, meta, status, memo)
+    _wake_pipelines(type, body, memo)
     _queue_status(type, body, namespace, name, memo, pipeline_index)
 
 
-def _wake_pipelines(
-    type: str,
-    namespace: str,
-    name: str,
-    labels: kopf.Labels,
-    meta: kopf.Meta,
-    status: kopf.Status,
-    memo: kopf.Memo,
-) -> None:
+def _wake_pipelines(type: str, body: kopf.Body, memo: kopf.Memo) -> None:
     """Only what plans depend on (spec, labels, placements) wakes Pipelines, and only those
     that select the Camera (before or after the change) or have it assigned: the stream health
     they write themselves must not start a reconcile of every Pipeline, nor one Camera of
     10,000 a reconcile of all of them."""
-    key = (namespace, name)
+    namespace = body.metadata.namespace
+    key = (namespace, body.metadata.name)
     before = memo.camera_facts.get(key)
     if type == "DELETED":
         memo.camera_facts.pop(key, None)
         after = None
     else:
-        after = _camera_facts(labels, meta, status)
+        after = _camera_facts(body.metadata.labels, body.meta, body.status)
         if before == after:
             return
         memo.camera_facts[key] = after
