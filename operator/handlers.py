@@ -793,4 +793,10 @@ def pipeline_deleted(
         for record in list(camera_index.get(("assigned", namespace, name), [])):
             if name in record.assignments:
                 status = record.entry_write(name, None)
-                apply_camera_assignment(memo.kube, namespace, record.camera.name, status, manager)
+                try:
+                    apply_camera_assignment(
+                        memo.kube, namespace, record.camera.name, status, manager
+                    )
+                except ApiException as exc:
+                    if exc.status != 404:  # gone too (its namespace is being deleted): done
+                        raise

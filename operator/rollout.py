@@ -552,6 +552,15 @@ def _cameras_of(scrapes: Mapping[str, Scrape]) -> dict[str, frozenset[str]]:
     return {pod: frozenset(s.cameras or {}) for pod, s in scrapes.items()}
 
 
+def _restarted(before: Mapping[str, Scrape], after: Mapping[str, Scrape]) -> bool:
+    """Whether a worker's counters went down between the two scrapes."""
+    return any(
+        now.processed < was.processed or now.detections < was.detections
+        for pod, now in after.items()
+        if (was := before.get(pod)) is not None
+    )
+
+
 def _analyse(
     status: RolloutStatus,
     rollout: Rollout,
@@ -569,9 +578,11 @@ def _analyse(
     if memory.key != key:
         memory.restart(key, current, observation.now)
         return status, []
-    if _cameras_of(memory.baseline) != _cameras_of(current):
+    if _cameras_of(memory.baseline) != _cameras_of(current) or _restarted(memory.baseline, current):
         # a worker took on or let go of cameras since the window began (a move's last
-        # config reaching it, a restart): its counters mix cohorts, so the window restarts
+        # config reaching it), or its counters started again (a restart, a camera's stream
+        # made anew): its figures would mix cohorts or cover part of the window, so the
+        # window restarts
         memory.restart(key, current, observation.now)
         return status, []
     seconds = observation.now - memory.started

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import hypothesis.strategies as st
 import yaml
@@ -39,6 +39,7 @@ from kubernetes.client.exceptions import ApiException
 from benchmarks.reliability import Report
 from kubevision.api import GROUP, VERSION
 from kubevision.api.crd import RESOURCES, build_crd
+from kubevision.operator.scaling import ReconciledKind
 from tests.envtest.cluster import LocalCluster
 from tests.envtest.controlplane import REPO_ROOT
 from tests.envtest.operator import OperatorProcess, install_chart
@@ -872,6 +873,14 @@ UNSATISFIABLE: dict[str, tuple[str, str, str]] = {
 }
 """Pipeline -> the condition (type, reason, words its message must hold) that says why it
 cannot run."""
+UNSERVED_CAMERAS: dict[str, str | None] = {
+    "plain": "NoPipeline",
+    "far-away": "NoPipeline",
+    "locked": None,
+}
+"""Camera -> the reason its Ready condition must give (None: any). A Camera no Pipeline can
+serve has its status written once its wait for an assignment ends, which may be well after the
+Pipelines' conditions: the quiet window starts after that write, not during it."""
 
 
 def unsatisfiable_objects() -> list[Obj]:
@@ -893,8 +902,10 @@ def unsatisfiable_objects() -> list[Obj]:
     ]
 
 
-def _condition(api: client.CustomObjectsApi, namespace: str, name: str, type_: str) -> Any:
-    body: Any = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "pipelines", name)
+def _condition(
+    api: client.CustomObjectsApi, namespace: str, name: str, type_: str, plural: str = "pipelines"
+) -> Any:
+    body: Any = api.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
     for cond in (body.get("status") or {}).get("conditions", []):
         if cond["type"] == type_:
             return cond
@@ -902,13 +913,19 @@ def _condition(api: client.CustomObjectsApi, namespace: str, name: str, type_: s
 
 
 def _explained(api: client.CustomObjectsApi, namespace: str) -> dict[str, Any] | None:
-    """Every unsatisfiable Pipeline's condition, once each has the expected reason."""
+    """Every unsatisfiable Pipeline's condition, once each has the expected reason, and every
+    Camera's Ready condition (keyed ``camera/<name>``), once written."""
     found = {}
     for name, (type_, reason, words) in UNSATISFIABLE.items():
         cond = _condition(api, namespace, name, type_)
         if cond is None or cond["reason"] != reason or words not in cond.get("message", ""):
             return None
         found[name] = cond
+    for name, want in UNSERVED_CAMERAS.items():
+        cond = _condition(api, namespace, name, "Ready", "cameras")
+        if cond is None or want not in (None, cond["reason"]):
+            return None
+        found[f"camera/{name}"] = cond
     return found
 
 
@@ -916,10 +933,14 @@ def _explained(api: client.CustomObjectsApi, namespace: str) -> dict[str, Any] |
 class UnsatisfiableResult:
     conditions: dict[str, Any]
     window_seconds: float
-    reconciles: float
+    reconciles_by_kind: dict[str, float]
     reconcile_bound: float
     pipelines_in_cluster: int
     tracebacks: list[str]
+
+    @property
+    def reconciles(self) -> float:
+        return sum(self.reconciles_by_kind.values())
 
     @property
     def ok(self) -> bool:
@@ -930,11 +951,15 @@ class UnsatisfiableResult:
             "conditions": {k: f"{v['reason']}: {v['message']}" for k, v in self.conditions.items()},
             "quiet_window_seconds": round(self.window_seconds, 1),
             "reconciles_in_window": self.reconciles,
+            "reconciles_in_window_by_kind": self.reconciles_by_kind,
             "reconciles_per_minute": round(self.reconciles * 60 / self.window_seconds, 1),
             "reconcile_bound_in_window": self.reconcile_bound,
             "pipelines_in_cluster": self.pipelines_in_cluster,
             "operator_tracebacks": self.tracebacks[:5],
         }
+
+
+RECONCILED_KINDS: tuple[str, ...] = get_args(ReconciledKind)
 
 
 def reconcile_bound(pipelines: int, window: float, resync: float) -> float:
@@ -960,9 +985,9 @@ def unsatisfiable(
     except WaitTimeout as exc:
         now = {n: _condition(api, namespace, n, t) for n, (t, _, _) in UNSATISFIABLE.items()}
         raise AssertionError(f"conditions do not say why: {now}") from exc
-    before, started = operator.reconciles(), time.monotonic()
+    before, started = {k: operator.reconciles(k) for k in RECONCILED_KINDS}, time.monotonic()
     time.sleep(resync * windows)  # a measurement window, not a synchronisation
-    count = operator.reconciles() - before
+    count = {k: operator.reconciles(k) - before[k] for k in RECONCILED_KINDS}
     window = time.monotonic() - started
     listed: Any = api.list_cluster_custom_object(GROUP, VERSION, "pipelines")
     pipelines = len(listed["items"])

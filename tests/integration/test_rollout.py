@@ -43,6 +43,13 @@ CANARY = group_name("p", "site-a", "cpu", "canary")
 CAMERAS = ("roll-a", "roll-b", "roll-c", "roll-d")
 WINDOW_SECONDS = 5
 METRICS_INTERVAL_SECONDS = 1
+ANALYSIS = {
+    "windowSeconds": WINDOW_SECONDS,
+    "minFrames": 20,
+    "maxLatencyRatio": 2,
+    "latencyToleranceMs": 100,
+    "minFpsRatio": 0.6,
+}
 MARGIN = 60
 """Worker start-up (imports, model load) and a loaded machine."""
 SLOW_MATMULS = 150
@@ -146,13 +153,7 @@ def pipeline(candidate: dict[str, Any] | None = None, **rollout: Any) -> dict[st
         spec["rollout"] = {
             "candidate": candidate,
             "steps": [50, 100],
-            "analysis": {
-                "windowSeconds": WINDOW_SECONDS,
-                "minFrames": 20,
-                "maxLatencyRatio": 2,
-                "latencyToleranceMs": 100,
-                "minFpsRatio": 0.6,
-            },
+            "analysis": ANALYSIS,
             "progressDeadlineSeconds": 120,
             **rollout,
         }
@@ -295,7 +296,10 @@ def test_blind_candidate_rolls_back_by_itself(ns: Namespace) -> None:
 
 def test_good_candidate_is_promoted_to_every_camera(ns: Namespace) -> None:
     good = variant("good", require("models/yolox_nano_416.onnx"))
-    watch = start(ns, good, {"variant": "good"})
+    # a 5-s window compares a few dozen frames of a video whose bottle count changes by half
+    # over seconds, on a loaded machine: as a user would with windows this short, one failed
+    # window in a row is tolerated (the promotion still needs every step's window passed)
+    watch = start(ns, good, {"variant": "good"}, analysis={**ANALYSIS, "failureLimit": 1})
     promoted = watch.until(
         lambda r: r.get("phase") == "Promoted" and r["lowWeight"] == r["highWeight"] == 0,
         "the good candidate promoted and its cameras home",

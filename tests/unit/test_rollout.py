@@ -229,6 +229,22 @@ def test_a_blind_candidate_rolls_back_on_its_first_window() -> None:
     assert again == rolled, "a rolled-back revision stays rolled back (no loop)"
 
 
+def test_a_worker_whose_counters_start_again_restarts_the_window() -> None:
+    """A restarted worker's counters cover only part of the window: judged as a whole window
+    they would be a cohort at a fraction of its frame rate (a false failure), so no verdict
+    comes until a whole window has passed on the same counters."""
+    loop = Loop(spec(), cameras(8))
+    loop.tick()
+    assert loop.tick().reason == "Analysing"
+    loop.tick(seconds=8)
+    loop.frames["stable"] = 0.0  # the stable worker restarted
+    assert loop.tick(seconds=4).last_analysis is None, "judged across the restart"
+    assert loop.tick(seconds=9).last_analysis is None, "the window began again at the restart"
+    judged = loop.tick(seconds=2).last_analysis
+    assert judged is not None
+    assert judged.verdict == "Passed"
+
+
 def test_moving_cameras_are_served_by_both_sides_until_taken_on() -> None:
     loop = Loop(spec(), cameras(8))
     moving = loop.tick(scraped=False)
