@@ -984,6 +984,10 @@ def unsatisfiable(
         )
     except WaitTimeout as exc:
         now = {n: _condition(api, namespace, n, t) for n, (t, _, _) in UNSATISFIABLE.items()}
+        now |= {
+            f"camera/{n}": _condition(api, namespace, n, "Ready", "cameras")
+            for n in UNSERVED_CAMERAS
+        }
         raise AssertionError(f"conditions do not say why: {now}") from exc
     before, started = {k: operator.reconciles(k) for k in RECONCILED_KINDS}, time.monotonic()
     time.sleep(resync * windows)  # a measurement window, not a synchronisation
