@@ -362,6 +362,14 @@ SNAPSHOT_DIR = "/var/lib/kubevision/snapshots"
 """Where node snapshots are written: an emptyDir as large as spec.snapshots.maxBytes, or a
 node folder (``snapshot_host_path``; each pod writes in ``<namespace>/<pod>`` under it)."""
 SNAPSHOT_VOLUME = "snapshots"
+MODELS_DIR = "/models"
+"""Where the chart's volume of model files (``models_claim_name`` or ``models_host_path``) is
+mounted read-only: the folder ``file:///models/...`` artifact URIs name, and the worker's
+default model folder."""
+MODELS_VOLUME = "models"
+ARTIFACT_CACHE_DIR = "/var/cache/kubevision/artifacts"
+"""Where downloaded artifacts are cached when the chart sets ``artifact_cache_host_path``."""
+ARTIFACT_CACHE_VOLUME = "artifacts"
 
 
 def _accelerator_env(group: GroupPlan) -> list[dict[str, Any]]:
@@ -383,6 +391,27 @@ def _engine_cache(settings: OperatorSettings) -> dict[str, Any]:
         path = settings.engine_cache_host_path
         return {"name": "engines", "hostPath": {"path": path, "type": "DirectoryOrCreate"}}
     return {"name": "engines", "emptyDir": {}}
+
+
+def _models_volume(settings: OperatorSettings) -> dict[str, Any] | None:
+    """The read-only volume of model files, if the chart names one."""
+    if settings.models_claim_name:
+        claim = {"claimName": settings.models_claim_name, "readOnly": True}
+        return {"name": MODELS_VOLUME, "persistentVolumeClaim": claim}
+    if settings.models_host_path:
+        path = settings.models_host_path
+        return {"name": MODELS_VOLUME, "hostPath": {"path": path, "type": "Directory"}}
+    return None
+
+
+def _artifact_cache_volume(settings: OperatorSettings) -> dict[str, Any] | None:
+    """A node folder for downloaded artifacts, shared by the node's pods of every class.
+    "Directory", not "DirectoryOrCreate": a folder the kubelet creates belongs to root, and
+    the worker (UID 65532) could not write it; the node's admin creates it."""
+    if not settings.artifact_cache_host_path:
+        return None
+    path = settings.artifact_cache_host_path
+    return {"name": ARTIFACT_CACHE_VOLUME, "hostPath": {"path": path, "type": "Directory"}}
 
 
 def _spool_volume(spec: PipelineSpec, settings: OperatorSettings) -> dict[str, Any] | None:
@@ -454,7 +483,8 @@ def _volumes(
     spec: PipelineSpec, group: GroupPlan, settings: OperatorSettings
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(pod volumes, container mounts): the config, scratch space, the engine cache on
-    accelerators and the spool of a disk spool."""
+    accelerators, the spool of a disk spool, node snapshots, and the chart's models volume
+    and node artifact cache."""
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": group.name}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
@@ -475,6 +505,14 @@ def _volumes(
     if snapshots is not None:
         volumes.append(snapshots)
         mounts.append({"name": SNAPSHOT_VOLUME, "mountPath": SNAPSHOT_DIR})
+    models = _models_volume(settings)
+    if models is not None:
+        volumes.append(models)
+        mounts.append({"name": MODELS_VOLUME, "mountPath": MODELS_DIR, "readOnly": True})
+    artifacts = _artifact_cache_volume(settings)
+    if artifacts is not None:
+        volumes.append(artifacts)
+        mounts.append({"name": ARTIFACT_CACHE_VOLUME, "mountPath": ARTIFACT_CACHE_DIR})
     return volumes, mounts
 
 
@@ -499,7 +537,7 @@ def _security_contexts() -> tuple[dict[str, Any], dict[str, Any]]:
     return pod, container
 
 
-def _env(spec: PipelineSpec, group: GroupPlan) -> list[dict[str, Any]]:
+def _env(spec: PipelineSpec, group: GroupPlan, settings: OperatorSettings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "KUBEVISION_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {
@@ -523,6 +561,8 @@ def _env(spec: PipelineSpec, group: GroupPlan) -> list[dict[str, Any]]:
         ref = variant.artifact.credentials_secret_ref
         if ref is not None:
             env += _secret_env(artifact_credential_env(name), ref)
+    if settings.artifact_cache_host_path:
+        env.append({"name": "KUBEVISION_ARTIFACT_CACHE", "value": ARTIFACT_CACHE_DIR})
     return env + _accelerator_env(group)
 
 
@@ -551,7 +591,7 @@ def build_statefulset(
         "name": "worker",
         "image": image,
         "args": _args(spec, settings, meta["namespace"]),
-        "env": _env(spec, group),
+        "env": _env(spec, group, settings),
         "ports": [{"name": "metrics", "containerPort": settings.metrics_port}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},
         "livenessProbe": {

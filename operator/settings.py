@@ -6,7 +6,7 @@ import importlib.metadata
 import os
 import socket
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from kubevision.api.modelvariant import HardwareClass
 
@@ -47,6 +47,16 @@ class OperatorSettings(BaseModel):
     """Keep disk spools in this node folder (hostPath; it must exist, writable by UID 65532),
     so a worker's undelivered events outlive its pod on that node. None (the default): an
     emptyDir, or a Pipeline's spec.spool.persistentVolumeClaim."""
+    models_claim_name: str | None = None
+    """A PersistentVolumeClaim of model files, mounted read-only at ``/models`` in every worker
+    pod (where ``file:///models/...`` artifact URIs point). None (the default): no volume."""
+    models_host_path: str | None = None
+    """A node folder of model files (hostPath, read-only at ``/models``), for nodes
+    provisioned with their models; it needs a namespace Pod Security "baseline" admits."""
+    artifact_cache_host_path: str | None = None
+    """Keep downloaded (http(s)://, s3://) artifacts in this node folder (hostPath; it must
+    exist, writable by UID 65532), so each node fetches a model once, for every hardware class.
+    None (the default): a per-pod emptyDir (or the engine cache on GPU and Jetson workers)."""
     snapshot_host_path: str | None = None
     """Keep node snapshots (a Pipeline's spec.snapshots storage node) in this node folder
     (hostPath; it must exist, writable by UID 65532). None (the default): a per-pod emptyDir
@@ -71,6 +81,15 @@ class OperatorSettings(BaseModel):
     """Camera status writes in flight at once (each a round trip to the apiserver: written one
     after another, a burst of thousands of Cameras waits on latency, not on the server)."""
 
+    @model_validator(mode="after")
+    def _one_models_volume(self) -> OperatorSettings:
+        if self.models_claim_name and self.models_host_path:
+            raise ValueError(
+                "models come from a PersistentVolumeClaim or a node folder, not both "
+                f"(claim {self.models_claim_name!r}, hostPath {self.models_host_path!r})"
+            )
+        return self
+
     @classmethod
     def from_env(cls) -> OperatorSettings:
         images = cls().worker_images
@@ -92,6 +111,11 @@ class OperatorSettings(BaseModel):
             engine_cache_host_path=os.environ.get("KUBEVISION_ENGINE_CACHE_HOST_PATH") or None,
             spool_host_path=os.environ.get("KUBEVISION_SPOOL_HOST_PATH") or None,
             snapshot_host_path=os.environ.get("KUBEVISION_SNAPSHOT_HOST_PATH") or None,
+            models_claim_name=os.environ.get("KUBEVISION_MODELS_CLAIM") or None,
+            models_host_path=os.environ.get("KUBEVISION_MODELS_HOST_PATH") or None,
+            artifact_cache_host_path=(
+                os.environ.get("KUBEVISION_ARTIFACT_CACHE_HOST_PATH") or None
+            ),
             jetson_runtime_class=os.environ.get("KUBEVISION_JETSON_RUNTIME_CLASS") or "nvidia",
             shards=int(os.environ.get("KUBEVISION_SHARDS") or 1),
             shard_lease_seconds=float(os.environ.get("KUBEVISION_SHARD_LEASE_SECONDS") or 15),

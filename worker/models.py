@@ -3,9 +3,10 @@
 A variant names its artifact by URI and SHA-256 (``spec.artifact``); nothing is loaded before
 its checksum matches:
 
-- ``file://`` — a file in the image, on a mounted volume (a PersistentVolumeClaim, a hostPath)
-  or, by file name, in ``KUBEVISION_MODEL_DIR`` / ``--model-dir`` / ``/models``; verified where
-  it lies, never copied;
+- ``file://`` — a file in the image, on a mounted volume (a PersistentVolumeClaim, a hostPath:
+  the chart's ``workers.models`` mounts one read-only at ``/models``) or, by file name, in
+  ``KUBEVISION_MODEL_DIR`` / ``--model-dir`` / ``/models``; verified where it lies, never
+  copied (an archive on a read-only volume is unpacked into the cache);
 - ``http://``, ``https://`` — downloaded with httpx (redirects followed, connection retries);
 - ``s3://bucket/key`` — any S3-compatible store through the MinIO client: endpoint from the
   artifact's ``endpoint``, else ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (default AWS);
@@ -82,9 +83,10 @@ def model_dirs(extra: Iterable[Path] = ()) -> list[Path]:
 
 
 def default_cache_dir() -> Path:
-    """``$KUBEVISION_ARTIFACT_CACHE``; else ``artifacts/`` in the engine cache (a node folder
-    shared by the node's pods when the chart sets ``engineCacheHostPath``); else
-    ``$XDG_CACHE_HOME`` (or ``~/.cache``)/kubevision/artifacts."""
+    """``$KUBEVISION_ARTIFACT_CACHE`` (a node folder shared by the node's pods of every class
+    when the chart sets ``artifactCacheHostPath``); else ``artifacts/`` in the engine cache (a
+    node folder when the chart sets ``engineCacheHostPath``); else ``$XDG_CACHE_HOME`` (or
+    ``~/.cache``)/kubevision/artifacts."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
     if os.environ.get(ENGINE_CACHE_ENV):
@@ -137,7 +139,15 @@ class ArtifactStore:
                 f"{redact(artifact.uri)}: {scheme}:// artifacts are not fetched by workers "
                 f"(use file://, http(s):// or s3://)",
             )
-        return _unpacked(path) if path.suffix == ".tar" else path
+        if path.suffix != ".tar":
+            return path
+        if scheme == "file" and not os.access(path.parent, os.W_OK):
+            # a read-only models volume: unpack into the cache, keyed by the archive's digest
+            digest = artifact.sha256 or sha256_of(path)
+            entry = self._cache / "sha256" / digest / path.name
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            return _unpacked(path, entry.with_name(entry.name + ".d"))
+        return _unpacked(path)
 
     def _local(self, artifact: Artifact) -> Path:
         path = Path(urlsplit(artifact.uri).path)
@@ -306,11 +316,12 @@ def _s3_stream(
         response.release_conn()
 
 
-def _unpacked(archive: Path) -> Path:
-    """The model file inside a verified ``.tar``, unpacked once beside it (``<name>.d/``)."""
-    folder = archive.with_name(archive.name + ".d")
+def _unpacked(archive: Path, folder: Path | None = None) -> Path:
+    """The model file inside a verified ``.tar``, unpacked once into ``folder`` (default:
+    beside it, ``<name>.d/``)."""
+    folder = folder or archive.with_name(archive.name + ".d")
     if not folder.is_dir():
-        temp = Path(tempfile.mkdtemp(dir=archive.parent, prefix=f".{archive.name}."))
+        temp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{archive.name}."))
         try:
             with tarfile.open(archive, "r:") as tar:
                 tar.extractall(temp, filter="data")  # no absolute paths, links out, devices

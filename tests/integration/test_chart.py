@@ -131,6 +131,8 @@ def test_chart_passes_helm_lint_strict(cluster: LocalCluster, values: list[str])
         ("prometheusRule.enable=true", "enable"),
         ("dashboards.labelValue.x=1", "dashboards/labelValue"),
         ("workers.spoolHostPath=var/spool", "workers/spoolHostPath"),  # a node path is absolute
+        ("workers.artifactCacheHostPath=cache", "workers/artifactCacheHostPath"),
+        ("workers.models.persistentVolumeClaim=Models", "workers/models/persistentVolumeClaim"),
     ],
 )
 def test_bad_values_fail_with_a_message_naming_the_value(
@@ -244,6 +246,37 @@ def test_the_spool_host_path_reaches_the_operator_only_when_set(
     ]["containers"]
     env = {e["name"]: e.get("value") for e in operator["env"]}
     assert env.get("KUBEVISION_SPOOL_HOST_PATH") == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([], {}),
+        (
+            ["workers.models.persistentVolumeClaim=models", "workers.artifactCacheHostPath=/c"],
+            {"KUBEVISION_MODELS_CLAIM": "models", "KUBEVISION_ARTIFACT_CACHE_HOST_PATH": "/c"},
+        ),
+        (["workers.models.hostPath=/srv/models"], {"KUBEVISION_MODELS_HOST_PATH": "/srv/models"}),
+    ],
+    ids=["defaults", "claim-and-node-cache", "node-models"],
+)
+def test_the_models_volume_and_artifact_cache_reach_the_operator_only_when_set(
+    cluster: LocalCluster, values: list[str], expected: dict[str, str]
+) -> None:
+    (operator,) = one(template(cluster, "kv-system", *values), "Deployment")["spec"]["template"][
+        "spec"
+    ]["containers"]
+    env = {e["name"]: e.get("value") for e in operator["env"]}
+    names = ("KUBEVISION_MODELS_CLAIM", "KUBEVISION_MODELS_HOST_PATH")
+    got = {n: env[n] for n in (*names, "KUBEVISION_ARTIFACT_CACHE_HOST_PATH") if n in env}
+    assert got == expected
+
+
+def test_models_come_from_a_claim_or_a_node_folder_not_both(cluster: LocalCluster) -> None:
+    both = ("workers.models.persistentVolumeClaim=models", "workers.models.hostPath=/srv/models")
+    out = helm(cluster, "template", "kv", str(CHART), *[f"--set={v}" for v in both])
+    assert out.returncode != 0, "both sources were accepted"
+    assert "workers/models" in out.stderr, out.stderr
 
 
 def prometheus_operator_crds() -> Path:

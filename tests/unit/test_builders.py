@@ -503,6 +503,83 @@ def test_a_node_engine_cache_is_a_host_path_when_configured(hardware: HardwareCl
     assert cache["hostPath"] == {"path": "/var/lib/kubevision/engines", "type": "DirectoryOrCreate"}
 
 
+def mounted(
+    sts: dict[str, Any], volume: str
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(the pod volume named ``volume``, the container's mount of it)."""
+    volumes = [v for v in pod_spec(sts)["volumes"] if v["name"] == volume]
+    mounts = [m for m in container(sts)["volumeMounts"] if m["name"] == volume]
+    assert len(volumes) <= 1
+    assert len(mounts) == len(volumes)
+    return (volumes[0], mounts[0]) if volumes else (None, None)
+
+
+@pytest.mark.parametrize("hardware", ["nvidia-gpu", "jetson", "cpu"])
+@pytest.mark.parametrize(
+    ("settings", "source"),
+    [
+        (OperatorSettings(), None),
+        (
+            OperatorSettings(models_claim_name="models"),
+            {"persistentVolumeClaim": {"claimName": "models", "readOnly": True}},
+        ),
+        (
+            OperatorSettings(models_host_path="/srv/models"),
+            {"hostPath": {"path": "/srv/models", "type": "Directory"}},
+        ),
+    ],
+    ids=["none", "claim", "node-folder"],
+)
+def test_the_models_volume_is_mounted_read_only_at_models_in_every_worker(
+    hardware: HardwareClass, settings: OperatorSettings, source: dict[str, Any] | None
+) -> None:
+    sts = build_statefulset(sample_pipeline_body(), pipeline_spec(), group(hardware), settings)
+    volume, mount = mounted(sts, "models")
+    if source is None:
+        assert volume is None
+        return
+    assert volume == {"name": "models", **source}
+    # where the catalog's file:///models/... URIs point; the worker only reads it
+    assert mount == {"name": "models", "mountPath": "/models", "readOnly": True}
+
+
+def test_models_come_from_a_claim_or_a_node_folder_not_both() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        OperatorSettings(models_claim_name="models", models_host_path="/srv/models")
+
+
+@pytest.mark.parametrize("hardware", ["nvidia-gpu", "jetson", "cpu"])
+def test_a_node_artifact_cache_is_a_host_path_for_every_class_when_configured(
+    hardware: HardwareClass,
+) -> None:
+    default = statefulset_for(hardware)
+    assert mounted(default, "artifacts") == (None, None)
+    assert "KUBEVISION_ARTIFACT_CACHE" not in {e["name"] for e in container(default)["env"]}
+    settings = OperatorSettings(artifact_cache_host_path="/var/lib/kubevision/artifacts")
+    sts = build_statefulset(sample_pipeline_body(), pipeline_spec(), group(hardware), settings)
+    volume, mount = mounted(sts, "artifacts")
+    # the folder must exist (owned by the worker's UID): one the kubelet created is root's
+    assert volume == {
+        "name": "artifacts",
+        "hostPath": {"path": "/var/lib/kubevision/artifacts", "type": "Directory"},
+    }
+    assert mount is not None
+    assert "readOnly" not in mount
+    env = {e["name"]: e.get("value") for e in container(sts)["env"]}
+    assert env["KUBEVISION_ARTIFACT_CACHE"] == mount["mountPath"]
+
+
+def test_the_chart_settings_of_models_and_artifact_cache_are_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KUBEVISION_MODELS_CLAIM", "models")
+    monkeypatch.setenv("KUBEVISION_ARTIFACT_CACHE_HOST_PATH", "/var/lib/kubevision/artifacts")
+    settings = OperatorSettings.from_env()
+    assert settings.models_claim_name == "models"
+    assert settings.models_host_path is None
+    assert settings.artifact_cache_host_path == "/var/lib/kubevision/artifacts"
+
+
 RESTRICTED_VOLUME_TYPES = {
     "configMap",
     "csi",
@@ -517,9 +594,16 @@ RESTRICTED_VOLUME_TYPES = {
 
 
 @pytest.mark.parametrize("hardware", ["nvidia-gpu", "jetson", "cpu"])
-def test_worker_pods_meet_pod_security_restricted(hardware: HardwareClass) -> None:
+@pytest.mark.parametrize(
+    "settings", [OperatorSettings(), OperatorSettings(models_claim_name="models")]
+)
+def test_worker_pods_meet_pod_security_restricted(
+    hardware: HardwareClass, settings: OperatorSettings
+) -> None:
     # the admission itself is exercised on the real API server in tests/integration/test_chart.py
-    pod = pod_spec(statefulset_for(hardware))
+    pod = pod_spec(
+        build_statefulset(sample_pipeline_body(), pipeline_spec(), group(hardware), settings)
+    )
     (worker,) = pod["containers"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 65532

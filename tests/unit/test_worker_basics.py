@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tarfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,7 +18,7 @@ from kubevision.worker.config import ConfigError, ConfigWatcher, load_config, my
 from kubevision.worker.detections import NO_TRACK, Detections, box_iou
 from kubevision.worker.health import Health, HealthServer
 from kubevision.worker.metrics import WorkerMetrics
-from kubevision.worker.models import ArtifactError, resolve_artifact
+from kubevision.worker.models import ArtifactError, ArtifactStore, resolve_artifact
 
 # -- Detections -------------------------------------------------------------------------------
 
@@ -161,6 +163,35 @@ def test_artifact_is_found_in_the_model_dir_and_its_checksum_verified(tmp_path: 
         resolve_artifact(Artifact(uri="file:///models/other.onnx", sha256=good), [tmp_path])
     with pytest.raises(ArtifactError, match="gs:// artifacts are not fetched"):
         resolve_artifact(Artifact(uri="gs://bucket/m.onnx", sha256=good), [tmp_path])
+
+
+def test_an_archive_on_a_read_only_models_volume_is_unpacked_into_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models, cache = tmp_path / "models", tmp_path / "cache"
+    models.mkdir()
+    member = tmp_path / "model.xml"
+    member.write_text("<net/>")
+    archive = models / "m_openvino.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(member, arcname=member.name)
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    real_access = os.access
+
+    def read_only_models(path: str | Path, mode: int) -> bool:
+        return (
+            mode != os.W_OK and real_access(path, mode)
+            if Path(path) == models
+            else (real_access(path, mode))
+        )
+
+    # the chart mounts /models read-only (a root test process could write a 0555 folder)
+    monkeypatch.setattr("kubevision.worker.models.os.access", read_only_models)
+    artifact = Artifact(uri="file:///models/m_openvino.tar", sha256=digest)
+    found = ArtifactStore(cache_dir=cache, search=[models]).fetch(artifact)
+    assert found.read_text() == "<net/>"
+    assert found.is_relative_to(cache / "sha256" / digest)
+    assert list(models.iterdir()) == [archive], "nothing written beside the archive"
 
 
 # -- probes and metrics endpoint ----------------------------------------------------------------
