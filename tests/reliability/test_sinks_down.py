@@ -9,31 +9,28 @@ it the oldest dropped and counted exactly, and a disk spool resumed by a restart
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from benchmarks.reliability import sinks_down
+from benchmarks.reliability.sinks_down import spooled
 from kubevision.api.pipeline import Output
 from kubevision.api.worker_config import CONFIG_FILE
-from kubevision.worker.events import TrackEvent
 from kubevision.worker.sinks import spool_path
 from tests.assets import require
 from tests.envtest.cluster import LocalCluster
 from tests.envtest.podrunner import PodRunner
 from tests.envtest.poll import wait_for
-from tests.envtest.sinks import MOSQUITTO, Mosquitto, WebhookReceiver, subscriber
-from tests.integration.helpers import Namespace, file_camera, yolox_worker_config
+from tests.envtest.sinks import MOSQUITTO, WebhookReceiver
+from tests.integration.helpers import Namespace
 from tests.integration.test_podrunner import CATALOG, GROUP, POD, ready_pod
 from tests.integration.test_podrunner import PIPELINE as PODRUNNER_PIPELINE
 from tests.integration.test_podrunner import camera as pod_camera
-from tests.integration.test_worker import Worker
 
 BATCH = 100
 """Events per webhook request, and MQTT messages in flight: the most an interruption may
@@ -81,90 +78,32 @@ def test_mqtt_broker_restarts_mid_run_deliver_every_event_in_order_per_camera(
     assert figures["duplicates"] <= BATCH * figures["restarts"]
 
 
-def spooled(path: Path) -> list[TrackEvent]:
-    """What a worker's disk spool holds, oldest first, read as another process would."""
-    if not path.exists():
-        return []
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        rows = db.execute("SELECT payload FROM events ORDER BY seq").fetchall()
-    return [TrackEvent.model_validate_json(payload) for (payload,) in rows]
-
-
 def test_a_worker_killed_while_its_sinks_are_down_sends_its_spools_after_restart(
     tmp_path: Path, record_property: Any
 ) -> None:
     """The real worker process with disk spools, its webhook refusing connections and its
-    MQTT broker down: SIGKILL it once it has spooled events, start it again on the same spool
-    folder, bring the receiver and the broker back: every event each spool had committed
-    arrives first, in order, and nothing twice."""
+    MQTT broker down for 30 s: SIGKILLed halfway, started again on the same spool folder while
+    both are still away, it keeps spooling; once they are back every event either process
+    spooled (and every one the restarted worker made afterwards) arrives, in spool order for
+    the webhook and per camera for MQTT, and nothing twice: nothing can have been in flight at
+    the kill, the only moment the README lets a duplicate come from."""
     if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed (make system-packages)")
-    broker = Mosquitto(tmp_path)
-    broker.start()  # once, so the subscriber's persistent session exists when events come
-    with subscriber(broker.port, "kubevision/p") as sub:
-        broker.stop()
-        receiver = WebhookReceiver([(200, {})])  # not listening yet: connection refused
-        try:
-            outputs = [
-                Output(type="webhook", url=receiver.url),
-                Output(type="mqtt", url=broker.url, topic="kubevision/p"),
-            ]
-            args, before_kill = _kill_a_spooling_worker(tmp_path, outputs)
-            record_property("events_spooled_before_kill", [len(b) for b in before_kill])
-            assert not receiver.requests, "nothing could have been sent"
-            second = Worker(*args)
-            try:
-                wait_for(lambda: second.get("/readyz")[0] == 200, timeout=60, what="worker ready")
-                receiver.start()
-                broker.start()
-                wait_for(
-                    lambda: (
-                        len(receiver.delivered()) >= len(before_kill[0])
-                        and len(sub.received()) >= len(before_kill[1])
-                    ),
-                    timeout=90,
-                    what="the events spooled before the kill, at both peers",
-                )
-            finally:
-                second.stop()
-        finally:
-            receiver.stop()
-            broker.stop()
-        at_broker = [e for _, e in sub.received()]
-    for delivered, spooled_then in zip((receiver.delivered(), at_broker), before_kill, strict=True):
-        assert delivered[: len(spooled_then)] == spooled_then, "all of them first, in order"
-        keys = [(e.camera, e.kind, e.track_id, e.capture_time) for e in delivered]
-        assert len(set(keys)) == len(keys), "nothing was delivered twice"
-
-
-def _kill_a_spooling_worker(
-    tmp_path: Path, outputs: list[Output]
-) -> tuple[tuple[Path, Path, str], list[list[TrackEvent]]]:
-    """Run a worker whose outputs are all unreachable until each disk spool holds 10 events,
-    SIGKILL it; returns the arguments to start it again and what each spool held."""
-    config = yolox_worker_config(
-        "p",
-        "g",
-        [[file_camera("bottles", require("videos/bottle-detection.mp4"))]],
-        require("models/yolox_nano_416.onnx"),
-        outputs=[output.wire() for output in outputs],
-    )
-    config["spool"] = {"storage": "disk", "maxEvents": 100_000, "maxBytes": 64 * 2**20}
-    config_path, spool_dir = tmp_path / "worker.json", tmp_path / "spool"
-    config_path.write_text(json.dumps(config))
-    files = [spool_path(spool_dir, i, output) for i, output in enumerate(outputs)]
-    args = (config_path, tmp_path / "worker.log", f"--spool-dir={spool_dir}")
-    first = Worker(*args)
-    try:
-        wait_for(
-            lambda: all(len(spooled(f)) >= 10 for f in files),
-            timeout=120,
-            what="10 events in each spool",
-        )
-    finally:
-        first.proc.kill()  # SIGKILL: no close, no flush, mid-write perhaps
-        first.proc.wait(10)
-    return args, [spooled(f) for f in files]
+    figures = sinks_down.worker_killed(sinks_down.SMALL, tmp_path)
+    record_property("figures", figures)
+    assert figures["killed_after_s"] >= sinks_down.SMALL.worker_down_s / 2
+    for name in ("webhook", "mqtt"):
+        output = figures[name]
+        assert output["spooled_by_first"] >= 5, (name, output)
+        assert output["spooled_by_second_while_down"] > 0, (name, "the restart spooled on")
+        assert output["spool_survived_kill"], (name, "the restart kept what the kill left")
+        assert output["logged_before_kill_all_spooled"], (name, output)
+        assert output["lost"] == output["unexpected"] == 0, (name, output)
+        assert output["delivered"] + output["left_in_spool_at_stop"] == output["produced"]
+        assert output["duplicates"] == 0, (name, output)
+        assert output["in_order_per_camera"], (name, output)
+    assert figures["webhook"]["in_order_of_spool"], figures["webhook"]
+    assert sinks_down.worker_kept_its_promise(figures)
 
 
 def spool_dir_of(pid: int) -> Path:
