@@ -11,6 +11,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from kubevision.api.camera import CameraSpec
 from kubevision.api.pipeline import PipelineSpec
 from kubevision.api.worker_config import CASCADE_CONFIG_FILE, CascadeConfig
 from kubevision.operator import conditions
@@ -36,11 +37,17 @@ def cloud_spec(**overrides: Any) -> PipelineSpec:
 
 
 def test_the_samples_are_valid_pipelines() -> None:
-    edge = PipelineSpec.model_validate(yaml.safe_load((SAMPLES / "edge.yaml").read_text())["spec"])
+    docs = {d["kind"]: d for d in yaml.safe_load_all((SAMPLES / "edge.yaml").read_text())}
+    edge = PipelineSpec.model_validate(docs["Pipeline"]["spec"])
     assert edge.source is None
     assert edge.snapshots is not None
     assert edge.snapshots.storage == "inline"
     assert cloud_spec().source is not None
+    # the motion gate the edge sample speaks of is its Camera's sampling, selected by it
+    camera = CameraSpec.model_validate(docs["Camera"]["spec"])
+    assert camera.sampling.mode == "motion"
+    selector = docs["Pipeline"]["spec"]["cameraSelector"]["matchLabels"]
+    assert selector.items() <= docs["Camera"]["metadata"]["labels"].items()
 
 
 @pytest.mark.parametrize(
