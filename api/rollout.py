@@ -4,8 +4,9 @@ Like Argo Rollouts or Flagger, but the unit is a camera, not a request: the coho
 move in steps (percentages) to workers running the candidate, the rest stay on the stable
 detector, and after each analysis window the operator compares the two cohorts on what the
 workers themselves measure (p99 latency, fps, error rate, detections per frame, mean
-confidence). A step that passes moves on; a failed one rolls every camera back; passing the
-last step promotes the candidate to every camera. ``status.rollout`` records each step.
+confidence and its p50/p90). A step that passes moves on; a failed one rolls every camera
+back; passing the last step promotes the candidate to every camera. ``status.rollout``
+records each step.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ class RolloutAnalysis(ApiModel):
     """Relative change of detections per frame allowed (0.5: within -50 % .. +50 %)."""
     max_confidence_change: float = Field(default=0.15, gt=0, le=1)
     """Largest difference of the mean detection confidence allowed."""
+    max_confidence_quantile_drop: float = Field(default=0.15, gt=0, le=1)
+    """How far the canary's median (p50) and p90 detection confidence may fall below the
+    stable's: a shifted distribution with an unchanged mean (fewer sure detections, more
+    marginal ones) fails here. Quantiles interpolate within the worker's 0.1-wide buckets,
+    as Prometheus' histogram_quantile does."""
     failure_limit: int = Field(default=0, ge=0, le=10)
     """Failed windows tolerated in a row before rolling back (0: the first fails it)."""
     inconclusive_limit: int = Field(default=3, ge=1, le=100)
@@ -144,6 +150,10 @@ class CohortFigures(ApiModel):
     """Detections kept (after tracking) per processed frame."""
     mean_confidence: float | None = None
     """Mean score of those detections; unset without detections."""
+    confidence_p50: float | None = None
+    """Median score of those detections (from the confidence histogram); unset without."""
+    confidence_p90: float | None = None
+    """90th percentile of their scores; unset without detections."""
 
 
 class RolloutAnalysisResult(ApiModel):

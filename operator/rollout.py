@@ -247,6 +247,7 @@ def cohort_figures(
     A pod seen only at the end counts from its start; one whose counters went down restarted
     and counts its current values (as :func:`.signals.combine`)."""
     buckets: dict[float, float] = {}
+    scores: dict[float, float] = {}
     frames = detections = conf_sum = conf_count = batches = errors = 0.0
     cameras = 0
     for pod, now in after.items():
@@ -256,6 +257,9 @@ def cohort_figures(
         old = dict(was.buckets)
         for bound, count in now.buckets:
             buckets[bound] = buckets.get(bound, 0.0) + count - old.get(bound, 0.0)
+        old = dict(was.confidence_buckets)
+        for bound, count in now.confidence_buckets:
+            scores[bound] = scores.get(bound, 0.0) + count - old.get(bound, 0.0)
         frames += now.processed - was.processed
         detections += now.detections - was.detections
         conf_sum += now.confidence_sum - was.confidence_sum
@@ -264,6 +268,7 @@ def cohort_figures(
         errors += now.batch_errors - was.batch_errors
         cameras += len(now.cameras or {})
     p99 = quantile(0.99, sorted(buckets.items()))
+    p50, p90 = (quantile(q, sorted(scores.items())) for q in (0.5, 0.9))
     return CohortFigures(
         cameras=cameras,
         frames=int(frames),
@@ -272,6 +277,8 @@ def cohort_figures(
         error_rate=round(errors / batches, 4) if batches > 0 else 0.0,
         detections_per_frame=round(detections / frames, 3) if frames > 0 else 0.0,
         mean_confidence=round(conf_sum / conf_count, 3) if conf_count > 0 else None,
+        confidence_p50=None if p50 is None else round(p50, 3),
+        confidence_p90=None if p90 is None else round(p90, 3),
     )
 
 
@@ -333,6 +340,17 @@ def _detection_failures(
                 f"mean confidence {canary.mean_confidence:g} vs stable "
                 f"{stable.mean_confidence:g} ({delta:+.3f}, at most "
                 f"±{analysis.max_confidence_change:g})"
+            )
+    for name in ("p50", "p90"):
+        ours = getattr(canary, f"confidence_{name}")
+        theirs = getattr(stable, f"confidence_{name}")
+        if ours is None or theirs is None:
+            continue
+        drop = round(theirs - ours, 3)  # of rounded figures: 0.6 - 0.45 is not above 0.15
+        if drop > analysis.max_confidence_quantile_drop:
+            failures.append(
+                f"confidence {name} {ours:g} vs stable {theirs:g} ({-drop:+.3f}, at most "
+                f"{analysis.max_confidence_quantile_drop:g} below)"
             )
     return failures
 

@@ -85,6 +85,9 @@ class Scrape:
     batches: float = 0.0
     batch_errors: float = 0.0
     """Inference batches run, and batches that failed (detect or track)."""
+    confidence_buckets: tuple[tuple[float, float], ...] = ()
+    """The detections' scores as (upper bound, cumulative count), all cameras summed, sorted
+    by bound (``kubevision_detection_confidence``: a canary rollout compares quantiles)."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class CameraHealth:
 def parse_metrics(text: str, at: float) -> Scrape:
     """A worker's ``/metrics`` page reduced to what scaling and Camera status need."""
     buckets: dict[float, float] = {}
+    scores: dict[float, float] = {}
     processed = dropped = queue = 0.0
     per_camera: dict[str, dict[str, float]] = {}
     running: dict[str, str] = {}
@@ -135,6 +139,9 @@ def parse_metrics(text: str, at: float) -> Scrape:
             if sample.name == f"{LATENCY}_bucket":
                 bound = float(sample.labels["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + sample.value
+            elif sample.name == f"{CONFIDENCE}_bucket":
+                bound = float(sample.labels["le"])
+                scores[bound] = scores.get(bound, 0.0) + sample.value
             elif sample.name == PROCESSED:
                 processed += sample.value
             elif sample.name == DROPPED:
@@ -159,7 +166,15 @@ def parse_metrics(text: str, at: float) -> Scrape:
         for role in sorted({*running, *failed})
     }
     return Scrape(
-        at, tuple(sorted(buckets.items())), processed, dropped, queue, cameras, models, **extra
+        at,
+        tuple(sorted(buckets.items())),
+        processed,
+        dropped,
+        queue,
+        cameras,
+        models,
+        **extra,
+        confidence_buckets=tuple(sorted(scores.items())),
     )
 
 

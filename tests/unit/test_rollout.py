@@ -8,13 +8,15 @@ import itertools
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from kubevision.api.pipeline import PipelineSpec
 from kubevision.api.rollout import CohortFigures, RolloutAnalysis, RolloutStatus
 from kubevision.operator import rollout as r
 from kubevision.operator.builders import build_worker_config
 from kubevision.operator.planner import Camera, group_name
-from kubevision.operator.signals import Scrape
+from kubevision.operator.signals import Scrape, parse_metrics
+from kubevision.worker.metrics import WorkerMetrics
 from tests.unit.factories import camera, simulated_nodes, variant
 
 CPU = [{"accelerator": "cpu", "expectedFps": 1000, "p99LatencyMs": 1}]
@@ -55,12 +57,25 @@ def figures(**over: Any) -> CohortFigures:
         "errorRate": 0.0,
         "detectionsPerFrame": 3.0,
         "meanConfidence": 0.6,
+        "confidenceP50": 0.6,
+        "confidenceP90": 0.85,
     }
     return CohortFigures.model_validate(base | over)
 
 
-def scrape(at: float, cams: list[str], frames: float, detections: float = 0.0) -> Scrape:
-    """A worker's counters: every frame within 20 ms, scores of 0.5."""
+def scores(detections: float, low: float = 0.0) -> tuple[tuple[float, float], ...]:
+    """A confidence histogram (cumulative, the worker's buckets): ``low`` of the detections
+    scored in 0.2-0.3, the rest in 0.4-0.5."""
+    bounds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, float("inf"))
+    below = {0.1: 0.0, 0.2: 0.0, 0.3: low * detections, 0.4: low * detections}
+    return tuple((b, below.get(b, detections)) for b in bounds)
+
+
+def scrape(
+    at: float, cams: list[str], frames: float, detections: float = 0.0, low: float = 0.0
+) -> Scrape:
+    """A worker's counters: every frame within 20 ms, scores of 0.5 (``low``: the fraction
+    of detections scored 0.2-0.3 in the histogram)."""
     buckets = ((0.02, frames), (float("inf"), frames))
     return Scrape(
         at,
@@ -73,6 +88,7 @@ def scrape(at: float, cams: list[str], frames: float, detections: float = 0.0) -
         confidence_sum=0.5 * detections,
         confidence_count=detections,
         batches=frames,
+        confidence_buckets=scores(detections, low),
     )
 
 
@@ -111,6 +127,11 @@ def test_the_cohort_selector_limits_the_canary() -> None:
         ({"detectionsPerFrame": 4.4}, None),
         ({"detectionsPerFrame": 4.6}, "detections per frame"),
         ({"meanConfidence": 0.8}, "mean confidence"),
+        ({"confidenceP50": 0.45}, None),  # 0.15 below: at the bound
+        ({"confidenceP50": 0.44}, "confidence p50"),
+        ({"confidenceP90": 0.69}, "confidence p90"),
+        ({"confidenceP50": 0.95, "confidenceP90": 0.95}, None),  # surer is no drop
+        ({"confidenceP50": None, "confidenceP90": None}, None),  # an older worker: no histogram
     ],
 )
 def test_judge_names_each_broken_bound(canary: dict[str, Any], broken: str | None) -> None:
@@ -147,6 +168,39 @@ def test_cohort_figures_difference_the_window_and_count_restarts() -> None:
     assert got.mean_confidence == 0.5
     assert got.p99_latency_ms is not None
     assert got.p99_latency_ms <= 20
+    # every score in 0.4-0.5 (w-1 counted from its restart): interpolated within the bucket
+    assert (got.confidence_p50, got.confidence_p90) == (0.45, 0.49)
+
+
+def test_the_worker_confidence_histogram_is_parsed_summed_over_cameras() -> None:
+    worker = WorkerMetrics("p")
+    worker.camera("a").scored([0.25, 0.45])
+    worker.camera("b").scored([0.45, 0.97])
+    got = parse_metrics(generate_latest(worker.registry).decode(), at=1.0)
+    cumulative = dict(got.confidence_buckets)
+    assert (cumulative[0.2], cumulative[0.3], cumulative[0.5], cumulative[0.95]) == (0, 1, 3, 3)
+    assert cumulative[float("inf")] == got.confidence_count == 4
+    assert [b for b, _ in got.confidence_buckets] == sorted(cumulative)
+
+
+def test_a_shifted_confidence_distribution_with_the_same_mean_fails_the_window() -> None:
+    """The mean alone misses it: 60 % of the canary's detections fall to 0.2-0.3 (the
+    counters' mean stays 0.5), and its median falls with them."""
+    stable = r.cohort_figures(
+        {"s": scrape(0.0, ["a"], 0, 0)}, {"s": scrape(10.0, ["a"], 200, 600)}, 10.0
+    )
+    canary = r.cohort_figures(
+        {"c": scrape(0.0, ["b"], 0, 0)}, {"c": scrape(10.0, ["b"], 200, 600, low=0.6)}, 10.0
+    )
+    assert canary.mean_confidence == stable.mean_confidence
+    assert canary.confidence_p50 is not None
+    assert stable.confidence_p50 is not None
+    assert canary.confidence_p50 < stable.confidence_p50 - 0.15
+    verdict, failures = r.judge(stable, canary, RolloutAnalysis(min_frames=10))
+    assert verdict == "Failed"
+    assert [f.split(" ")[1] for f in failures] == ["p50"], failures
+    loose = RolloutAnalysis(min_frames=10, max_confidence_quantile_drop=0.3)
+    assert r.judge(stable, canary, loose) == ("Passed", [])
 
 
 # -- the steps -----------------------------------------------------------------------------
