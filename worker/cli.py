@@ -337,7 +337,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--threads", type=int, help="inference threads (default: runtime's)")
     common.add_argument(
         "--cuda-sync",
-        default="auto",
+        default="blocking",
         choices=SYNC_POLICIES,
         help="how threads wait for a GPU: blocking sleeps (frees cores), spin is CUDA's busy wait",
     )

@@ -96,9 +96,10 @@ class RuntimeOptions:
     """Runtime for ONNX models: ``auto`` picks torch on a GPU when installed, else ORT."""
     threads: int | None = None
     """Inference threads; set it to the pod's CPU limit."""
-    cuda_sync: SyncPolicy = "auto"
+    cuda_sync: SyncPolicy = "blocking"
     """How threads wait for a GPU (:mod:`~kubevision.worker.gpu.sync_policy`): ``blocking``
-    sleeps, leaving the cores to the work; CUDA's default stays until a GPU run measures it."""
+    sleeps, leaving the cores to the work (at 112 decode-included streams on an H100: 2.75 vs
+    3.69 ms of host CPU per frame spinning, benchmarks/results/gpu_cuda_sync_h100.md)."""
     max_batch: int | None = None
     """Frames per inference call; default the detector variant's batch max."""
     max_wait_seconds: float = 0.005

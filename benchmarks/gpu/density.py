@@ -176,7 +176,7 @@ class Setup:
     lanes: int = 1
     """Inference lanes per worker process on its one GPU (``--device cuda:0,cuda:0``): two
     lanes keep two batches in flight, so one lane's GPU wait overlaps the other's host work."""
-    cuda_sync: SyncPolicy = "auto"
+    cuda_sync: SyncPolicy = "blocking"
     """How the worker's threads wait for the GPU (``spin``: CUDA's default busy wait)."""
 
     @property
@@ -802,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cuda-sync",
         choices=SYNC_POLICIES,
-        default="auto",
+        default="blocking",
         help="how the worker's threads wait for the GPU (the baseline loop keeps CUDA's default)",
     )
     parser.add_argument(
