@@ -77,6 +77,10 @@ class TrackerStage(ApiModel):
     """Detections before a track is confirmed; unset: each tracker's reference rule (sort:
     3 matches in a row after the first detection, bytetrack: the second match, deepsort:
     n_init 3)."""
+    reid_refresh_frames: int = Field(default=10, ge=1, le=1000)
+    """deepsort: a detection that can only be one track (no other track or detection near it)
+    reuses that track's embedding, recomputed at least every this many frames; 1 embeds every
+    detection, as the reference does."""
 
 
 class ClassifierStage(ModelRef):

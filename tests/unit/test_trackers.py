@@ -314,6 +314,60 @@ def test_deepsort_embeds_the_frame_when_detections_have_no_embeddings() -> None:
     assert calls == [(480, 2)]  # one batched call per frame
 
 
+def _embedding_calls(
+    reid_every: int, frames: list[Frame]
+) -> tuple[list[int], list[dict[str, int]]]:
+    """Boxes embedded per frame, and the ids, of a DeepSORT whose embedder looks up keys."""
+    calls: list[int] = []
+    keys: dict[float, str] = {}  # object key by its box's left edge (unique per frame here)
+
+    def embedder(frame: Image, xyxy: FloatArray) -> FloatArray:
+        calls[-1] += len(xyxy)
+        return np.stack([embedding(keys[round(float(b[0]), 2)]) for b in xyxy])
+
+    tracker = DeepSort(embedder=embedder, min_hits=1, reid_every=reid_every)
+    image = np.zeros((480, 1280, 3), np.uint8)
+    ids = []
+    for frame in frames:
+        calls.append(0)
+        keys.update({round(b[0], 2): k for k, b, _ in frame})
+        dets = detections(frame)
+        tracked = tracker.update(Detections(dets.xyxy, dets.scores, dets.class_ids), image)
+        nearest = iou(tracked.xyxy, dets.xyxy).argmax(axis=1)
+        ids.append({frame[j][0]: int(t) for j, t in zip(nearest, tracked.track_ids, strict=True)})
+    return calls, ids
+
+
+def test_deepsort_reuses_the_embedding_of_a_track_nothing_else_is_near() -> None:
+    """Two people far apart: after their first frame each is embedded once every
+    ``reid_every`` frames, with the same ids as when every detection is embedded."""
+    frames: list[Frame] = [
+        [("a", box(10 + 4 * t), 0.9), ("b", box(900 - 4 * t), 0.9)] for t in range(20)
+    ]
+    every, ids_every = _embedding_calls(1, frames)
+    reused, ids_reused = _embedding_calls(5, frames)
+    assert sum(every) == 40
+    assert reused == [2 if t % 5 == 0 else 0 for t in range(20)]  # refreshed every 5 frames
+    assert ids_reused == ids_every
+
+
+def test_deepsort_embeds_people_who_come_close() -> None:
+    """Crossing people overlap: every detection near another is embedded, ids kept."""
+    frames: list[Frame] = [
+        [("right", box(0 + 8 * t), 0.9), ("left", box(300 - 6 * t), 0.9)] for t in range(45)
+    ]
+    calls, ids = _embedding_calls(1000, frames)
+    near = [
+        t
+        for t in range(45)
+        if iou(np.array([box(8 * t)]), np.array([box(300 - 6 * t)]))[0, 0] > 0.3
+    ]
+    assert near
+    assert all(calls[t] == 2 for t in near)
+    assert ids_of(ids, "right") == {1}
+    assert ids_of(ids, "left") == {2}
+
+
 def test_deepsort_without_appearance_says_what_it_needs() -> None:
     plain = Detections(
         np.array([box(10)], np.float32), np.ones(1, np.float32), np.zeros(1, np.int64)
@@ -396,6 +450,16 @@ def test_factory_builds_motion_trackers_from_the_stage(kind: str, cls: type) -> 
     assert (settings.max_age, settings.min_hits) == (5, 2)
     with pytest.raises(ValueError, match="only used by deepsort"):
         create_tracker(stage, embedder=lambda frame, xyxy: xyxy)
+
+
+@pytest.mark.parametrize("refresh", [1, 10])
+def test_factory_gives_deepsort_the_stages_reid_refresh(refresh: int) -> None:
+    stage = TrackerStage.model_validate(
+        {"type": "deepsort", "reid": {"family": "person-reid"}, "reidRefreshFrames": refresh}
+    )
+    tracker = create_tracker(stage, embedder=lambda frame, xyxy: xyxy)
+    assert isinstance(tracker, DeepSort)
+    assert tracker.reid_every == refresh
 
 
 def test_factory_applies_the_detectors_thresholds() -> None:

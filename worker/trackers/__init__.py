@@ -67,9 +67,10 @@ def create_tracker(
             raise ValueError(
                 "a deepsort tracker needs an embedder built from the stage's reid model"
             )
+        every = stage.reid_refresh_frames
         if thresholds is None:
-            return DeepSort(embedder=embedder, **counts)
-        return DeepSort(embedder=embedder, min_iou=thresholds.match_iou, **counts)
+            return DeepSort(embedder=embedder, reid_every=every, **counts)
+        return DeepSort(embedder=embedder, min_iou=thresholds.match_iou, reid_every=every, **counts)
     if embedder is not None:
         raise ValueError(f"an embedder is only used by deepsort, not by {stage.type}")
     if stage.type == "sort":
