@@ -254,12 +254,8 @@ def cohort_figures(
         was = before.get(pod)
         if was is None or now.processed < was.processed:
             was = Scrape(now.at, (), 0.0, 0.0, 0.0)
-        old = dict(was.buckets)
-        for bound, count in now.buckets:
-            buckets[bound] = buckets.get(bound, 0.0) + count - old.get(bound, 0.0)
-        old = dict(was.confidence_buckets)
-        for bound, count in now.confidence_buckets:
-            scores[bound] = scores.get(bound, 0.0) + count - old.get(bound, 0.0)
+        _add_delta(buckets, now.buckets, was.buckets)
+        _add_delta(scores, now.confidence_buckets, was.confidence_buckets)
         frames += now.processed - was.processed
         detections += now.detections - was.detections
         conf_sum += now.confidence_sum - was.confidence_sum
@@ -280,6 +276,17 @@ def cohort_figures(
         confidence_p50=None if p50 is None else round(p50, 3),
         confidence_p90=None if p90 is None else round(p90, 3),
     )
+
+
+def _add_delta(
+    total: dict[float, float],
+    now: Iterable[tuple[float, float]],
+    was: Iterable[tuple[float, float]],
+) -> None:
+    """Add one pod's histogram growth (cumulative buckets ``now`` minus ``was``) to ``total``."""
+    old = dict(was)
+    for bound, count in now:
+        total[bound] = total.get(bound, 0.0) + count - old.get(bound, 0.0)
 
 
 def judge(
