@@ -24,14 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +43,7 @@ from kubevision.worker.events import TrackEvent
 from kubevision.worker.sinks import FanOut, MqttSink, Sink, SinkMetrics, WebhookSink, spool_path
 from kubevision.worker.spool import Limits, SqliteSpool
 from tests.assets import require
-from tests.envtest.controlplane import free_port
 from tests.envtest.poll import wait_for
-from tests.envtest.processes import spawn, terminate
 from tests.envtest.sinks import (
     MOSQUITTO,
     Mosquitto,
@@ -58,6 +52,7 @@ from tests.envtest.sinks import (
     subscriber,
     track_event,
 )
+from tests.envtest.worker_process import WorkerProcess
 from tests.integration.helpers import file_camera, yolox_worker_config
 
 PIPELINE = "reliability"
@@ -316,7 +311,6 @@ def mqtt_restarts(size: Size, folder: Path) -> dict[str, Any]:
 
 # --- a real worker killed while its uplink is down -------------------------------------------
 
-WORKER = Path(sys.executable).parent / "kubevision-worker"
 WORKER_CAMERAS = ("bottles", "shelf")
 WORKER_TOPIC = "kubevision/p"
 Key = tuple[str, str, int, str]
@@ -334,39 +328,6 @@ def spooled(path: Path) -> list[TrackEvent]:
     with contextlib.closing(sqlite3.connect(path)) as db:
         rows = db.execute("SELECT payload FROM events ORDER BY seq").fetchall()
     return [TrackEvent.model_validate_json(payload) for (payload,) in rows]
-
-
-class WorkerProcess:
-    """``kubevision-worker serve`` with a disk spool, as a pod runs it."""
-
-    def __init__(self, config: Path, log: Path, spool_dir: Path) -> None:
-        model = require("models/yolox_nano_416.onnx")
-        self.port = free_port()
-        env = {**os.environ, "KUBEVISION_SHARD": "0", "KUBEVISION_MODEL_DIR": str(model.parent)}
-        argv = [
-            str(WORKER),
-            "serve",
-            f"--config={config}",
-            f"--port={self.port}",
-            "--threads=1",
-            f"--spool-dir={spool_dir}",
-        ]
-        self.proc: subprocess.Popen[bytes] = spawn(argv, log, env=env)
-
-    def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL: no close, no flush, perhaps mid-commit."""
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        terminate(self.proc, grace=30)
 
 
 def event_log(path: Path, offset: int = 0) -> list[TrackEvent]:
@@ -424,7 +385,7 @@ def worker_killed(size: Size, folder: Path) -> dict[str, Any]:
         config_path, spool_dir = folder / "worker.json", folder / "spool"
         config_path.write_text(json.dumps(config))
         files = [spool_path(spool_dir, i, o) for i, o in enumerate(outputs)]
-        args = (config_path, folder / "worker.log", spool_dir)
+        args = (config_path, folder / "worker.log", [f"--spool-dir={spool_dir}"])
         try:
             down_since = time.monotonic()
             first = WorkerProcess(*args)

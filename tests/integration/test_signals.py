@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import socket
 import socketserver
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -45,9 +42,9 @@ from tests.assets import require
 from tests.envtest.controlplane import free_port
 from tests.envtest.poll import wait_for
 from tests.envtest.prometheus import Prometheus, find_binaries
+from tests.envtest.worker_process import WorkerProcess
 from tests.integration.helpers import file_camera, yolox_worker_config
 
-WORKER = Path(sys.executable).parent / "kubevision-worker"
 PIPELINE, CAMERA = "signals", "belt"
 SOURCE_FPS = 29.97
 """bottle-detection.mp4 plays at 29.97 fps; a file camera is paced in real time."""
@@ -90,64 +87,15 @@ def _worker_config(video: Path, model: Path) -> WorkerConfig:
     )
 
 
-class WorkerProcess:
-    """``kubevision-worker serve`` bound to 127.0.0.1:<free port>, as a pod runs it."""
-
-    def __init__(self, config: WorkerConfig, state_dir: Path) -> None:
-        model = require("models/yolox_nano_416.onnx")
-        config_path = state_dir / "worker.json"
-        config_path.write_text(json.dumps(config.wire()))
-        self.port = free_port()
-        self.log_path = state_dir / "worker.log"
-        env = {**os.environ, "KUBEVISION_SHARD": "0", "KUBEVISION_MODEL_DIR": str(model.parent)}
-        argv = [
-            str(WORKER),
-            "serve",
-            f"--config={config_path}",
-            f"--port={self.port}",
-            "--host=127.0.0.1",
-            "--threads=1",
-        ]
-        with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    @property
-    def target(self) -> str:
-        """What Prometheus calls this worker (its ``instance`` label)."""
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self.target}/metrics"
-
-    def ready_or_exited(self) -> bool:
-        """True once /readyz answers 200, or at once if the process died (no long wait)."""
-        if self.proc.poll() is not None:
-            return True
-        with urllib.request.urlopen(f"http://{self.target}/readyz", timeout=2) as resp:
-            return int(resp.status) == 200
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            tail = self.log_path.read_text(errors="replace")[-3000:]
-            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{tail}")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL: never hangs."""
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     config = _worker_config(
         require("videos/bottle-detection.mp4"), require("models/yolox_nano_416.onnx")
     )
-    proc = WorkerProcess(config, tmp_path_factory.mktemp("worker"))
+    state_dir = tmp_path_factory.mktemp("worker")
+    config_path = state_dir / "worker.json"
+    config_path.write_text(json.dumps(config.wire()))
+    proc = WorkerProcess(config_path, state_dir / "worker.log")
     try:
         wait_for(proc.ready_or_exited, timeout=60, what="worker /readyz")
         proc.check_alive()
