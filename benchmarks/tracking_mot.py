@@ -64,7 +64,7 @@ from kubevision.worker.trackers import (
     Tracker,
     create_tracker,
 )
-from kubevision.worker.trackers.base import Image
+from kubevision.worker.trackers.base import Image, Pixels
 from kubevision.worker.trackers.reid import ReidEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,7 +260,7 @@ def pipeline_configured(
     return create_tracker(spec, embedder, thresholds)
 
 
-def _needs_embeddings(frame: Image, xyxy: FloatArray) -> FloatArray:
+def _needs_embeddings(frame: Pixels, xyxy: FloatArray) -> FloatArray:
     raise ValueError("these detections should carry their embeddings")
 
 

@@ -431,7 +431,7 @@ class WorkerRuntime:
             pose = PoseEstimator(config.pose, backend(config.pose, "pose"))
         embedder = None
         if config.reid is not None:
-            embedder = ReidEmbedder(_fetch(config.reid, "reid", opts.model_search))
+            embedder = ReidEmbedder(_fetch(config.reid, "reid", opts.model_search), device=device)
         return _Models(
             detector=detector,
             classifier=classifier,
@@ -591,10 +591,19 @@ class WorkerRuntime:
         vectorised update)."""
         with self._stage("track"):
             # only appearance trackers (DeepSORT) look at pixels; a GPU frame is not copied
-            # down for the others
+            # down for the others, nor for a re-id model on the GPU
+            embedder = models.embedder
             return track_batch(
                 [
-                    (cam.tracker, found, frame.image if models.embedder is not None else None)
+                    (
+                        cam.tracker,
+                        found,
+                        None
+                        if embedder is None
+                        else frame.pixels
+                        if embedder.takes_device_frames
+                        else frame.image,
+                    )
                     for cam, frame, found in work
                 ]
             )

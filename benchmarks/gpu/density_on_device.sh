@@ -48,7 +48,7 @@ echo "GPU sharing: $sharing"
 if [[ $tests == 1 ]]; then
   python3 -m pytest -q -p no:cacheprovider --noconftest -rfEs tests/unit/test_gpu_path.py \
     tests/unit/test_nvdec.py tests/integration/test_capture.py tests/unit/test_device_crops.py \
-    tests/unit/test_sync_policy.py \
+    tests/unit/test_sync_policy.py tests/unit/test_gpu_reid.py \
     -k "gpu or nvdec or paced or cuda" 2>&1 |
     tail -30 | tee "$OUT/gpu_tests.log"
 fi

@@ -33,7 +33,7 @@ from kubevision.worker.trackers import (
     kalman,
     track_batch,
 )
-from kubevision.worker.trackers.base import IdCounter, Image, assign_capped, iou
+from kubevision.worker.trackers.base import IdCounter, Pixels, assign_capped, iou
 from kubevision.worker.trackers.sort import match_iou
 
 Box = tuple[float, float, float, float]
@@ -298,7 +298,7 @@ def test_deepsort_gallery_remembers_older_looks() -> None:
 def test_deepsort_embeds_the_frame_when_detections_have_no_embeddings() -> None:
     calls: list[tuple[int, int]] = []
 
-    def embedder(frame: Image, xyxy: FloatArray) -> FloatArray:
+    def embedder(frame: Pixels, xyxy: FloatArray) -> FloatArray:
         calls.append((frame.shape[0], len(xyxy)))
         return np.stack([embedding(str(int(x))) for x in xyxy[:, 0]])
 
@@ -321,7 +321,7 @@ def _embedding_calls(
     calls: list[int] = []
     keys: dict[float, str] = {}  # object key by its box's left edge (unique per frame here)
 
-    def embedder(frame: Image, xyxy: FloatArray) -> FloatArray:
+    def embedder(frame: Pixels, xyxy: FloatArray) -> FloatArray:
         calls[-1] += len(xyxy)
         return np.stack([embedding(keys[round(float(b[0]), 2)]) for b in xyxy])
 

@@ -15,7 +15,7 @@ from typing import TypedDict
 from kubevision.api.modelvariant import TrackingThresholds
 from kubevision.api.pipeline import TrackerStage
 from kubevision.worker.detections import Detections
-from kubevision.worker.trackers.base import Embedder, Image, Tracker
+from kubevision.worker.trackers.base import Embedder, Pixels, Tracker
 from kubevision.worker.trackers.bytetrack import ByteTrack, ByteTrackSettings, ByteTrackTable
 from kubevision.worker.trackers.deepsort import DeepSort
 from kubevision.worker.trackers.sort import Sort
@@ -93,7 +93,7 @@ def create_tracker(
     return ByteTrack(table)
 
 
-def track_batch(work: Sequence[tuple[Tracker, Detections, Image | None]]) -> list[Detections]:
+def track_batch(work: Sequence[tuple[Tracker, Detections, Pixels | None]]) -> list[Detections]:
     """One frame for each camera's tracker (tracker, its detections, its frame); ByteTrack
     cameras of one table in one update, so a batch of cameras costs about what one does."""
     out = [Detections.empty()] * len(work)

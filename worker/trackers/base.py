@@ -22,9 +22,10 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment  # type: ignore[import-untyped]
 
 from kubevision.worker.detections import NO_TRACK, Detections, FloatArray, IntArray
+from kubevision.worker.nvdec import Pixels as Pixels  # a host or an NVDEC (GPU) frame
 
 Image = npt.NDArray[np.uint8]
-"""A decoded frame, H x W x 3, BGR (OpenCV's order)."""
+"""A decoded frame in host memory, H x W x 3, BGR (OpenCV's order)."""
 Array = npt.NDArray[np.float64]
 Mask = npt.NDArray[np.bool_]
 ReportBoxes = Literal["filter", "detection"]
@@ -33,7 +34,7 @@ ReportBoxes = Literal["filter", "detection"]
 class Tracker(Protocol):
     """A stateful multi-object tracker for one camera stream."""
 
-    def update(self, detections: Detections, frame: Image | None = None) -> Detections:
+    def update(self, detections: Detections, frame: Pixels | None = None) -> Detections:
         """Advance one frame; return the reported tracks' detections with track ids set."""
         ...
 
@@ -49,7 +50,7 @@ class Tracker(Protocol):
 class Embedder(Protocol):
     """Appearance features for boxes in a frame (re-id), for DeepSORT."""
 
-    def __call__(self, frame: Image, xyxy: FloatArray) -> FloatArray:
+    def __call__(self, frame: Pixels, xyxy: FloatArray) -> FloatArray:
         """(N, 4) boxes of ``frame`` -> (N, D) L2-normalised embeddings."""
         ...
 

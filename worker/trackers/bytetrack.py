@@ -47,8 +47,8 @@ import numpy as np
 from kubevision.worker.detections import NO_TRACK, Detections, IntArray
 from kubevision.worker.trackers.base import (
     Array,
-    Image,
     Mask,
+    Pixels,
     ReportBoxes,
     append_rows,
     assign_capped,
@@ -436,7 +436,7 @@ class ByteTrack:
     def settings(self) -> ByteTrackSettings:
         return self.table.settings
 
-    def update(self, detections: Detections, frame: Image | None = None) -> Detections:
+    def update(self, detections: Detections, frame: Pixels | None = None) -> Detections:
         """Advance one frame (``frame`` is not used: ByteTrack is motion-only)."""
         return self.table.update([(self.key, detections)])[0]
 

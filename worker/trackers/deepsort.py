@@ -39,8 +39,8 @@ from kubevision.worker.trackers.base import (
     Array,
     Embedder,
     IdCounter,
-    Image,
     Mask,
+    Pixels,
     ReportBoxes,
     append_rows,
     assign_capped,
@@ -146,7 +146,7 @@ class DeepSort:
         """Its state is its own: forgetting it is all there is to release."""
         self.reset()
 
-    def update(self, detections: Detections, frame: Image | None = None) -> Detections:
+    def update(self, detections: Detections, frame: Pixels | None = None) -> Detections:
         """Advance one frame; needs ``frame`` and an embedder unless detections carry embeddings."""
         t = self._tracks
         t.mean, t.cov = self._filter.predict(t.mean, t.cov)
@@ -193,7 +193,9 @@ class DeepSort:
         reuse[ok] = track[ok]
         return reuse
 
-    def _features(self, detections: Detections, frame: Image | None, reuse: IntArray) -> FloatArray:
+    def _features(
+        self, detections: Detections, frame: Pixels | None, reuse: IntArray
+    ) -> FloatArray:
         """L2-normalised (N, D) embeddings of this frame's detections: computed (or given)
         where ``reuse`` is -1, else the reused track's newest embedding."""
         t = self._tracks

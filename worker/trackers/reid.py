@@ -8,26 +8,36 @@ Two input layouts, recognised from the model's input shape:
 
 All crops of a frame are resized into one array and run in one call when the export takes a
 dynamic batch (``python -m model_catalog.tools.prepare dynamic`` makes one from a batch-1
-export); a fixed-batch export is run in chunks of its batch. CUDA is used when ONNX Runtime
-has it, else the CPU.
+export); a fixed-batch export is run in chunks of its batch. On a GPU (``device="cuda"``, with
+torch and onnx2torch installed, as the CUDA worker image has them) the model runs in the
+worker's PyTorch backend in FP16, and the crops of a device frame (NVDEC) are cut and resized
+on the GPU: nothing crosses to the host but the boxes and the embeddings. Elsewhere ONNX
+Runtime runs it, on CUDA when that build has it, else on the CPU.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import onnxruntime as ort  # type: ignore[import-untyped]
 
 from kubevision.worker.detections import FloatArray
+from kubevision.worker.nvdec import Pixels
+from kubevision.worker.preprocess import IMAGENET_RGB, RAW_PIXELS, InputFormat
 from kubevision.worker.trackers.base import Image
 
 INPUT_HEIGHT, INPUT_WIDTH = 256, 128
 """Crop size the models were trained on (people are about twice as tall as wide)."""
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+MAX_BATCH = 64
+"""Crops per call on a GPU (CUDA graphs are captured up to it); a crowd larger than this
+runs in several calls."""
 
 
 def default_providers() -> tuple[str, ...]:
@@ -46,30 +56,56 @@ def _fits(shape: Sequence[object], wanted: Sequence[int]) -> bool:
 class ReidEmbedder:
     """Callable ``(frame, xyxy) -> (N, D)`` L2-normalised embeddings (the ``Embedder`` protocol)."""
 
-    def __init__(self, model_path: Path, providers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, model_path: Path, providers: Sequence[str] | None = None, device: str = "cpu"
+    ) -> None:
+        self._torch: Any = None
+        if device.startswith("cuda") and _has_torch():
+            from kubevision.worker.backends.pytorch import TorchBackend, onnx_input_shape
+
+            batch, shape = onnx_input_shape(model_path)
+            self.nchw = _nchw(model_path, shape)
+            self._torch = TorchBackend.from_onnx(
+                model_path, device=device, precision="fp16", max_batch=MAX_BATCH
+            )
+            probe = np.zeros((1, *(int(d or 0) for d in shape)), np.float32)
+            self.dim = int(self._torch.infer(probe)[0].shape[-1])
+            return
         self.session = ort.InferenceSession(
             str(model_path), providers=list(providers or default_providers())
         )
         model_input = self.session.get_inputs()[0]
         batch, *rest = model_input.shape
-        if _fits(rest, (INPUT_HEIGHT, INPUT_WIDTH, 3)):
-            self.nchw = False
-        elif _fits(rest, (3, INPUT_HEIGHT, INPUT_WIDTH)):
-            self.nchw = True
-        else:
-            raise ValueError(
-                f"{model_path} takes input {model_input.shape}; this embedder needs "
-                f"N x {INPUT_HEIGHT} x {INPUT_WIDTH} x 3 (person-reid-retail-0288) or "
-                f"N x 3 x {INPUT_HEIGHT} x {INPUT_WIDTH} (OSNet)"
-            )
+        self.nchw = _nchw(model_path, rest)
         self._input = model_input.name
         self._batch = batch if isinstance(batch, int) else None
         self.dim = int(self.session.get_outputs()[0].shape[-1])
 
-    def __call__(self, frame: Image, xyxy: FloatArray) -> FloatArray:
-        crops = self.crops(frame, xyxy)
-        if len(crops) == 0:
+    @property
+    def _format(self) -> InputFormat:
+        """The crops' colour order and scale, as the GPU crop cutter takes them."""
+        if self.nchw:
+            return InputFormat(color="rgb", normalization=IMAGENET_RGB)
+        return InputFormat(color="bgr", normalization=RAW_PIXELS)
+
+    @property
+    def takes_device_frames(self) -> bool:
+        """Whether it runs on the GPU, where a device (NVDEC) frame is cropped as it is."""
+        return self._torch is not None
+
+    def __call__(self, frame: Pixels, xyxy: FloatArray) -> FloatArray:
+        if len(xyxy) == 0:
             return np.empty((0, self.dim), np.float32)
+        if self._torch is not None:
+            emb = self._device_embeddings(frame, xyxy)
+        else:
+            host = frame if isinstance(frame, np.ndarray) else frame.cpu().numpy()
+            emb = self._host_embeddings(self.crops(host, xyxy))
+        unit: FloatArray = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        return unit
+
+    def _host_embeddings(self, crops: FloatArray) -> FloatArray:
+        """ONNX Runtime over host crops, in chunks of a fixed-batch export's batch."""
         if self.nchw:
             crops = ((crops[..., ::-1] - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)
         chunk = self._batch or len(crops)
@@ -79,9 +115,27 @@ class ReidEmbedder:
             padded = np.zeros((chunk, *batch.shape[1:]), np.float32)
             padded[: len(batch)] = batch
             outputs.append(self.session.run(None, {self._input: padded})[0][: len(batch)])
-        emb = np.concatenate(outputs).astype(np.float32)
-        unit: FloatArray = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        return unit
+        return np.concatenate(outputs).astype(np.float32)
+
+    def _device_embeddings(self, frame: Pixels, xyxy: FloatArray) -> FloatArray:
+        """The torch backend: crops of a device frame cut on the GPU, a host frame's on the
+        host (then uploaded); one small copy of the embeddings back."""
+        import torch
+
+        from kubevision.worker.gpu.preprocess import device_crops
+
+        if isinstance(frame, np.ndarray):
+            crops = self.crops(frame, xyxy)  # (N, H, W, 3) BGR 0-255
+            if self.nchw:
+                crops = ((crops[..., ::-1] - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)
+            batch = torch.from_numpy(np.ascontiguousarray(crops)).to(self._torch.device)
+        else:
+            batch = device_crops(frame, xyxy, INPUT_WIDTH, INPUT_HEIGHT, self._format)
+            if not self.nchw:  # (N, 3, H, W) -> the OMZ model's (N, H, W, 3)
+                batch = batch.permute(0, 2, 3, 1)
+        (emb,) = self._torch.infer_tensor(batch.contiguous())
+        host: FloatArray = emb.float().cpu().numpy()
+        return host
 
     @staticmethod
     def crops(frame: Image, xyxy: FloatArray) -> FloatArray:
@@ -100,3 +154,20 @@ class ReidEmbedder:
                 interpolation=cv2.INTER_LINEAR,
             )
         return out
+
+
+def _has_torch() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "onnx2torch"))
+
+
+def _nchw(model_path: Path, dims: Sequence[object]) -> bool:
+    """Whether the model takes NCHW (OSNet) rather than NHWC (OMZ) crops; else a clear error."""
+    if _fits(dims, (INPUT_HEIGHT, INPUT_WIDTH, 3)):
+        return False
+    if _fits(dims, (3, INPUT_HEIGHT, INPUT_WIDTH)):
+        return True
+    raise ValueError(
+        f"{model_path} takes input {list(dims)} per crop; this embedder needs "
+        f"{INPUT_HEIGHT} x {INPUT_WIDTH} x 3 (person-reid-retail-0288) or "
+        f"3 x {INPUT_HEIGHT} x {INPUT_WIDTH} (OSNet)"
+    )

@@ -29,8 +29,8 @@ from kubevision.worker.detections import NO_TRACK, Detections, IntArray
 from kubevision.worker.trackers.base import (
     Array,
     IdCounter,
-    Image,
     Mask,
+    Pixels,
     ReportBoxes,
     append_rows,
     check_count,
@@ -109,7 +109,7 @@ class Sort:
         """Its state is its own: forgetting it is all there is to release."""
         self.reset()
 
-    def update(self, detections: Detections, frame: Image | None = None) -> Detections:
+    def update(self, detections: Detections, frame: Pixels | None = None) -> Detections:
         """Advance one frame (``frame`` is not used: SORT is motion-only)."""
         self._frame += 1
         boxes = self._predict()
