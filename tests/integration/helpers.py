@@ -17,7 +17,7 @@ from kubevision.api.worker_config import CONFIG_FILE, WorkerConfig
 from kubevision.worker.events import Snapshot, TrackEvent
 from kubevision.worker.models import sha256_of
 from kubevision.worker.snapshots import InlineStore, crop, encode_jpeg
-from tests.assets import require
+from tests.assets import read_image, require
 from tests.envtest.cluster import LocalCluster
 from tests.envtest.sinks import track_event
 
@@ -98,6 +98,21 @@ def file_camera(name: str, path: Path) -> dict[str, Any]:
         "sampling": {"mode": "all"},
         "priority": 100,
     }
+
+
+def mot17_clip(out: Path, sequence: str = "MOT17-04-FRCNN", fps: int = 10) -> Path:
+    """A real 1080p street clip (H.264) of a MOT17-mini sequence's frames, for a file camera."""
+    frames = sorted(require(f"mot/MOT17-mini/{sequence}/img1").glob("*.jpg"))
+    with av.open(str(out), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        first = read_image(frames[0])
+        stream.height, stream.width = first.shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for path in frames:
+            frame = av.VideoFrame.from_ndarray(read_image(path), format="bgr24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return out
 
 
 def yolox_worker_config(

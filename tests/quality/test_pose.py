@@ -11,7 +11,6 @@ import json
 import threading
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -38,7 +37,7 @@ from model_catalog.tools.pose_eval import (
 )
 from tests.assets import require
 from tests.envtest.poll import wait_for
-from tests.integration.helpers import file_camera, yolox_worker_config
+from tests.integration.helpers import file_camera, mot17_clip, yolox_worker_config
 from tests.unit.factories import manifests
 
 POSE_XML = "models/yolov8n_agpl/yolov8n-pose_int8_openvino_model/yolov8n-pose.xml"
@@ -150,17 +149,7 @@ def test_the_worker_attaches_keypoints_to_person_track_events(
     """A Pipeline with a pose stage, as the worker runs it: MOT17-04's busy street (real
     frames, 1080p) through detector, ByteTrack and the pose stage; person tracks' events carry
     17 keypoints inside their box, and the pose stage's latency is measured."""
-    clip = tmp_path / "street.mp4"
-    frames = sorted(require("mot/MOT17-mini/MOT17-04-FRCNN/img1").glob("*.jpg"))
-    with av.open(str(clip), "w") as out:
-        stream = out.add_stream("libx264", rate=10)
-        first = read_frame(frames[0])
-        stream.height, stream.width = first.shape[:2]
-        stream.pix_fmt = "yuv420p"
-        for path in frames:
-            frame = av.VideoFrame.from_ndarray(read_frame(path), format="bgr24")
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode())
+    clip = mot17_clip(tmp_path / "street.mp4")
     detector_model = require("models/yolox_nano_416.onnx")
     wire = yolox_worker_config("p", "g", [[file_camera("street", clip)]], detector_model)
     wire["pose"] = estimator.model.model_dump(by_alias=True, mode="json")
