@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import av
 import numpy as np
@@ -15,11 +17,18 @@ import yaml
 from benchmarks.cascade_bandwidth import VIDEOS
 from kubevision.api.worker_config import CONFIG_FILE, WorkerConfig
 from kubevision.worker.events import Snapshot, TrackEvent
+from kubevision.worker.health import Health
+from kubevision.worker.metrics import WorkerMetrics
 from kubevision.worker.models import sha256_of
+from kubevision.worker.runtime import FrameResult, RuntimeOptions, WorkerRuntime
+from kubevision.worker.sinks import FanOut
 from kubevision.worker.snapshots import InlineStore, crop, encode_jpeg
 from tests.assets import read_image, require
 from tests.envtest.cluster import LocalCluster
+from tests.envtest.poll import wait_for
 from tests.envtest.sinks import track_event
+
+T = TypeVar("T")
 
 
 def condition_of(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
@@ -113,6 +122,40 @@ def mot17_clip(out: Path, sequence: str = "MOT17-04-FRCNN", fps: int = 10) -> Pa
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return out
+
+
+def events_until(
+    wire: dict[str, Any],
+    metrics: WorkerMetrics,
+    pick: Callable[[list[TrackEvent]], T | None],
+    what: str,
+    timeout: float = 120,
+) -> tuple[T, list[TrackEvent]]:
+    """Run a worker config in this process (no sinks) until ``pick`` finds what it wants in the
+    events so far; that, and every event by then."""
+    events: list[TrackEvent] = []
+    lock = threading.Lock()
+
+    def on_result(result: FrameResult) -> None:
+        with lock:
+            events.extend(result.events)
+
+    def picked() -> T | None:
+        with lock:
+            return pick(list(events))
+
+    config = WorkerConfig.model_validate(wire)
+    runtime = WorkerRuntime(
+        config, 0, metrics, Health(), FanOut([], config.pipeline), RuntimeOptions(threads=2),
+        on_result,
+    )  # fmt: skip
+    runtime.start()
+    try:
+        found = wait_for(picked, timeout=timeout, what=what)
+    finally:
+        runtime.stop()
+    with lock:
+        return found, list(events)
 
 
 def yolox_worker_config(

@@ -5,19 +5,12 @@ timed, and the worker reports the re-id model it runs."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
-from kubevision.api.worker_config import WorkerConfig
-from kubevision.worker.events import TrackEvent
-from kubevision.worker.health import Health
 from kubevision.worker.metrics import WorkerMetrics
 from kubevision.worker.models import sha256_of
-from kubevision.worker.runtime import FrameResult, RuntimeOptions, WorkerRuntime
-from kubevision.worker.sinks import FanOut
 from tests.assets import require
-from tests.envtest.poll import wait_for
-from tests.integration.helpers import file_camera, mot17_clip, yolox_worker_config
+from tests.integration.helpers import events_until, file_camera, mot17_clip, yolox_worker_config
 from tests.unit.factories import manifests
 
 
@@ -50,32 +43,13 @@ def test_a_deepsort_pipeline_tracks_people_with_appearance(tmp_path: Path) -> No
     wire["detector"]["model"]["artifact"]["uri"] = detector.resolve().as_uri()
     wire["tracker"] = {"type": "deepsort", "reid": {"variant": "person-reid-retail-0288"}}
     wire["reid"] = reid_model()
-    events: list[TrackEvent] = []
-    lock = threading.Lock()
-
-    def on_result(result: FrameResult) -> None:
-        with lock:
-            events.extend(result.events)
-
     metrics = WorkerMetrics("p")
-    runtime = WorkerRuntime(
-        WorkerConfig.model_validate(wire),
-        0,
+    started, _ = events_until(
+        wire,
         metrics,
-        Health(),
-        FanOut([], "p"),
-        RuntimeOptions(threads=2),
-        on_result,
+        lambda seen: [e for e in seen if e.kind == "track.started"][:10] or None,
+        what="ten tracks started by DeepSORT",
     )
-    runtime.start()
-    try:
-        started = wait_for(
-            lambda: [e for e in list(events) if e.kind == "track.started"][:10] or None,
-            timeout=120,
-            what="ten tracks started by DeepSORT",
-        )
-    finally:
-        runtime.stop()
     assert len(started) == 10
     assert {e.class_name for e in started} >= {"person"}
     assert len({e.track_id for e in started}) == 10, "every track has its own id"

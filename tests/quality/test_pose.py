@@ -8,23 +8,19 @@ tracks' events. ``benchmarks/results/pose_stage.md`` has the full-size figures a
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from kubevision.api.modelvariant import Artifact, InputSize
-from kubevision.api.worker_config import ModelConfig, WorkerConfig
+from kubevision.api.worker_config import ModelConfig
 from kubevision.worker.backends import create_backend
 from kubevision.worker.detections import Detections
-from kubevision.worker.events import EventBuilder, TrackEvent
-from kubevision.worker.health import Health
+from kubevision.worker.events import EventBuilder
 from kubevision.worker.metrics import WorkerMetrics
 from kubevision.worker.models import ArtifactStore
 from kubevision.worker.pose import KEYPOINTS, PoseEstimator, Poses
-from kubevision.worker.runtime import FrameResult, RuntimeOptions, WorkerRuntime
-from kubevision.worker.sinks import FanOut
 from model_catalog.tools.coco_eval import read_frame
 from model_catalog.tools.ir_archive import archive
 from model_catalog.tools.pose_eval import (
@@ -36,8 +32,12 @@ from model_catalog.tools.pose_eval import (
     person_images,
 )
 from tests.assets import require
-from tests.envtest.poll import wait_for
-from tests.integration.helpers import file_camera, mot17_clip, yolox_worker_config
+from tests.integration.helpers import (
+    events_until,
+    file_camera,
+    mot17_clip,
+    yolox_worker_config,
+)
 from tests.unit.factories import manifests
 
 POSE_XML = "models/yolov8n_agpl/yolov8n-pose_int8_openvino_model/yolov8n-pose.xml"
@@ -154,32 +154,13 @@ def test_the_worker_attaches_keypoints_to_person_track_events(
     wire = yolox_worker_config("p", "g", [[file_camera("street", clip)]], detector_model)
     wire["pose"] = estimator.model.model_dump(by_alias=True, mode="json")
     wire["detector"]["model"]["artifact"]["uri"] = detector_model.resolve().as_uri()
-    events: list[TrackEvent] = []
-    lock = threading.Lock()
-
-    def on_result(result: FrameResult) -> None:
-        with lock:
-            events.extend(result.events)
-
     metrics = WorkerMetrics("p")
-    runtime = WorkerRuntime(
-        WorkerConfig.model_validate(wire),
-        0,
+    posed, events = events_until(
+        wire,
         metrics,
-        Health(),
-        FanOut([], "p"),
-        RuntimeOptions(threads=2),
-        on_result,
+        lambda seen: [e for e in seen if e.keypoints is not None][:5] or None,
+        what="person track events with keypoints",
     )
-    runtime.start()
-    try:
-        posed = wait_for(
-            lambda: [e for e in list(events) if e.keypoints is not None][:5] or None,
-            timeout=120,
-            what="person track events with keypoints",
-        )
-    finally:
-        runtime.stop()
     assert {e.class_name for e in posed} == {"person"}
     for event in posed:
         assert event.keypoints is not None
