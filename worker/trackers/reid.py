@@ -7,7 +7,7 @@ Two input layouts, recognised from the model's input shape:
 * torchreid's OSNet exports: ``N x 3 x 256 x 128`` (NCHW, RGB, ImageNet mean/std), 512-d.
 
 All crops of a frame are resized into one array and run in one call when the export takes a
-dynamic batch (``python -m model_catalog.tools.prepare dynamic`` makes one from a batch-1
+dynamic batch (``python -m model_catalog.tools.reid_dynamic`` makes one from a batch-1
 export); a fixed-batch export is run in chunks of its batch. On a GPU (``device="cuda"``, with
 torch and onnx2torch installed, as the CUDA worker image has them) the model runs in the
 worker's PyTorch backend in FP16, and the crops of a device frame (NVDEC) are cut and resized
