@@ -20,19 +20,25 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import signal
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
 from tests.envtest.controlplane import REPO_ROOT, free_port
-from tests.envtest.poll import wait_for
+from tests.envtest.poll import WaitTimeout, wait_for
 from tests.envtest.processes import spawn
+
+log = logging.getLogger(__name__)
+START_ATTEMPT_SECONDS = 15.0
+"""How long one start of the server may take to answer (it answers within a second when well)."""
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 """Debian's Python, where ``python3-gi`` puts the GStreamer bindings."""
@@ -208,7 +214,27 @@ class RtspServer:
         staged.replace(self.config_path)  # the server may re-read it at any time (SIGHUP)
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start the server process and wait until it answers RTSP requests."""
+        """Start the server process and wait until it answers RTSP requests. A process that
+        has not answered after :data:`START_ATTEMPT_SECONDS` is stopped and started again:
+        now and then (about one start in a few dozen, on a loaded machine) the GStreamer
+        server logs its mounts and then never listens."""
+        deadline = time.monotonic() + timeout
+        while True:
+            attempt = min(START_ATTEMPT_SECONDS, max(deadline - time.monotonic(), 1.0))
+            try:
+                self._start_once(attempt)
+                return
+            except WaitTimeout:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning(
+                    "RTSP server %s did not answer in %.0f s; starting it again",
+                    self.log_path,
+                    attempt,
+                )
+                self.stop()
+
+    def _start_once(self, timeout: float) -> None:
         self._write_config()
         self._starts += 1
         log_path = self.log_path
