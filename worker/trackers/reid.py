@@ -63,7 +63,7 @@ class ReidEmbedder:
         if device.startswith("cuda") and _has_torch():
             from kubevision.worker.backends.pytorch import TorchBackend, onnx_input_shape
 
-            batch, shape = onnx_input_shape(model_path)
+            _, shape = onnx_input_shape(model_path)
             self.nchw = _nchw(model_path, shape)
             self._torch = TorchBackend.from_onnx(
                 model_path, device=device, precision="fp16", max_batch=MAX_BATCH
@@ -104,10 +104,19 @@ class ReidEmbedder:
         unit: FloatArray = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         return unit
 
+    def _model_input(self, crops: FloatArray) -> FloatArray:
+        """Host crops (N, H, W, 3, BGR 0-255) as the model takes them: as they are (OMZ), or
+        RGB, ImageNet mean/std, NCHW (OSNet)."""
+        if not self.nchw:
+            return crops
+        normalised: FloatArray = ((crops[..., ::-1] - IMAGENET_MEAN) / IMAGENET_STD).transpose(
+            0, 3, 1, 2
+        )
+        return normalised
+
     def _host_embeddings(self, crops: FloatArray) -> FloatArray:
         """ONNX Runtime over host crops, in chunks of a fixed-batch export's batch."""
-        if self.nchw:
-            crops = ((crops[..., ::-1] - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)
+        crops = self._model_input(crops)
         chunk = self._batch or len(crops)
         outputs = []
         for start in range(0, len(crops), chunk):
@@ -125,9 +134,7 @@ class ReidEmbedder:
         from kubevision.worker.gpu.preprocess import device_crops
 
         if isinstance(frame, np.ndarray):
-            crops = self.crops(frame, xyxy)  # (N, H, W, 3) BGR 0-255
-            if self.nchw:
-                crops = ((crops[..., ::-1] - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)
+            crops = self._model_input(self.crops(frame, xyxy))
             batch = torch.from_numpy(np.ascontiguousarray(crops)).to(self._torch.device)
         else:
             batch = device_crops(frame, xyxy, INPUT_WIDTH, INPUT_HEIGHT, self._format)
