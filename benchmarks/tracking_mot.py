@@ -90,13 +90,13 @@ DETECTORS = {
     "yolov8n": ("models/yolov8n_agpl/yolov8n_416_fp32.onnx", "yolov8"),
 }
 MIN_HITS_TRIALS = (1, 3)
+"""ByteTrack minHits tried against its reference's rule (confirmed on the second match): a
+deviation becomes the Pipeline default only if it wins on the public detections and in the chain
+of every detector."""
 REID_REFRESH_TRIALS = (1, 5, 10, 30)
 """DeepSORT's reidRefreshFrames tried for the share of detections embedded (10: default)."""
 REID_DIM = 256
 """person-reid-retail-0288's embedding size (the stand-in embeddings of reid_share)."""
-"""ByteTrack minHits tried against its reference's rule (confirmed on the second match): a
-deviation becomes the Pipeline default only if it wins on the public detections and in the chain
-of every detector."""
 METRICS = ("mota", "idf1", "num_switches", "num_false_positives", "num_misses")
 
 TrackerType = Literal["sort", "bytetrack", "deepsort"]
@@ -723,8 +723,11 @@ def reid_share(assets: Path, refresh: Sequence[int] = REID_REFRESH_TRIALS) -> di
                 tracker.update(dets.with_embeddings(stand_in))
                 embedded += tracker.embedded_last_frame
                 total += len(dets)
-        out[str(every)] = {"embedded": embedded, "detections": total,
-                           "share": round(embedded / total, 3)}  # fmt: skip
+        out[str(every)] = {
+            "embedded": embedded,
+            "detections": total,
+            "share": round(embedded / total, 3),
+        }
     return out
 
 
@@ -990,10 +993,12 @@ def reid_share_markdown(result: dict[str, Any]) -> list[str]:
         "In the chain (section 2, re-id run live; MOT17-mini's 4-8 frames per sequence, so few "
         "tracks are confirmed long enough to reuse), DeepSORT ms/frame with re-id:",
     ]
+    default = TrackerStage().reid_refresh_frames
     for name, detector in chain.items():
         trackers = detector["trackers"]
         lines.append(
-            f"- {name}: {trackers['deepsort']['mean_ms']:.1f} (reidRefreshFrames 10, the default) "
+            f"- {name}: {trackers['deepsort']['mean_ms']:.1f} (reidRefreshFrames {default}, the "
+            "default) "
             f"vs {trackers['deepsort (every detection embedded)']['mean_ms']:.1f} (every detection "
             f"embedded); MOTA {trackers['deepsort']['mota']:.3f} vs "
             f"{trackers['deepsort (every detection embedded)']['mota']:.3f}"

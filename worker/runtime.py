@@ -45,6 +45,7 @@ from kubevision.worker.gpu.sync_policy import SyncPolicy, SyncPolicyError, set_s
 from kubevision.worker.health import Health
 from kubevision.worker.metrics import CameraMetrics, WorkerMetrics
 from kubevision.worker.models import ArtifactError, resolve_artifact
+from kubevision.worker.nvdec import Pixels
 from kubevision.worker.placement import place_streams
 from kubevision.worker.pose import PoseEstimator
 from kubevision.worker.sampling import Sampler, build_sampler
@@ -590,22 +591,17 @@ class WorkerRuntime:
         """Every frame of the batch through its camera's tracker (ByteTrack cameras in one
         vectorised update)."""
         with self._stage("track"):
-            # only appearance trackers (DeepSORT) look at pixels; a GPU frame is not copied
-            # down for the others, nor for a re-id model on the GPU
             embedder = models.embedder
+
+            def appearance(frame: Frame) -> Pixels | None:
+                """Only appearance trackers (DeepSORT) look at pixels; a GPU frame is copied
+                down for none but a re-id model on the CPU."""
+                if embedder is None:
+                    return None
+                return frame.pixels if embedder.takes_device_frames else frame.image
+
             return track_batch(
-                [
-                    (
-                        cam.tracker,
-                        found,
-                        None
-                        if embedder is None
-                        else frame.pixels
-                        if embedder.takes_device_frames
-                        else frame.image,
-                    )
-                    for cam, frame, found in work
-                ]
+                [(cam.tracker, found, appearance(frame)) for cam, frame, found in work]
             )
 
     def _classify(

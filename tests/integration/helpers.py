@@ -145,10 +145,10 @@ def events_until(
             return pick(list(events))
 
     config = WorkerConfig.model_validate(wire)
+    sink = FanOut([], config.pipeline)
     runtime = WorkerRuntime(
-        config, 0, metrics, Health(), FanOut([], config.pipeline), RuntimeOptions(threads=2),
-        on_result,
-    )  # fmt: skip
+        config, 0, metrics, Health(), sink, RuntimeOptions(threads=2), on_result
+    )
     runtime.start()
     try:
         found = wait_for(picked, timeout=timeout, what=what)
