@@ -16,12 +16,8 @@
 # (output in gpu_tests.log). --yolov8 exports the YOLOv8s-class 640 model (random weights) to
 # /tmp/yolov8s_640.onnx first. Results and logs go to $OUT (default benchmarks/results).
 set -uo pipefail
-OUT=${OUT:-benchmarks/results}
-mkdir -p /tmp/site /tmp/kv/kubevision "$OUT"
-tar -xJf .whl/site312.tar.xz -C /tmp/site || exit 1
-for d in api worker operator; do ln -sfn "$PWD/$d" "/tmp/kv/kubevision/$d"; done
-export PYTHONPATH=/tmp/site:/tmp/kv:$PWD PYTHONUNBUFFERED=1 KUBEVISION_ASSETS=$PWD/.gpu/assets
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+# shellcheck source=benchmarks/gpu/device_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh"
 echo "CPU cores: $(nproc)"
 tests=0 name=gpu_density_decode yolov8=0
 while [[ $# -gt 0 && $1 != -- ]]; do
