@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -483,6 +483,10 @@ class WorkerRuntime:
     # -- the loop ---------------------------------------------------------------------------
 
     def _loop(self, lane: _Lane) -> None:
+        with own_cuda_stream(lane.device):
+            self._detect_loop(lane)
+
+    def _detect_loop(self, lane: _Lane) -> None:
         while not self._stop.is_set():
             try:
                 self._gather(lane)
@@ -537,6 +541,10 @@ class WorkerRuntime:
                 continue
 
     def _finish_loop(self, lane: _Lane) -> None:
+        with own_cuda_stream(lane.device):
+            self._finish_each(lane)
+
+    def _finish_each(self, lane: _Lane) -> None:
         while not self._stop.is_set():
             try:
                 detected = lane.detected.get(timeout=_HANDOVER_POLL_SECONDS)
@@ -714,6 +722,22 @@ def resolve_devices(device: str) -> list[str]:
     if count == 0:
         raise RuntimeError("device 'cuda' asked for, but this process sees no CUDA GPU")
     return [f"cuda:{i}" for i in range(count)]
+
+
+def own_cuda_stream(device: str) -> AbstractContextManager[object]:
+    """The calling thread's GPU work on a CUDA stream of its own (nothing on a CPU lane).
+
+    A lane's two threads would otherwise share the default stream, and every call of one that
+    synchronises (a box upload, the copy of the classifier's answers) would wait for all the
+    other had queued: the finishing thread's classifier waited for the next batch's detection,
+    and the inference thread's NMS for the classifier. Frames cross between the threads only
+    after the inference thread has synchronised on them, so no event is needed.
+    """
+    if not device.startswith("cuda"):
+        return nullcontext()
+    import torch
+
+    return torch.cuda.stream(torch.cuda.Stream(torch.device(device)))  # type: ignore[no-untyped-call]
 
 
 def _wait_for_gpus(policy: SyncPolicy) -> None:

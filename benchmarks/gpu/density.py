@@ -629,10 +629,11 @@ def measure_mode(setup: Setup, processes: int, args: argparse.Namespace) -> dict
     fleet = None
     try:
         fleet = Fleet(setup, processes)
-        if args.streams:  # one trial at a given load (a before/after comparison)
-            trials = [fleet.trial(args.streams, args.seconds, args.warmup)]
-            print(setup.mode, json.dumps(trials[0]), flush=True)
-            best = args.streams if trials[0]["passed"] else 0
+        if args.streams:  # trials at given loads (a before/after comparison)
+            trials = [fleet.trial(n, args.seconds, args.warmup) for n in args.streams]
+            for trial in trials:
+                print(setup.mode, json.dumps(trial), flush=True)
+            best = max((t["streams"] for t in trials if t["passed"]), default=0)
         else:
             best, trials = search(fleet, setup.mode, start, args.limit, args.seconds, args.warmup)
     except (RuntimeError, TimeoutError) as error:
@@ -793,7 +794,9 @@ def main(argv: list[str] | None = None) -> int:
         "--start", type=int, default=16, help="first N per worker process for KubeVision modes"
     )
     parser.add_argument(
-        "--streams", type=int, help="one trial at this many streams per configuration, no search"
+        "--streams",
+        type=lambda text: [int(n) for n in text.split(",")],
+        help="trials at these loads (comma-separated stream counts) per configuration, no search",
     )
     parser.add_argument("--device", default="cuda:0", help="cpu only for a smoke test")
     parser.add_argument(

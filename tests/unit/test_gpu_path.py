@@ -4,6 +4,7 @@ run on the GPU machine by benchmarks/gpu/run_on_device.sh."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from kubevision.worker.backends.ort import OrtBackend
 from kubevision.worker.backends.pytorch import TorchBackend
 from kubevision.worker.detector import Detector
 from kubevision.worker.gpu.detector import DeviceDetector
+from kubevision.worker.gpu.preprocess import upload
+from kubevision.worker.runtime import own_cuda_stream
 from tests import hardware
 from tests.unit.test_decoders import model_config
 from tests.unit.test_shape_folding import float_classifier  # noqa: F401 (fixture)
@@ -93,3 +96,28 @@ def test_a_classifier_that_flattens_by_batch_size_is_captured_and_matches_onnx_r
     (reference,) = OrtBackend(float_classifier, max_batch=16).infer(batch)
     assert (ours.argmax(1) == reference.argmax(1)).mean() >= 0.9  # FP16 vs FP32 near-ties
     assert np.abs(ours - reference).max() <= 0.05 * np.abs(reference).max()
+
+
+def test_a_lane_thread_waits_only_for_its_own_gpu_work() -> None:
+    # the finishing thread's box upload and answer copy must not wait behind the inference
+    # thread's batch: each runs on its own stream, and boxes go up without a stream sync
+    device = torch.device("cuda", 0)
+    upload(np.zeros(4, np.float32), device).cpu()  # the pinned allocator's first block, cached
+    with own_cuda_stream(str(device)):
+        assert torch.cuda.current_stream(device) != torch.cuda.default_stream(device)
+        torch.cuda._sleep(4_000_000_000)  # seconds of GPU time
+        long_batch = torch.cuda.Event()
+        long_batch.record()
+        answers: list[np.ndarray] = []
+
+        def finishing_thread() -> None:
+            with own_cuda_stream(str(device)):
+                boxes = upload(np.arange(8, dtype=np.float32).reshape(2, 4), device)
+                answers.append((boxes + 1).cpu().numpy())
+
+        thread = threading.Thread(target=finishing_thread)
+        thread.start()
+        thread.join()
+        assert not long_batch.query(), "the other thread's copy waited for this thread's work"
+        long_batch.synchronize()
+    np.testing.assert_array_equal(answers[0], np.arange(1, 9, dtype=np.float32).reshape(2, 4))

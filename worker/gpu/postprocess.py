@@ -17,6 +17,7 @@ from torchvision.ops import batched_nms
 
 from kubevision.worker.decoders import anchor_grid
 from kubevision.worker.detections import Detections
+from kubevision.worker.gpu.preprocess import upload
 from kubevision.worker.preprocess import Letterbox
 
 DeviceDecode = Callable[
@@ -94,14 +95,15 @@ def to_frames(
     placements: Sequence[Letterbox],
 ) -> list[Detections]:
     """Input-pixel boxes -> frame pixels (clipped, empty ones dropped), one host copy, split."""
-    device = boxes.device
-    affine = torch.tensor(
-        [
-            [p.scale_x, p.scale_y, p.pad_x, p.pad_y, p.frame_width, p.frame_height]
-            for p in placements
-        ],
-        dtype=torch.float32,
-        device=device,
+    affine = upload(
+        np.array(
+            [
+                [p.scale_x, p.scale_y, p.pad_x, p.pad_y, p.frame_width, p.frame_height]
+                for p in placements
+            ],
+            np.float32,
+        ),
+        boxes.device,
     )[frame_idx]
     scale, offset, limit = (
         affine[:, 0:2].repeat(1, 2),

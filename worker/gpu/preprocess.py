@@ -9,6 +9,7 @@ paths see the same pixels up to rounding. The placements are the CPU path's
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -18,7 +19,13 @@ import torch
 from torch.nn import functional
 
 from kubevision.worker.nvdec import Pixels
-from kubevision.worker.preprocess import InputFormat, Letterbox, check_frame, crop_boxes
+from kubevision.worker.preprocess import (
+    InputFormat,
+    Letterbox,
+    Normalization,
+    check_frame,
+    crop_boxes,
+)
 
 _BGR = 3
 _GRAY_TO_BGR = {1: cv2.COLOR_GRAY2BGR, 4: cv2.COLOR_BGRA2BGR}
@@ -27,6 +34,27 @@ _GRAY_TO_BGR = {1: cv2.COLOR_GRAY2BGR, 4: cv2.COLOR_BGRA2BGR}
 def frame_size(frame: Pixels) -> tuple[int, int]:
     """(width, height) of a host or device frame."""
     return int(frame.shape[1]), int(frame.shape[0])
+
+
+def upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small host array (boxes, indices) on ``device`` without waiting for the GPU.
+
+    ``torch.tensor(..., device=...)`` copies from pageable memory and then waits until the
+    calling stream has run everything queued on it (a batch's inference, say). Staged in
+    pinned memory from torch's caching host allocator instead, which keeps the buffer until
+    the copy has run, the copy is queued like a kernel.
+    """
+    host = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _mean_std(norm: Normalization, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A normalisation's (1, 3, 1, 1) mean and std on ``device``, uploaded once."""
+    mean = torch.tensor(norm.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return mean, torch.tensor(norm.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
 
 def as_bgr(frame: np.ndarray) -> np.ndarray:
@@ -84,9 +112,7 @@ class DeviceLetterbox:
         self._device = device
         self._dtype = dtype
         self._upload = PinnedUploader(device)
-        norm = fmt.normalization
-        self._mean = torch.tensor(norm.mean, device=device).view(1, 3, 1, 1)
-        self._std = torch.tensor(norm.std, device=device).view(1, 3, 1, 1)
+        self._mean, self._std = _mean_std(fmt.normalization, device)
 
     def __call__(self, frames: Sequence[Pixels]) -> tuple[torch.Tensor, list[Letterbox]]:
         """The (N, 3, H, W) input batch and each frame's placement."""
@@ -108,7 +134,7 @@ class DeviceLetterbox:
                 chw = functional.interpolate(
                     chw, size=(new_h, new_w), mode="bilinear", align_corners=False
                 )
-            target = torch.tensor(indices, device=self._device)
+            target = upload(np.array(indices, np.int64), self._device)
             rows = slice(box.pad_y, box.pad_y + new_h)
             canvas[target, :, rows, box.pad_x : box.pad_x + new_w] = chw
         if self._format.color == "rgb":
@@ -145,7 +171,7 @@ def device_crops(
     x0, y0 = (int(v) for v in boxes[:, :2].min(axis=0))
     x1, y1 = (int(v) for v in boxes[:, 2:].max(axis=0))
     region = frame[y0:y1, x0:x1].permute(2, 0, 1).unsqueeze(0).float()
-    local = torch.as_tensor(boxes - [x0, y0, x0, y0], dtype=torch.float32, device=frame.device)
+    local = upload((boxes - [x0, y0, x0, y0]).astype(np.float32), frame.device)
     xs = _sample_at(local[:, 0], local[:, 2], width, x1 - x0)  # (N, width)
     ys = _sample_at(local[:, 1], local[:, 3], height, y1 - y0)  # (N, height)
     count = len(boxes)
@@ -159,9 +185,7 @@ def device_crops(
     crops = sampled.view(3, count, height, width).transpose(0, 1).round().clamp(0, 255)
     if fmt.color == "rgb":
         crops = crops.flip(1)
-    norm = fmt.normalization
-    mean = torch.tensor(norm.mean, device=frame.device).view(1, 3, 1, 1)
-    std = torch.tensor(norm.std, device=frame.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(fmt.normalization, frame.device)
     normalised: torch.Tensor = (crops - mean) / std
     return normalised
 
