@@ -624,12 +624,13 @@ def search(
 def measure_mode(setup: Setup, processes: int, args: argparse.Namespace) -> dict[str, Any]:
     """One configuration's search; a configuration that fails is recorded, not fatal, so the
     others (and the baseline beside them) still come back from a scarce GPU run."""
-    start = 1 if setup.mode.startswith("baseline") else args.start * processes
+    baseline = setup.mode.startswith("baseline")
+    start = 1 if baseline else args.start * processes
     config: dict[str, Any] = {"mode": setup.mode, "processes": processes, "max_streams": 0}
     fleet = None
     try:
         fleet = Fleet(setup, processes)
-        if args.streams:  # trials at given loads (a before/after comparison)
+        if args.streams and not baseline:  # given loads; the batch-1 loop searches from 1
             trials = [fleet.trial(n, args.seconds, args.warmup) for n in args.streams]
             for trial in trials:
                 print(setup.mode, json.dumps(trial), flush=True)
@@ -796,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--streams",
         type=lambda text: [int(n) for n in text.split(",")],
-        help="trials at these loads (comma-separated stream counts) per configuration, no search",
+        help="trials at these loads (comma-separated stream counts), no search (baselines search)",
     )
     parser.add_argument("--device", default="cuda:0", help="cpu only for a smoke test")
     parser.add_argument(
