@@ -18,6 +18,7 @@ handover.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import queue
 import threading
@@ -731,12 +732,15 @@ def own_cuda_stream(device: str) -> AbstractContextManager[object]:
     synchronises (a box upload, the copy of the classifier's answers) would wait for all the
     other had queued: the finishing thread's classifier waited for the next batch's detection,
     and the inference thread's NMS for the classifier. Frames cross between the threads only
-    after the inference thread has synchronised on them, so no event is needed.
+    after the inference thread has synchronised on them, so no event is needed. Streams are
+    torch's: a GPU lane without torch (ONNX Runtime or Triton only) has none to set.
     """
-    if not device.startswith("cuda"):
+    if not device.startswith("cuda") or importlib.util.find_spec("torch") is None:
         return nullcontext()
     import torch
 
+    if not torch.cuda.is_available():
+        return nullcontext()
     return torch.cuda.stream(torch.cuda.Stream(torch.device(device)))  # type: ignore[no-untyped-call]
 
 

@@ -102,22 +102,29 @@ def test_a_lane_thread_waits_only_for_its_own_gpu_work() -> None:
     # the finishing thread's box upload and answer copy must not wait behind the inference
     # thread's batch: each runs on its own stream, and boxes go up without a stream sync
     device = torch.device("cuda", 0)
-    upload(np.zeros(4, np.float32), device).cpu()  # the pinned allocator's first block, cached
+    boxes = np.arange(8, dtype=np.float32).reshape(2, 4)
+    warmed, launched = threading.Event(), threading.Event()
+    answers: list[np.ndarray] = []
+
+    def finishing_thread() -> None:
+        with own_cuda_stream(str(device)):
+            # this stream's first device block and the pinned block of this size are
+            # allocated now: CUDA serialises memory allocation with every stream's work
+            (upload(boxes, device) + 1).cpu()
+            warmed.set()
+            assert launched.wait(timeout=60)
+            answers.append((upload(boxes, device) + 1).cpu().numpy())
+
+    thread = threading.Thread(target=finishing_thread)
+    thread.start()
+    assert warmed.wait(timeout=60)
     with own_cuda_stream(str(device)):
         assert torch.cuda.current_stream(device) != torch.cuda.default_stream(device)
-        torch.cuda._sleep(4_000_000_000)  # seconds of GPU time
+        torch.cuda._sleep(4_000_000_000)  # seconds of GPU time: the inference thread's batch
         long_batch = torch.cuda.Event()
         long_batch.record()
-        answers: list[np.ndarray] = []
-
-        def finishing_thread() -> None:
-            with own_cuda_stream(str(device)):
-                boxes = upload(np.arange(8, dtype=np.float32).reshape(2, 4), device)
-                answers.append((boxes + 1).cpu().numpy())
-
-        thread = threading.Thread(target=finishing_thread)
-        thread.start()
-        thread.join()
+        launched.set()
+        thread.join(timeout=60)
         assert not long_batch.query(), "the other thread's copy waited for this thread's work"
         long_batch.synchronize()
-    np.testing.assert_array_equal(answers[0], np.arange(1, 9, dtype=np.float32).reshape(2, 4))
+    np.testing.assert_array_equal(answers[0], boxes + 1)
