@@ -288,8 +288,8 @@ class WorkerRuntime:
         for lane in self._lanes:
             lane.threads = [
                 threading.Thread(
-                    target=target,
-                    args=(lane,),
+                    target=self._on_own_stream,
+                    args=(target, lane),
                     name=f"{role}-{lane.index}-{lane.device}",
                     daemon=True,
                 )
@@ -483,11 +483,13 @@ class WorkerRuntime:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def _loop(self, lane: _Lane) -> None:
+    @staticmethod
+    def _on_own_stream(loop: Callable[[_Lane], None], lane: _Lane) -> None:
+        """A lane thread's body, its GPU work on a stream of its own (:func:`own_cuda_stream`)."""
         with own_cuda_stream(lane.device):
-            self._detect_loop(lane)
+            loop(lane)
 
-    def _detect_loop(self, lane: _Lane) -> None:
+    def _loop(self, lane: _Lane) -> None:
         while not self._stop.is_set():
             try:
                 self._gather(lane)
@@ -542,10 +544,6 @@ class WorkerRuntime:
                 continue
 
     def _finish_loop(self, lane: _Lane) -> None:
-        with own_cuda_stream(lane.device):
-            self._finish_each(lane)
-
-    def _finish_each(self, lane: _Lane) -> None:
         while not self._stop.is_set():
             try:
                 detected = lane.detected.get(timeout=_HANDOVER_POLL_SECONDS)

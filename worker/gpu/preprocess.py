@@ -40,9 +40,9 @@ def upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """A small host array (boxes, indices) on ``device`` without waiting for the GPU.
 
     ``torch.tensor(..., device=...)`` copies from pageable memory and then waits until the
-    calling stream has run everything queued on it (a batch's inference, say). Staged in
-    pinned memory from torch's caching host allocator instead, which keeps the buffer until
-    the copy has run, the copy is queued like a kernel.
+    calling stream has run everything queued on it (a batch's inference, say). Here the array
+    is staged in pinned memory from torch's caching host allocator, which keeps the buffer
+    until the copy has run, so the copy is queued like a kernel and the host goes on.
     """
     host = torch.from_numpy(np.ascontiguousarray(array))
     if device.type != "cuda":
