@@ -111,11 +111,9 @@ class CropClassifier:
     def _device_logits(self, frames: Sequence[tuple[Any, FloatArray]]) -> FloatArray:
         """Logits of device frames' boxes (``Any``: torch tensors; torch is imported only
         where frames are on a device)."""
-        import torch
-
         from kubevision.worker.gpu.preprocess import device_crops
 
-        batch = torch.cat([device_crops(f, b, *self._size, self._format) for f, b in frames])
+        batch = device_crops(frames, *self._size, self._format)
         infer_tensor = getattr(self._backend, "infer_tensor", None)
         if infer_tensor is None:  # a host backend (ONNX Runtime): the crops go down, once
             (logits,) = self._backend.infer(batch.cpu().numpy())

@@ -51,9 +51,27 @@ def test_device_crops_cut_the_host_crops_pixels(
     frame = video_frames[0]
     xyxy = boxes(frame, 40, seed=1)
     host = crops(frame, xyxy, 224, 224).astype(np.float32)
-    cut = device_crops(torch.from_numpy(frame).to(device), xyxy, 224, 224, InputFormat())
+    cut = device_crops([(torch.from_numpy(frame).to(device), xyxy)], 224, 224, InputFormat())
     diff = np.abs(cut.permute(0, 2, 3, 1).cpu().numpy() - host)
     assert diff.mean() < 0.1, diff.mean()  # bilinear in fixed point (OpenCV) vs float
+    assert (diff <= 1).mean() > 0.999
+
+
+@DEVICES
+def test_crops_of_several_frames_and_sizes_come_in_request_order(
+    video_frames: list[np.ndarray],  # noqa: F811
+    device: str,
+) -> None:
+    small = np.ascontiguousarray(video_frames[1][::2, ::3])
+    frames = [video_frames[0], small, video_frames[2], small[:50]]
+    requests = [(frame, boxes(frame, 3 + i, seed=10 + i)) for i, frame in enumerate(frames)]
+    host = np.concatenate([crops(f, b, 96, 64) for f, b in requests]).astype(np.float32)
+    cut = device_crops(
+        [(torch.from_numpy(f).to(device), b) for f, b in requests], 96, 64, InputFormat()
+    )
+    diff = np.abs(cut.permute(0, 2, 3, 1).cpu().numpy() - host)
+    assert cut.shape == (len(host), 3, 64, 96)
+    assert diff.mean() < 0.1, diff.mean()
     assert (diff <= 1).mean() > 0.999
 
 

@@ -160,41 +160,82 @@ class DeviceLetterbox:
 
 
 def device_crops(
-    frame: torch.Tensor, xyxy: np.ndarray, width: int, height: int, fmt: InputFormat
+    requests: Sequence[tuple[torch.Tensor, np.ndarray]], width: int, height: int, fmt: InputFormat
 ) -> torch.Tensor:
-    """(N, 3, height, width) float32 model input for the boxes of a device frame, the pixels
-    of the host path's crops: the same whole-pixel boxes (``crop_boxes``), resized as
-    ``cv2.resize`` INTER_LINEAR does (half-pixel centres, each crop's border replicated) in
-    one ``grid_sample`` over the boxes' bounding region, rounded to uint8 values, then in the
-    model's colour order and scale. Nothing crosses to the host but the boxes."""
-    boxes = crop_boxes(xyxy, int(frame.shape[1]), int(frame.shape[0]))
-    x0, y0 = (int(v) for v in boxes[:, :2].min(axis=0))
-    x1, y1 = (int(v) for v in boxes[:, 2:].max(axis=0))
-    region = frame[y0:y1, x0:x1].permute(2, 0, 1).unsqueeze(0).float()
-    local = upload((boxes - [x0, y0, x0, y0]).astype(np.float32), frame.device)
-    xs = _sample_at(local[:, 0], local[:, 2], width, x1 - x0)  # (N, width)
-    ys = _sample_at(local[:, 1], local[:, 3], height, y1 - y0)  # (N, height)
-    count = len(boxes)
-    grid = torch.stack(
-        [xs[:, None, :].expand(count, height, width), ys[:, :, None].expand(count, height, width)],
-        dim=-1,
-    )
-    sampled = functional.grid_sample(
-        region, grid.reshape(1, count * height, width, 2), align_corners=False
-    )  # (1, 3, N * height, width), crop after crop
-    crops = sampled.view(3, count, height, width).transpose(0, 1).round().clamp(0, 255)
+    """(N, 3, height, width) float32 model input for the boxes of several device frames, crop
+    after crop in request order: the host path's pixels, i.e. the same whole-pixel boxes
+    (``crop_boxes``) resized as ``cv2.resize`` INTER_LINEAR does (half-pixel centres, each
+    crop's border replicated), rounded to uint8 values, then in the model's colour order and
+    scale. Frames of one size are cut together, so a batch costs a couple of dozen kernels
+    however many frames and boxes it holds. Nothing crosses to the host."""
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, (frame, _) in enumerate(requests):
+        groups[tuple(frame.shape)].append(i)
+    members = list(groups.values())
+    parts = [_bilinear_crops([requests[i] for i in group], width, height) for group in members]
+    crops = parts[0] if len(parts) == 1 else _in_request_order(requests, members, parts)
+    crops = crops.round().clamp(0, 255).permute(0, 3, 1, 2)
     if fmt.color == "rgb":
         crops = crops.flip(1)
-    mean, std = _mean_std(fmt.normalization, frame.device)
+    mean, std = _mean_std(fmt.normalization, crops.device)
     normalised: torch.Tensor = (crops - mean) / std
     return normalised
 
 
-def _sample_at(start: torch.Tensor, end: torch.Tensor, size: int, extent: int) -> torch.Tensor:
-    """(N, size) grid_sample coordinates of each crop [start, end) resized to ``size``:
-    OpenCV's source pixel ``start + (i + 0.5) * (end - start) / size - 0.5``, clamped into
-    the crop, normalised over a region ``extent`` pixels wide."""
+def _bilinear_crops(
+    requests: Sequence[tuple[torch.Tensor, np.ndarray]], width: int, height: int
+) -> torch.Tensor:
+    """(N, height, width, 3) float32 crops of equally shaped (H, W, 3) uint8 frames: where each
+    output pixel samples is worked out on the host from the boxes (small), the frames are
+    stacked, and each of the four bilinear neighbours is one gather over all crops."""
+    frame_h, frame_w = (int(v) for v in requests[0][0].shape[:2])
+    boxes = [crop_boxes(xyxy, frame_w, frame_h) for _, xyxy in requests]
+    owner = np.repeat(np.arange(len(boxes)), [len(b) for b in boxes])[:, None]
+    crop = np.concatenate(boxes)
+    x0, x1, wx = _taps(crop[:, 0], crop[:, 2], width, frame_w)
+    y0, y1, wy = _taps(crop[:, 1], crop[:, 3], height, frame_h)
+    device = requests[0][0].device
+    rows = [(owner * frame_h + y) * frame_w for y in (y0, y1)]
+    index = upload(np.concatenate([*rows, x0, x1], axis=1), device)
+    top, bottom = index[:, :height], index[:, height : 2 * height]
+    left, right = index[:, 2 * height : -width], index[:, -width:]
+    weight = upload(np.concatenate([wy, wx], axis=1), device)
+    row_weight, col_weight = weight[:, :height, None, None], weight[:, None, height:, None]
+    frames = [frame for frame, _ in requests]
+    pixels = (torch.stack(frames) if len(frames) > 1 else frames[0]).reshape(-1, _BGR)
+
+    def at(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        return pixels[row[:, :, None] + col[:, None, :]].float()  # (N, height, width, 3)
+
+    upper = torch.lerp(at(top, left), at(top, right), col_weight)
+    lower = torch.lerp(at(bottom, left), at(bottom, right), col_weight)
+    return torch.lerp(upper, lower, row_weight)
+
+
+def _taps(
+    start: np.ndarray, end: np.ndarray, size: int, extent: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each crop [start, end) resized to ``size``: per output pixel the two source pixels and
+    the second one's weight. The source position is OpenCV's ``start + (i + 0.5) * (end -
+    start) / size - 0.5``, clamped into the crop (its border replicated); ``extent`` is the
+    frame's size along this axis."""
     step = (end - start) / size
-    pixel = start[:, None] + (torch.arange(size, device=start.device) + 0.5) * step[:, None] - 0.5
-    pixel = torch.minimum(torch.maximum(pixel, start[:, None]), (end - 1)[:, None])
-    return (2 * pixel + 1) / extent - 1
+    position = start[:, None] + (np.arange(size) + 0.5) * step[:, None] - 0.5
+    position = np.clip(position, start[:, None], (end - 1)[:, None])
+    low = np.floor(position).astype(np.int64)
+    return low, np.minimum(low + 1, extent - 1), (position - low).astype(np.float32)
+
+
+def _in_request_order(
+    requests: Sequence[tuple[torch.Tensor, np.ndarray]],
+    groups: list[list[int]],
+    parts: list[torch.Tensor],
+) -> torch.Tensor:
+    """Crops cut per frame size (``parts``, one per group of request indices) back in the
+    order of the requests."""
+    starts = np.cumsum([0] + [len(np.reshape(xyxy, (-1, 4))) for _, xyxy in requests])
+    out = parts[0].new_empty((int(starts[-1]), *parts[0].shape[1:]))
+    for group, part in zip(groups, parts, strict=True):
+        rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in group])
+        out[upload(rows, out.device)] = part
+    return out

@@ -137,7 +137,7 @@ class ReidEmbedder:
             crops = self._model_input(self.crops(frame, xyxy))
             batch = torch.from_numpy(np.ascontiguousarray(crops)).to(self._torch.device)
         else:
-            batch = device_crops(frame, xyxy, INPUT_WIDTH, INPUT_HEIGHT, self._format)
+            batch = device_crops([(frame, xyxy)], INPUT_WIDTH, INPUT_HEIGHT, self._format)
             if not self.nchw:  # (N, 3, H, W) -> the OMZ model's (N, H, W, 3)
                 batch = batch.permute(0, 2, 3, 1)
         (emb,) = self._torch.infer_tensor(batch.contiguous())
