@@ -17,7 +17,7 @@ trap 'rm -rf "$work"' EXIT
   av==18.1.0 pynvvideocodec==2.2.4 pydantic==2.14.4 pydantic-core==2.50.5 \
   annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 \
   onnx2torch==1.5.15 filterpy==2.0.0 paho-mqtt==2.2.0 confluent-kafka==2.16.1 \
-  py-spy==0.4.3
+  cryptography==50.0.2 cffi==2.1.1 pycparser==3.12 py-spy==0.4.3
 mkdir -p "$work/site/bin"
 for wheel in "$work"/wheels/*.whl; do
   python3 -m zipfile -e "$wheel" "$work/site"
