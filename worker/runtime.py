@@ -289,14 +289,11 @@ class WorkerRuntime:
             lane.threads = [
                 threading.Thread(
                     target=self._on_own_stream,
-                    args=(target, lane, urgent),
+                    args=(target, lane),
                     name=f"{role}-{lane.index}-{lane.device}",
                     daemon=True,
                 )
-                for role, target, urgent in (
-                    ("inference", self._loop, False),
-                    ("finish", self._finish_loop, True),
-                )
+                for role, target in (("inference", self._loop), ("finish", self._finish_loop))
             ]
             for thread in lane.threads:
                 thread.start()
@@ -487,12 +484,9 @@ class WorkerRuntime:
     # -- the loop ---------------------------------------------------------------------------
 
     @staticmethod
-    def _on_own_stream(loop: Callable[[_Lane], None], lane: _Lane, urgent: bool) -> None:
-        """A lane thread's body, its GPU work on a stream of its own (:func:`own_cuda_stream`).
-        The finishing thread's is ``urgent``: its frames are already detected and only their
-        classification stands between them and their events, so its kernels go before the
-        next batch's detection."""
-        with own_cuda_stream(lane.device, urgent=urgent):
+    def _on_own_stream(loop: Callable[[_Lane], None], lane: _Lane) -> None:
+        """A lane thread's body, its GPU work on a stream of its own (:func:`own_cuda_stream`)."""
+        with own_cuda_stream(lane.device):
             loop(lane)
 
     def _loop(self, lane: _Lane) -> None:
@@ -729,10 +723,8 @@ def resolve_devices(device: str) -> list[str]:
     return [f"cuda:{i}" for i in range(count)]
 
 
-def own_cuda_stream(device: str, *, urgent: bool = False) -> AbstractContextManager[object]:
-    """The calling thread's GPU work on a CUDA stream of its own (nothing on a CPU lane);
-    ``urgent`` gives the stream CUDA's highest priority, so the GPU schedules its waiting
-    kernels before those of normal streams of the same process.
+def own_cuda_stream(device: str) -> AbstractContextManager[object]:
+    """The calling thread's GPU work on a CUDA stream of its own (nothing on a CPU lane).
 
     A lane's two threads would otherwise share the default stream, and every call of one that
     synchronises (a box upload, the copy of the classifier's answers) would wait for all the
@@ -747,9 +739,7 @@ def own_cuda_stream(device: str, *, urgent: bool = False) -> AbstractContextMana
 
     if not torch.cuda.is_available():
         return nullcontext()
-    priority = -1 if urgent else 0  # lower runs first; torch clamps to the device's range
-    stream = torch.cuda.Stream(torch.device(device), priority=priority)  # type: ignore[no-untyped-call]
-    return torch.cuda.stream(stream)
+    return torch.cuda.stream(torch.cuda.Stream(torch.device(device)))  # type: ignore[no-untyped-call]
 
 
 def _wait_for_gpus(policy: SyncPolicy) -> None:

@@ -100,17 +100,14 @@ def test_a_classifier_that_flattens_by_batch_size_is_captured_and_matches_onnx_r
 
 def test_a_lane_thread_waits_only_for_its_own_gpu_work() -> None:
     # the finishing thread's box upload and answer copy must not wait behind the inference
-    # thread's batch: each runs on its own stream (the finishing one's of higher priority), and
-    # boxes go up without a stream sync
+    # thread's batch: each runs on its own stream, and boxes go up without a stream sync
     device = torch.device("cuda", 0)
     boxes = np.arange(8, dtype=np.float32).reshape(2, 4)
     warmed, launched = threading.Event(), threading.Event()
     answers: list[np.ndarray] = []
-    priorities: list[int] = []
 
     def finishing_thread() -> None:
-        with own_cuda_stream(str(device), urgent=True):
-            priorities.append(torch.cuda.current_stream(device).priority)
+        with own_cuda_stream(str(device)):
             # this stream's first device block and the pinned block of this size are
             # allocated now: CUDA serialises memory allocation with every stream's work
             (upload(boxes, device) + 1).cpu()
@@ -123,7 +120,6 @@ def test_a_lane_thread_waits_only_for_its_own_gpu_work() -> None:
     assert warmed.wait(timeout=60)
     with own_cuda_stream(str(device)):
         assert torch.cuda.current_stream(device) != torch.cuda.default_stream(device)
-        assert priorities[0] < torch.cuda.current_stream(device).priority  # lower runs first
         torch.cuda._sleep(4_000_000_000)  # seconds of GPU time: the inference thread's batch
         long_batch = torch.cuda.Event()
         long_batch.record()
