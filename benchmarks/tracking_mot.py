@@ -678,17 +678,26 @@ def dynamic_reid(out_dir: Path, assets: Path) -> Path:
     return path
 
 
-def reid_cost(assets: Path, models: dict[str, Path]) -> dict[str, Any]:
-    """ms per frame of each re-id model on MOT17-mini's detections scoring >= 0.3."""
-    out: dict[str, Any] = {}
-    crops = []
-    for sequence in MOT17_SEQUENCES:
+def reid_requests(
+    assets: Path, sequences: Sequence[str] = MOT17_SEQUENCES
+) -> list[tuple[Image, FloatArray]]:
+    """(image, boxes) of every MOT17-mini frame of ``sequences``: the public detections
+    scoring >= 0.3 (deep_sort's min_confidence), what DeepSORT embeds."""
+    requests = []
+    for sequence in sequences:
         seq = assets / MOT17_MINI / sequence
         read = read_frame(seq)
         for frame, dets in enumerate(
             per_frame(load_rows(seq / "det/det.txt"), len(mot17_frames(seq)), DEEPSORT_MIN_SCORE), 1
         ):
-            crops.append((read(frame), dets.xyxy))
+            requests.append((read(frame), dets.xyxy))
+    return requests
+
+
+def reid_cost(assets: Path, models: dict[str, Path]) -> dict[str, Any]:
+    """ms per frame of each re-id model on MOT17-mini's detections scoring >= 0.3."""
+    out: dict[str, Any] = {}
+    crops = reid_requests(assets)
     for label, path in models.items():
         embedder = ReidEmbedder(path, ("CPUExecutionProvider",))
         embedder(*crops[0])  # warm-up: session initialisation

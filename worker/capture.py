@@ -325,6 +325,7 @@ class CameraStream:
         self._state = StreamState.STOPPED
         self._last_error: str | None = None
         self._next_index = 0
+        self._last_wall = 0.0
         self._session_frames = 0
         self._arrivals: deque[float] = deque(maxlen=self.options.fps_window)
         self._decision = decide_decoder(self.options.decoder, self.options.gpu)
@@ -581,8 +582,12 @@ class CameraStream:
     def _deliver(self, decoded: Picture, arrived: float, *, first: bool) -> None:
         """Hand a decoded frame to the consumer: sampled first (the sampler starts afresh on
         each connection), then into the latest-frame buffer, which drops the oldest.
-        ``arrived`` is the monotonic time its packet came in."""
-        wall = arrived + (time.time() - time.monotonic())
+        ``arrived`` is the monotonic time its packet came in. Its wall-clock time never goes
+        back: the two clocks are read one after the other, so their difference jitters by
+        however long the thread waits between the reads, and the frames of one packet (same
+        ``arrived``) would otherwise get stamps that step back by that much."""
+        wall = max(arrived + (time.time() - time.monotonic()), self._last_wall)
+        self._last_wall = wall
         frame = Frame(
             camera=self.name,
             pixels=decoded.pixels,

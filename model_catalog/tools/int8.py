@@ -149,6 +149,22 @@ def quantize(
     keep_head_fp32: bool = True,
 ) -> None:
     """Static QDQ INT8 of ``source`` calibrated on ``frames`` (see the module docstring)."""
+    model = onnx.load(str(source))
+    reader = _FrameReader(model.graph.input[0].name, frames, decoder, size)
+    exclude = head_nodes(_named(model)) if keep_head_fp32 else []
+    quantize_model(source, out, reader, method, exclude)
+
+
+def quantize_model(
+    source: Path,
+    out: Path,
+    reader: CalibrationDataReader,
+    method: str = "minmax",
+    exclude: Sequence[str] = (),
+) -> None:
+    """Static QDQ INT8 of any model calibrated on ``reader``'s inputs, with the settings the
+    module docstring explains (per-channel INT8 weights in 7 bits, UINT8 activations); nodes
+    named in ``exclude`` stay FP32."""
     model = _named(onnx.load(str(source)))
     if _opset(model) < _QDQ_OPSET:  # per-channel QDQ needs DequantizeLinear's axis (opset 13)
         model = version_converter.convert_version(model, _QDQ_OPSET)
@@ -158,14 +174,14 @@ def quantize(
         quantize_static(
             str(upgraded),
             str(out),
-            _FrameReader(model.graph.input[0].name, frames, decoder, size),
+            reader,
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
             reduce_range=True,  # no 16-bit overflow on CPUs without VNNI (module docstring)
             calibrate_method=METHODS[method],
-            nodes_to_exclude=head_nodes(model) if keep_head_fp32 else [],
+            nodes_to_exclude=list(exclude),
         )
     finally:
         upgraded.unlink(missing_ok=True)

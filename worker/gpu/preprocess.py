@@ -185,9 +185,9 @@ def device_crops(
 def _bilinear_crops(
     requests: Sequence[tuple[torch.Tensor, np.ndarray]], width: int, height: int
 ) -> torch.Tensor:
-    """(N, height, width, 3) float32 crops of equally shaped (H, W, 3) uint8 frames: where each
-    output pixel samples is worked out on the host from the boxes (small), the frames are
-    stacked, and each of the four bilinear neighbours is one gather over all crops."""
+    """(N, height, width, 3) float32 crops of equally shaped (H, W, 3) uint8 frames. The pixels
+    each output pixel reads are worked out on the host from the boxes (small arrays), the
+    frames are stacked, and each of the four bilinear neighbours is one gather over all crops."""
     frame_h, frame_w = (int(v) for v in requests[0][0].shape[:2])
     boxes = [crop_boxes(xyxy, frame_w, frame_h) for _, xyxy in requests]
     owner = np.repeat(np.arange(len(boxes)), [len(b) for b in boxes])[:, None]
