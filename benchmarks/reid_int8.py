@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort  # type: ignore[import-untyped]
 from onnxruntime.quantization import CalibrationDataReader  # type: ignore[import-untyped]
 
@@ -74,7 +75,8 @@ def benchmark(assets: Path) -> dict[str, Any]:
     int8_path = fp32_path.with_name("person_reid_retail_0288_dynamic_int8.onnx")
     fp32 = ReidEmbedder(fp32_path, ("CPUExecutionProvider",))
     assert not fp32.nchw, "the calibration reader feeds the OMZ model's NHWC BGR crops"
-    quantize_model(fp32_path, int8_path, _CropReader(fp32, reid_requests(assets, CALIBRATION)))
+    calibration = _CropReader(fp32, reid_requests(assets, CALIBRATION))
+    quantize_model(onnx.load(str(fp32_path)), int8_path, calibration)
     int8 = ReidEmbedder(int8_path, ("CPUExecutionProvider",))
     held_out = reid_requests(assets, HELD_OUT)
     cosine = np.concatenate([(fp32(*r) * int8(*r)).sum(axis=1) for r in held_out if len(r[1])])

@@ -37,7 +37,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -151,21 +151,21 @@ def quantize(
     """Static QDQ INT8 of ``source`` calibrated on ``frames`` (see the module docstring)."""
     model = onnx.load(str(source))
     reader = _FrameReader(model.graph.input[0].name, frames, decoder, size)
-    exclude = head_nodes(_named(model)) if keep_head_fp32 else []
-    quantize_model(source, out, reader, method, exclude)
+    quantize_model(model, out, reader, method, head_nodes if keep_head_fp32 else None)
 
 
 def quantize_model(
-    source: Path,
+    model: onnx.ModelProto,
     out: Path,
     reader: CalibrationDataReader,
     method: str = "minmax",
-    exclude: Sequence[str] = (),
+    keep_fp32: Callable[[onnx.ModelProto], Sequence[str]] | None = None,
 ) -> None:
     """Static QDQ INT8 of any model calibrated on ``reader``'s inputs, with the settings the
-    module docstring explains (per-channel INT8 weights in 7 bits, UINT8 activations); nodes
-    named in ``exclude`` stay FP32."""
-    model = _named(onnx.load(str(source)))
+    module docstring explains (per-channel INT8 weights in 7 bits, UINT8 activations).
+    ``keep_fp32`` names the nodes that stay FP32, found on the model as quantized (every node
+    named, opset 13 or later)."""
+    model = _named(model)
     if _opset(model) < _QDQ_OPSET:  # per-channel QDQ needs DequantizeLinear's axis (opset 13)
         model = version_converter.convert_version(model, _QDQ_OPSET)
     upgraded = out.with_suffix(".fp32-prepared.onnx")
@@ -181,7 +181,7 @@ def quantize_model(
             per_channel=True,
             reduce_range=True,  # no 16-bit overflow on CPUs without VNNI (module docstring)
             calibrate_method=METHODS[method],
-            nodes_to_exclude=list(exclude),
+            nodes_to_exclude=list(keep_fp32(model)) if keep_fp32 else [],
         )
     finally:
         upgraded.unlink(missing_ok=True)
