@@ -8,7 +8,7 @@ probabilities over the model's logits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from kubevision.worker.preprocess import IMAGENET_RGB, InputFormat, crops, to_te
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+Labelled = tuple[IntArray, FloatArray]
+"""(class ids, scores) of one frame's boxes, each (N, top_k), best first."""
 
 IMAGENET_INPUT = InputFormat(color="rgb", normalization=IMAGENET_RGB)
 
@@ -76,26 +78,37 @@ class CropClassifier:
         """(class ids, scores), each (N, top_k) best first, for the (N, 4) frame-pixel boxes."""
         return self.classify_many([(frame, boxes)])[0]
 
-    def classify_many(
-        self, requests: Sequence[tuple[Pixels, FloatArray]]
-    ) -> list[tuple[IntArray, FloatArray]]:
+    def classify_many(self, requests: Sequence[tuple[Pixels, FloatArray]]) -> list[Labelled]:
         """The boxes of several frames (every camera's in one detected batch) in one backend
         call, so a call's fixed cost (a GPU sync, a graph launch) is paid per batch, not per
         frame. One (class ids, scores) pair per request, as :meth:`__call__` returns."""
+        return self.submit(requests).result()
+
+    def submit(self, requests: Sequence[tuple[Pixels, FloatArray]]) -> PendingLabels:
+        """:meth:`classify_many` without waiting for a device backend: the crops and the model
+        are queued on the GPU and :meth:`PendingLabels.result` waits for their answers, so the
+        caller can do host work (track the next batch) meanwhile. Host frames and host
+        backends are classified before this returns."""
         boxes = [np.asarray(b, np.float32).reshape(-1, 4) for _, b in requests]
         counts = [len(b) for b in boxes]
         if not sum(counts):
             empty = np.empty((0, self.top_k), np.int64), np.empty((0, self.top_k), np.float32)
-            return [empty] * len(requests)
+            return PendingLabels(lambda: [empty] * len(requests))
         frames = [(frame, b) for (frame, _), b in zip(requests, boxes, strict=True) if len(b)]
-        class_ids, scores = self._top_k(self._logits(frames))
+        logits = self._logits(frames)
         bounds = np.cumsum(counts)[:-1]
-        return list(zip(np.split(class_ids, bounds), np.split(scores, bounds), strict=True))
 
-    def _logits(self, frames: list[tuple[Pixels, FloatArray]]) -> FloatArray:
-        """Logits of every box, frame by frame. Crops of host frames are cut on the host; those
-        of device frames (NVDEC) on the device, and go to a device backend as they are (one
-        small copy of the logits back), so a frame never crosses to the host."""
+        def labelled() -> list[Labelled]:
+            class_ids, scores = self._top_k(logits())
+            return list(zip(np.split(class_ids, bounds), np.split(scores, bounds), strict=True))
+
+        return PendingLabels(labelled)
+
+    def _logits(self, frames: list[tuple[Pixels, FloatArray]]) -> Callable[[], FloatArray]:
+        """Logits of every box, frame by frame, once the returned callable is called. Crops of
+        host frames are cut on the host; those of device frames (NVDEC) on the device, and go
+        to a device backend as they are (one small copy of the logits back), so a frame never
+        crosses to the host."""
         host = [(i, f, b) for i, (f, b) in enumerate(frames) if isinstance(f, np.ndarray)]
         device = [(i, f, b) for i, (f, b) in enumerate(frames) if not isinstance(f, np.ndarray)]
         parts: dict[int, FloatArray] = {}
@@ -103,24 +116,27 @@ class CropClassifier:
             pixels = np.concatenate([crops(f, b, *self._size) for _, f, b in host])
             (logits,) = self._backend.infer(to_tensor(pixels, self._format))
             parts |= _split([(i, b) for i, _, b in host], logits)
-        if device:
-            logits = self._device_logits([(f, b) for _, f, b in device])
-            parts |= _split([(i, b) for i, _, b in device], logits)
-        return np.concatenate([parts[i] for i in range(len(frames))])
+        device_logits = self._device_logits([(f, b) for _, f, b in device]) if device else None
 
-    def _device_logits(self, frames: Sequence[tuple[Any, FloatArray]]) -> FloatArray:
-        """Logits of device frames' boxes (``Any``: torch tensors; torch is imported only
-        where frames are on a device)."""
-        from kubevision.worker.gpu.preprocess import device_crops
+        def gathered() -> FloatArray:
+            if device_logits is not None:
+                parts.update(_split([(i, b) for i, _, b in device], device_logits()))
+            return np.concatenate([parts[i] for i in range(len(frames))])
+
+        return gathered
+
+    def _device_logits(self, frames: Sequence[tuple[Any, FloatArray]]) -> Callable[[], FloatArray]:
+        """Logits of device frames' boxes, queued (``Any``: torch tensors; torch is imported
+        only where frames are on a device); the callable waits for them."""
+        from kubevision.worker.gpu.preprocess import device_crops, download
 
         batch = device_crops(frames, *self._size, self._format)
         infer_tensor = getattr(self._backend, "infer_tensor", None)
         if infer_tensor is None:  # a host backend (ONNX Runtime): the crops go down, once
             (logits,) = self._backend.infer(batch.cpu().numpy())
-            return logits
+            return lambda: logits
         (device_logits,) = infer_tensor(batch)
-        host: FloatArray = device_logits.float().cpu().numpy()
-        return host
+        return download(device_logits)
 
     def _top_k(self, logits: FloatArray) -> tuple[IntArray, FloatArray]:
         if logits.shape[1] != len(self.labels):
@@ -137,6 +153,17 @@ class CropClassifier:
     def names(self, class_ids: Sequence[int] | IntArray) -> list[str]:
         """Label names of class ids (for sinks and logs)."""
         return [self.labels[int(i)] for i in class_ids]
+
+
+class PendingLabels:
+    """A :meth:`CropClassifier.submit` call's answers, which may still be on the GPU."""
+
+    def __init__(self, wait: Callable[[], list[Labelled]]) -> None:
+        self._wait = wait
+
+    def result(self) -> list[Labelled]:
+        """One (class ids, scores) pair per request, waiting for the device if need be."""
+        return self._wait()
 
 
 def _split(rows: list[tuple[int, FloatArray]], logits: FloatArray) -> dict[int, FloatArray]:

@@ -11,9 +11,11 @@ spread over the lanes by load (:mod:`.placement`), and each lane's
 batch while the other tracks and classifies the previous one (a GPU batch and the per-frame
 tracking then overlap instead of taking turns; one batch waits between them at most).
 Detections go back to each camera's own tracker; the due tracks of all the batch's cameras are
-classified in one call. A new config (cameras added/removed, models changed) is applied without
-a restart: new cameras start before removed ones stop, so no camera goes unwatched during a
-handover.
+classified in one call, which the finishing thread queues on the GPU and, when another batch is
+waiting, answers only after tracking that one (the classifier's GPU time hides behind host
+work; a camera's frames are still published in order). A new config (cameras added/removed,
+models changed) is applied without a restart: new cameras start before removed ones stop, so no
+camera goes unwatched during a handover.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from kubevision.api.worker_config import CameraAssignment, ModelConfig, WorkerCo
 from kubevision.worker.backends.base import BackendChoice, InferenceBackend, create_backend
 from kubevision.worker.batching import DynamicBatcher, Item
 from kubevision.worker.capture import CameraStream, CaptureOptions, Frame
-from kubevision.worker.classifier import CropClassifier
+from kubevision.worker.classifier import CropClassifier, PendingLabels
 from kubevision.worker.config import my_cameras
 from kubevision.worker.detections import NO_TRACK, Detections, FloatArray, IntArray
 from kubevision.worker.detector import Detector, build_detector
@@ -179,24 +181,27 @@ class _Camera:
             grace_frames=config.tracker.max_age_frames,
         )
         self.labels: dict[int, tuple[Classification, int]] = {}
+        self.asked: dict[int, int] = {}
+        """Tracks whose classification is in flight, with the frame count when asked."""
         self.frames = 0
         self.last_index = -1
         """The newest frame tracked; an older one (overtaken while the camera moved to another
         lane) is dropped instead of sending the tracker back in time."""
-        self.lock = threading.Lock()
-        """Held while a frame updates the per-camera state (two lanes during a move)."""
+        self.lock = threading.RLock()
+        """Held from tracking a frame until it is published (two lanes during a move); a
+        lane's finishing thread holds it for two batches at once, hence reentrant."""
 
     def due(self, models: _Models, tracked: Detections) -> npt.NDArray[np.bool_]:
         """The rows of this frame to classify: tracks new to the classifier, and known ones
-        every ``refresh_frames``. Forgets the labels of tracks that are gone."""
+        every ``refresh_frames``, unless an answer about them is already on its way (the
+        classifier's answers for a batch arrive after the next batch is tracked)."""
         self.frames += 1
-        live = {int(t) for t in tracked.track_ids if t != NO_TRACK}
-        self.labels = {t: v for t, v in self.labels.items() if t in live}  # bounded by live tracks
-        if models.classifier is None or not live:
+        if models.classifier is None:
             return np.zeros(len(tracked), dtype=bool)
-        return np.array(
+        rows = np.array(
             [
                 t != NO_TRACK
+                and int(t) not in self.asked
                 and (
                     int(t) not in self.labels
                     or self.frames - self.labels[int(t)][1] >= models.refresh_frames
@@ -205,17 +210,28 @@ class _Camera:
             ],
             dtype=bool,
         )
+        self.asked.update((int(t), self.frames) for t in tracked.track_ids[rows])
+        return rows
 
-    def learn(self, names: Sequence[str], track_ids: IntArray, scores: FloatArray) -> None:
-        """Keep the classifier's top class (its name) for each track until its next refresh."""
+    def learn(self, track_ids: IntArray, names: Sequence[str], scores: FloatArray) -> None:
+        """Keep the classifier's top class (its name) for each track until its next refresh,
+        counted from the frame that asked."""
         top = scores[:, 0] if scores.ndim == 2 else scores
         for track_id, name, score in zip(track_ids, names, top, strict=True):
-            self.labels[int(track_id)] = (
-                Classification(label=name, score=float(score)),
-                self.frames,
-            )
+            asked = self.asked.pop(int(track_id), self.frames)
+            self.labels[int(track_id)] = (Classification(label=name, score=float(score)), asked)
 
-    def current_labels(self) -> dict[int, Classification]:
+    def settle(self, track_ids: IntArray) -> None:
+        """The answers about these tracks came (or their batch failed): they may be asked
+        about again, so ``asked`` never outgrows the tracks in flight."""
+        for track_id in track_ids:
+            self.asked.pop(int(track_id), None)
+
+    def labels_now(self, tracked: Detections) -> dict[int, Classification]:
+        """The labels of this frame's tracks; forgets those of tracks that are gone, so the
+        map stays bounded by the live tracks."""
+        live = {int(t) for t in tracked.track_ids if t != NO_TRACK}
+        self.labels = {t: v for t, v in self.labels.items() if t in live}
         return {t: v[0] for t, v in self.labels.items()}
 
 
@@ -226,6 +242,23 @@ class _Detected:
     frames: list[Frame]
     detections: list[Detections]
     models: _Models
+
+
+@dataclass
+class _Tracked:
+    """A batch tracked, its classifier call queued on the GPU; published once the next batch
+    is tracked, or at once when none waits. Holds its cameras' locks until then."""
+
+    work: list[tuple[_Camera, Frame]]
+    tracked: list[Detections]
+    asked: list[IntArray]
+    """Each frame's track ids sent to the classifier."""
+    labels: PendingLabels | None
+    asking_seconds: float
+    """Host time spent queuing the classifier call (its wait is added at publishing)."""
+    models: _Models
+    locks: ExitStack
+    published: bool = False
 
 
 @dataclass
@@ -544,23 +577,38 @@ class WorkerRuntime:
                 continue
 
     def _finish_loop(self, lane: _Lane) -> None:
+        """Track each detected batch and queue its classification, then publish the batch
+        before it: the classifier's GPU work for one batch runs while the host tracks the
+        next. A batch is published at once when no other waits to be tracked."""
+        in_flight: _Tracked | None = None
         while not self._stop.is_set():
             try:
-                detected = lane.detected.get(timeout=_HANDOVER_POLL_SECONDS)
+                detected = lane.detected.get(timeout=0 if in_flight else _HANDOVER_POLL_SECONDS)
             except queue.Empty:
+                self._finishing(lane, self._publish_batch, in_flight)
+                in_flight = None
                 continue
-            try:
-                self._finish(detected)
-            except Exception:  # one bad batch must not stop the worker; the error is logged
-                log.exception(
-                    "tracking a batch failed on %s; continuing after a pause", lane.device
-                )
-                self._metrics.batch_failed("track")
-                self._stop.wait(_ERROR_PAUSE_SECONDS)
+            tracked = self._finishing(lane, self._track_batch, detected, in_flight)
+            self._finishing(lane, self._publish_batch, in_flight)
+            in_flight = tracked
+        self._finishing(lane, self._publish_batch, in_flight)  # nothing tracked goes unpublished
 
-    def _finish(self, detected: _Detected) -> None:
+    def _finishing(
+        self, lane: _Lane, step: Callable[..., _Tracked | None], *args: object
+    ) -> _Tracked | None:
+        """One step of the finishing thread; a failure is logged and paused after, never
+        fatal (one bad batch must not stop the worker)."""
+        try:
+            return step(*args)
+        except Exception:
+            log.exception("tracking a batch failed on %s; continuing after a pause", lane.device)
+            self._metrics.batch_failed("track")
+            self._stop.wait(_ERROR_PAUSE_SECONDS)
+            return None
+
+    def _track_batch(self, detected: _Detected, in_flight: _Tracked | None) -> _Tracked:
         """Each frame's detections to its camera's tracker; then the due tracks of every frame
-        classified in one call; then events and metrics per frame."""
+        sent to the classifier in one call, which is queued, not waited for."""
         models = detected.models
         with self._lock:
             cams = dict(self._cameras)
@@ -569,19 +617,61 @@ class WorkerRuntime:
             for frame, found in zip(detected.frames, detected.detections, strict=True)
             if frame.camera in cams  # not removed while the batch ran
         ]
-        with ExitStack() as held:
-            # a batch holds one frame per camera; locks in name order, so two lanes sharing
-            # a camera that moves between them cannot deadlock
-            for cam, _, _ in sorted(work, key=lambda w: w[0].assignment.name):
-                held.enter_context(cam.lock)
+        locks = self._hold([cam for cam, _, _ in work], in_flight)
+        try:
             work = [(cam, frame, found) for cam, frame, found in work if self._advance(cam, frame)]
             tracked = self._track(models, work)
-            labels = self._classify(models, [(c, f) for c, f, _ in work], tracked)
-            keypoints = self._pose(models, [f for _, f, _ in work], tracked)
-            for (cam, frame, _), frame_tracked, frame_labels, frame_keypoints in zip(
-                work, tracked, labels, keypoints, strict=True
+            started = time.perf_counter()
+            asked, labels = self._ask_classifier(models, [(c, f) for c, f, _ in work], tracked)
+            asking = time.perf_counter() - started
+        except BaseException:
+            locks.close()
+            raise
+        return _Tracked([(c, f) for c, f, _ in work], tracked, asked, labels, asking, models, locks)
+
+    def _hold(self, cams: list[_Camera], in_flight: _Tracked | None) -> ExitStack:
+        """The cameras' locks, held until their frames are published, so a camera that moves
+        between lanes has its frames tracked and published in order. They are taken without
+        waiting where possible (this thread holds many already, for the batch in flight). If
+        another lane holds one, the batch in flight is published first, which releases this
+        thread's locks, and then all are waited for in name order: no two lanes deadlock."""
+        ordered = sorted(cams, key=lambda cam: cam.assignment.name)
+        held = ExitStack()
+        for cam in ordered:
+            if not cam.lock.acquire(blocking=False):
+                held.close()
+                self._publish_batch(in_flight)
+                held = ExitStack()
+                for waited in ordered:
+                    held.enter_context(waited.lock)
+                return held
+            held.callback(cam.lock.release)
+        return held
+
+    def _publish_batch(self, batch: _Tracked | None) -> _Tracked | None:
+        """Wait for a tracked batch's classifier answers, then publish its frames' events and
+        metrics; releases its cameras. Publishing a batch twice does nothing."""
+        if batch is None or batch.published:
+            return None
+        batch.published = True
+        try:
+            self._learn(batch)
+            frames = [frame for _, frame in batch.work]
+            keypoints = self._pose(batch.models, frames, batch.tracked)
+            with self._lock:
+                current = dict(self._cameras)
+            for (cam, frame), tracked, frame_keypoints in zip(
+                batch.work, batch.tracked, keypoints, strict=True
             ):
-                self._publish(cam, models, frame, frame_tracked, frame_labels, frame_keypoints)
+                if current.get(cam.assignment.name) is not cam:  # removed: its tracks have ended
+                    continue
+                labels = cam.labels_now(tracked)
+                self._publish(cam, batch.models, frame, tracked, labels, frame_keypoints)
+        finally:
+            for (cam, _), asked in zip(batch.work, batch.asked, strict=True):
+                cam.settle(asked)
+            batch.locks.close()
+        return None
 
     @staticmethod
     def _advance(cam: _Camera, frame: Frame) -> bool:
@@ -611,25 +701,31 @@ class WorkerRuntime:
                 [(cam.tracker, found, appearance(frame)) for cam, frame, found in work]
             )
 
-    def _classify(
+    def _ask_classifier(
         self, models: _Models, work: list[tuple[_Camera, Frame]], tracked: list[Detections]
-    ) -> list[dict[int, Classification]]:
-        """Every frame's due tracks in one classifier call (crops batched across cameras)."""
-        with self._stage("classify"):
-            dues = [cam.due(models, t) for (cam, _), t in zip(work, tracked, strict=True)]
-            if models.classifier is not None and any(d.any() for d in dues):
-                results = models.classifier.classify_many(
-                    [
-                        (f.pixels, t.xyxy[d])
-                        for (_, f), t, d in zip(work, tracked, dues, strict=True)
-                    ]
-                )
-                for (cam, _), t, d, (class_ids, scores) in zip(
-                    work, tracked, dues, results, strict=True
-                ):
-                    top = class_ids[:, 0] if class_ids.ndim == 2 else class_ids
-                    cam.learn(models.classifier.names(top), t.track_ids[d], scores)
-            return [cam.current_labels() for cam, _ in work]
+    ) -> tuple[list[IntArray], PendingLabels | None]:
+        """Every frame's due tracks in one classifier call (crops batched across cameras),
+        queued on the GPU; returns each frame's track ids asked about, and the call."""
+        dues = [cam.due(models, t) for (cam, _), t in zip(work, tracked, strict=True)]
+        asked = [t.track_ids[d] for t, d in zip(tracked, dues, strict=True)]
+        if models.classifier is None or not any(len(ids) for ids in asked):
+            return asked, None
+        requests = [(f.pixels, t.xyxy[d]) for (_, f), t, d in zip(work, tracked, dues, strict=True)]
+        return asked, models.classifier.submit(requests)
+
+    def _learn(self, batch: _Tracked) -> None:
+        """The classifier's answers into each camera's labels (waiting for the GPU if need
+        be); the ``classify`` stage is the host time spent asking plus waiting."""
+        started = time.perf_counter()
+        classifier = batch.models.classifier
+        if batch.labels is not None and classifier is not None:
+            results = batch.labels.result()
+            for (cam, _), ids, (class_ids, scores) in zip(
+                batch.work, batch.asked, results, strict=True
+            ):
+                top = class_ids[:, 0] if class_ids.ndim == 2 else class_ids
+                cam.learn(ids, classifier.names(top), scores)
+        self._observe_stage("classify", batch.asking_seconds + time.perf_counter() - started)
 
     def _pose(
         self, models: _Models, frames: list[Frame], tracked: list[Detections]

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from kubevision.api.worker_config import WorkerConfig
 from kubevision.worker.capture import CaptureOptions
+from kubevision.worker.classifier import CropClassifier, FloatArray, Labelled, PendingLabels
 from kubevision.worker.health import Health
 from kubevision.worker.metrics import WorkerMetrics
 from kubevision.worker.models import sha256_of
+from kubevision.worker.nvdec import Pixels
 from kubevision.worker.runtime import FrameResult, RuntimeOptions, WorkerRuntime, resolve_devices
 from kubevision.worker.sinks import FanOut
 from tests.assets import require
@@ -136,31 +138,97 @@ def test_a_lane_detects_the_next_batch_while_tracking_the_last_and_its_backlog_s
         assert frames == sorted(set(frames)), f"{camera}: frames out of order"
 
 
+def test_the_classifier_answers_a_batch_while_the_next_is_tracked(
+    yolox_dynamic: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a batch waiting, the finishing thread tracks it before it waits for the classifier's
+    answers to the last one (on a GPU the classifier then runs while the host tracks), and
+    still publishes every frame with labels for its own tracks, in order."""
+    video = require("videos/bottle-detection.mp4")
+    wire = yolox_worker_config(
+        "p", "g", [[file_camera(c, video) for c in CAMERAS[:2]]], yolox_dynamic
+    )
+    wire["detector"]["model"]["artifact"]["uri"] = f"file://{yolox_dynamic}"
+    wire["classifier"] = _mobilenet(refresh_frames=1)
+    lock = threading.Lock()
+    tracked = [0]
+    detected = [0]
+    overlaps: list[bool] = []
+    indices: dict[str, list[int]] = defaultdict(list)
+    strays: list[str] = []
+    submit = CropClassifier.submit
+
+    def counting_submit(
+        self: CropClassifier, requests: Sequence[tuple[Pixels, FloatArray]]
+    ) -> PendingLabels:
+        pending = submit(self, requests)
+        asked_after = tracked[0]
+
+        def result() -> list[Labelled]:
+            with lock:
+                overlaps.append(tracked[0] > asked_after)  # another batch tracked meanwhile
+            return pending.result()
+
+        return PendingLabels(result)
+
+    monkeypatch.setattr(CropClassifier, "submit", counting_submit)
+
+    def on_stage(stage: str, seconds: float) -> None:
+        del seconds
+        with lock:
+            tracked[0] += stage == "track"
+            detected[0] += stage == "infer"
+
+    def on_result(result: FrameResult) -> None:
+        indices[result.frame.camera].append(result.frame.index)
+        if set(result.labels) - {int(t) for t in result.detections.track_ids}:
+            strays.append(result.frame.camera)
+        if len(indices[result.frame.camera]) == 3:  # hold the finishing thread: a backlog forms
+            base = detected[0]
+            wait_for(lambda: detected[0] >= base + 2, timeout=60, what="two batches detected")
+
+    options = RuntimeOptions(
+        capture=CaptureOptions(loop=True),
+        threads=1,
+        on_stage=on_stage,
+        classifier_labels=require("models/imagenet_classes.txt"),
+    )
+    runtime = WorkerRuntime(
+        WorkerConfig.model_validate(wire),
+        0,
+        WorkerMetrics("p"),
+        Health(),
+        FanOut([], "p"),
+        options,
+        on_result,
+    )
+    runtime.start()
+    try:
+        wait_for(
+            lambda: any(overlaps),
+            timeout=120,
+            what="a classification waited for after the next batch was tracked",
+        )
+    finally:
+        runtime.stop()
+    assert not strays, f"labels for tracks not in the frame: {strays}"
+    for camera, frames in indices.items():
+        assert frames == sorted(set(frames)), f"{camera}: frames out of order"
+
+
 def test_new_tracks_of_every_camera_in_a_batch_are_classified_together(
     yolox_dynamic: Path,  # noqa: F811
 ) -> None:
     """The finishing thread classifies the due tracks of all the batch's cameras in one call:
     each camera's results carry labels for its own live tracks only."""
     video = require("videos/bottle-detection.mp4")
-    classifier = require("models/mobilenetv2_12_int8.onnx")
     wire = yolox_worker_config(
         "p", "g", [[file_camera(c, video) for c in CAMERAS[:2]]], yolox_dynamic
     )
     wire["detector"]["model"]["batchMax"] = 2
     wire["detector"]["model"]["artifact"]["uri"] = f"file://{yolox_dynamic}"
-    wire["classifier"] = {
-        "model": {
-            "variant": "mobilenetv2-int8-onnx",
-            "family": "mobilenetv2",
-            "task": "classify",
-            "format": "onnx",
-            "precision": "int8",
-            "inputSize": {"width": 224, "height": 224},
-            "batchMax": 16,
-            "artifact": {"uri": f"file://{classifier}", "sha256": sha256_of(classifier)},
-        },
-        "refreshFrames": 30,
-    }
+    wire["classifier"] = _mobilenet(refresh_frames=30)
     lock = threading.Lock()
     labelled: dict[str, set[str]] = defaultdict(set)
     strays: list[str] = []
@@ -192,6 +260,24 @@ def test_new_tracks_of_every_camera_in_a_batch_are_classified_together(
     finally:
         runtime.stop()
     assert not strays, f"labels for tracks not in the frame: {strays}"
+
+
+def _mobilenet(refresh_frames: int) -> dict[str, object]:
+    """The worker config's classifier: the INT8 MobileNetV2 of the assets."""
+    classifier = require("models/mobilenetv2_12_int8.onnx")
+    return {
+        "model": {
+            "variant": "mobilenetv2-int8-onnx",
+            "family": "mobilenetv2",
+            "task": "classify",
+            "format": "onnx",
+            "precision": "int8",
+            "inputSize": {"width": 224, "height": 224},
+            "batchMax": 16,
+            "artifact": {"uri": f"file://{classifier}", "sha256": sha256_of(classifier)},
+        },
+        "refreshFrames": refresh_frames,
+    }
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -48,6 +48,29 @@ def upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return host
     return host.pin_memory().to(device, non_blocking=True)
+
+
+def download(tensor: torch.Tensor) -> Callable[[], np.ndarray]:
+    """Queue a device tensor's copy to the host as float32; the callable waits for it.
+
+    The copy goes into pinned memory from torch's caching host allocator, queued on the
+    calling stream behind the work that computes the tensor, so the host thread goes on
+    (tracking the next batch, say) instead of waiting here for the GPU.
+    """
+    if tensor.device.type != "cuda":
+        host = tensor.float().numpy()
+        return lambda: host
+    source = tensor.float()
+    staged = torch.empty(source.shape, dtype=torch.float32, pin_memory=True)
+    staged.copy_(source, non_blocking=True)
+    copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+    copied.record()
+
+    def wait() -> np.ndarray:
+        copied.synchronize()  # any thread may wait, on any stream
+        return staged.numpy()
+
+    return wait
 
 
 @functools.lru_cache(maxsize=16)
