@@ -18,6 +18,7 @@ import numpy.typing as npt
 from kubevision.api.worker_config import ModelConfig
 from kubevision.worker.backends.base import InferenceBackend
 from kubevision.worker.nvdec import Pixels
+from kubevision.worker.pending import Pending
 from kubevision.worker.preprocess import IMAGENET_RGB, InputFormat, crops, to_tensor
 
 FloatArray = npt.NDArray[np.float32]
@@ -84,16 +85,16 @@ class CropClassifier:
         frame. One (class ids, scores) pair per request, as :meth:`__call__` returns."""
         return self.submit(requests).result()
 
-    def submit(self, requests: Sequence[tuple[Pixels, FloatArray]]) -> PendingLabels:
+    def submit(self, requests: Sequence[tuple[Pixels, FloatArray]]) -> Pending[list[Labelled]]:
         """:meth:`classify_many` without waiting for a device backend: the crops and the model
-        are queued on the GPU and :meth:`PendingLabels.result` waits for their answers, so the
-        caller can do host work (track the next batch) meanwhile. Host frames and host
-        backends are classified before this returns."""
+        are queued on the GPU and the result waits for their answers, so the caller can do
+        host work (track the next batch) meanwhile. Host frames and host backends are
+        classified before this returns."""
         boxes = [np.asarray(b, np.float32).reshape(-1, 4) for _, b in requests]
         counts = [len(b) for b in boxes]
         if not sum(counts):
             empty = np.empty((0, self.top_k), np.int64), np.empty((0, self.top_k), np.float32)
-            return PendingLabels(lambda: [empty] * len(requests))
+            return Pending.done([empty] * len(requests))
         frames = [(frame, b) for (frame, _), b in zip(requests, boxes, strict=True) if len(b)]
         logits = self._logits(frames)
         bounds = np.cumsum(counts)[:-1]
@@ -102,7 +103,7 @@ class CropClassifier:
             class_ids, scores = self._top_k(logits())
             return list(zip(np.split(class_ids, bounds), np.split(scores, bounds), strict=True))
 
-        return PendingLabels(labelled)
+        return Pending(labelled)
 
     def _logits(self, frames: list[tuple[Pixels, FloatArray]]) -> Callable[[], FloatArray]:
         """Logits of every box, frame by frame, once the returned callable is called. Crops of
@@ -153,17 +154,6 @@ class CropClassifier:
     def names(self, class_ids: Sequence[int] | IntArray) -> list[str]:
         """Label names of class ids (for sinks and logs)."""
         return [self.labels[int(i)] for i in class_ids]
-
-
-class PendingLabels:
-    """A :meth:`CropClassifier.submit` call's answers, which may still be on the GPU."""
-
-    def __init__(self, wait: Callable[[], list[Labelled]]) -> None:
-        self._wait = wait
-
-    def result(self) -> list[Labelled]:
-        """One (class ids, scores) pair per request, waiting for the device if need be."""
-        return self._wait()
 
 
 def _split(rows: list[tuple[int, FloatArray]], logits: FloatArray) -> dict[int, FloatArray]:

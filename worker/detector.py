@@ -23,6 +23,7 @@ from kubevision.worker.backends.base import InferenceBackend
 from kubevision.worker.decoders import decoder_for, nms
 from kubevision.worker.detections import Detections
 from kubevision.worker.nvdec import Pixels
+from kubevision.worker.pending import Pending
 from kubevision.worker.preprocess import (
     Frame,
     InvalidFrameError,
@@ -117,7 +118,6 @@ class Detector:
         self._nms_iou = nms_iou
         self._max_det = max_det
         self._on_stage = on_stage
-        self.last_timings: StageTimings | None = None
         self.rejected_frames = 0
 
     @classmethod
@@ -151,22 +151,37 @@ class Detector:
         The host pipeline takes host frames only (a GPU frame is rejected); the device
         detector (:mod:`kubevision.worker.gpu.detector`) takes both.
         """
+        return self.submit(frames).result()
+
+    def submit(self, frames: Sequence[Pixels]) -> Pending[list[Detections]]:
+        """:meth:`__call__` in two halves. On a GPU the frames' preprocessing and the model
+        are queued on the calling thread's stream, and :meth:`Pending.result` (on any thread)
+        decodes, runs NMS and copies the boxes down on its own stream; so the thread that
+        batches frames never waits for the GPU. The host pipeline does it all here. Stage
+        times are reported when the result is taken."""
         results = [Detections.empty() for _ in frames]
         valid = [i for i, frame in enumerate(frames) if self._accept(i, frame)]
         if not valid:
-            self.last_timings = None
-            return results
-        found, self.last_timings = self._detect([frames[i] for i in valid])
-        for i, detections in zip(valid, found, strict=True):
-            results[i] = detections
-        if self._on_stage is not None:
-            self._on_stage("preprocess", self.last_timings.preprocess)
-            self._on_stage("infer", self.last_timings.infer)
-            self._on_stage("postprocess", self.last_timings.postprocess)
-        return results
+            return Pending.done(results)
+        finish = self._launch([frames[i] for i in valid])
 
-    def _detect(self, frames: Sequence[Pixels]) -> tuple[list[Detections], StageTimings]:
-        """The valid frames' detections and stage timings (the host path; see gpu.detector)."""
+        def detections() -> list[Detections]:
+            found, timings = finish()
+            for i, frame_detections in zip(valid, found, strict=True):
+                results[i] = frame_detections
+            if self._on_stage is not None:
+                self._on_stage("preprocess", timings.preprocess)
+                self._on_stage("infer", timings.infer)
+                self._on_stage("postprocess", timings.postprocess)
+            return results
+
+        return Pending(detections)
+
+    def _launch(
+        self, frames: Sequence[Pixels]
+    ) -> Callable[[], tuple[list[Detections], StageTimings]]:
+        """The valid frames' detections and stage timings, once the returned callable is
+        called (the host path runs every stage now; see gpu.detector)."""
         start = time.perf_counter()
         host = [cast("Frame", frame) for frame in frames]  # _accept let only host frames in
         tensor, placements = preprocess(host, *self._size, self._format)
@@ -175,7 +190,8 @@ class Detector:
         inferred = time.perf_counter()
         found = self._decode_on_host(outputs, placements)
         done = time.perf_counter()
-        return found, StageTimings(prepared - start, inferred - prepared, done - inferred)
+        timings = StageTimings(prepared - start, inferred - prepared, done - inferred)
+        return lambda: (found, timings)
 
     def _decode_on_host(
         self, outputs: Sequence[npt.NDArray[np.float32]], placements: Sequence[Letterbox]

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +39,7 @@ from kubevision.api.worker_config import CameraAssignment, ModelConfig, WorkerCo
 from kubevision.worker.backends.base import BackendChoice, InferenceBackend, create_backend
 from kubevision.worker.batching import DynamicBatcher, Item
 from kubevision.worker.capture import CameraStream, CaptureOptions, Frame
-from kubevision.worker.classifier import CropClassifier, PendingLabels
+from kubevision.worker.classifier import CropClassifier, Labelled
 from kubevision.worker.config import my_cameras
 from kubevision.worker.detections import NO_TRACK, Detections, FloatArray, IntArray
 from kubevision.worker.detector import Detector, build_detector
@@ -49,6 +49,7 @@ from kubevision.worker.health import Health
 from kubevision.worker.metrics import CameraMetrics, WorkerMetrics
 from kubevision.worker.models import ArtifactError, resolve_artifact
 from kubevision.worker.nvdec import Pixels
+from kubevision.worker.pending import Pending
 from kubevision.worker.placement import place_streams
 from kubevision.worker.pose import PoseEstimator
 from kubevision.worker.sampling import Sampler, build_sampler
@@ -58,6 +59,8 @@ from kubevision.worker.trackers import Tables, Tracker, create_tracker, track_ba
 from kubevision.worker.trackers.reid import ReidEmbedder
 
 log = logging.getLogger("kubevision.worker.runtime")
+
+T = TypeVar("T")
 
 _ERROR_PAUSE_SECONDS = 1.0
 
@@ -240,7 +243,8 @@ class _Detected:
     """A detected batch on its way from a lane's inference thread to its finishing thread."""
 
     frames: list[Frame]
-    detections: list[Detections]
+    detections: Pending[list[Detections]]
+    """Still on the GPU while the batch waits for the finishing thread."""
     models: _Models
 
 
@@ -253,7 +257,7 @@ class _Tracked:
     tracked: list[Detections]
     asked: list[IntArray]
     """Each frame's track ids sent to the classifier."""
-    labels: PendingLabels | None
+    labels: Pending[list[Labelled]] | None
     asking_seconds: float
     """Host time spent queuing the classifier call (its wait is added at publishing)."""
     models: _Models
@@ -562,8 +566,9 @@ class WorkerRuntime:
             models = lane.models
         frames = [item.payload for item in batch]
         self._metrics.batch_size.labels(self._metrics.pipeline).observe(len(frames))
-        # NVDEC frames stay on the GPU: the device detector takes them as they are
-        return _Detected(frames, models.detector([f.pixels for f in frames]), models)
+        # NVDEC frames stay on the GPU: the device detector takes them as they are, and this
+        # thread only queues the work (the finishing thread waits for the boxes)
+        return _Detected(frames, models.detector.submit([f.pixels for f in frames]), models)
 
     def _hand_over(self, lane: _Lane, detected: _Detected) -> None:
         """Queue a detected batch for tracking. While the finishing thread is still a batch
@@ -577,44 +582,53 @@ class WorkerRuntime:
                 continue
 
     def _finish_loop(self, lane: _Lane) -> None:
-        """Track each detected batch and queue its classification, then publish the batch
-        before it: the classifier's GPU work for one batch runs while the host tracks the
-        next. A batch is published at once when no other waits to be tracked."""
+        """Wait for each detected batch's boxes, track it and queue its classification, then
+        publish the batch before it: the classifier's GPU work for one batch runs while the
+        host tracks the next. A batch is published at once when no other waits."""
         in_flight: _Tracked | None = None
         while not self._stop.is_set():
             try:
                 detected = lane.detected.get(timeout=0 if in_flight else _HANDOVER_POLL_SECONDS)
             except queue.Empty:
-                self._finishing(lane, self._publish_batch, in_flight)
+                self._finishing(lane, "track", self._publish_batch, in_flight)
                 in_flight = None
                 continue
-            tracked = self._finishing(lane, self._track_batch, detected, in_flight)
-            self._finishing(lane, self._publish_batch, in_flight)
+            found = self._finishing(lane, "detect", detected.detections.result)
+            tracked = None
+            if found is not None:
+                tracked = self._finishing(
+                    lane, "track", self._track_batch, detected, found, in_flight
+                )
+            self._finishing(lane, "track", self._publish_batch, in_flight)
             in_flight = tracked
-        self._finishing(lane, self._publish_batch, in_flight)  # nothing tracked goes unpublished
+        self._finishing(lane, "track", self._publish_batch, in_flight)  # nothing left unpublished
 
     def _finishing(
-        self, lane: _Lane, step: Callable[..., _Tracked | None], *args: object
-    ) -> _Tracked | None:
+        self, lane: _Lane, stage: Literal["detect", "track"], step: Callable[..., T], *args: object
+    ) -> T | None:
         """One step of the finishing thread; a failure is logged and paused after, never
         fatal (one bad batch must not stop the worker)."""
         try:
             return step(*args)
         except Exception:
-            log.exception("tracking a batch failed on %s; continuing after a pause", lane.device)
-            self._metrics.batch_failed("track")
+            log.exception(
+                "%s failed for a batch on %s; continuing after a pause", stage, lane.device
+            )
+            self._metrics.batch_failed(stage)
             self._stop.wait(_ERROR_PAUSE_SECONDS)
             return None
 
-    def _track_batch(self, detected: _Detected, in_flight: _Tracked | None) -> _Tracked:
+    def _track_batch(
+        self, detected: _Detected, found: list[Detections], in_flight: _Tracked | None
+    ) -> _Tracked:
         """Each frame's detections to its camera's tracker; then the due tracks of every frame
         sent to the classifier in one call, which is queued, not waited for."""
         models = detected.models
         with self._lock:
             cams = dict(self._cameras)
         work = [
-            (cams[frame.camera], frame, found)
-            for frame, found in zip(detected.frames, detected.detections, strict=True)
+            (cams[frame.camera], frame, frame_found)
+            for frame, frame_found in zip(detected.frames, found, strict=True)
             if frame.camera in cams  # not removed while the batch ran
         ]
         locks = self._hold([cam for cam, _, _ in work], in_flight)
@@ -703,7 +717,7 @@ class WorkerRuntime:
 
     def _ask_classifier(
         self, models: _Models, work: list[tuple[_Camera, Frame]], tracked: list[Detections]
-    ) -> tuple[list[IntArray], PendingLabels | None]:
+    ) -> tuple[list[IntArray], Pending[list[Labelled]] | None]:
         """Every frame's due tracks in one classifier call (crops batched across cameras),
         queued on the GPU; returns each frame's track ids asked about, and the call."""
         dues = [cam.due(models, t) for (cam, _), t in zip(work, tracked, strict=True)]

@@ -13,11 +13,12 @@ import pytest
 
 from kubevision.api.worker_config import WorkerConfig
 from kubevision.worker.capture import CaptureOptions
-from kubevision.worker.classifier import CropClassifier, FloatArray, Labelled, PendingLabels
+from kubevision.worker.classifier import CropClassifier, FloatArray, Labelled
 from kubevision.worker.health import Health
 from kubevision.worker.metrics import WorkerMetrics
 from kubevision.worker.models import sha256_of
 from kubevision.worker.nvdec import Pixels
+from kubevision.worker.pending import Pending
 from kubevision.worker.runtime import FrameResult, RuntimeOptions, WorkerRuntime, resolve_devices
 from kubevision.worker.sinks import FanOut
 from tests.assets import require
@@ -80,23 +81,16 @@ def test_a_lane_detects_the_next_batch_while_tracking_the_last_and_its_backlog_s
     yolox_dynamic: Path,  # noqa: F811
 ) -> None:
     """The finishing thread is held inside one frame's result: the inference thread must go on
-    detecting (the two overlap), yet stop a batch or two ahead, leaving the backlog to the
-    latest-frame buffers (frames dropped, not queued); every camera's frames stay in order."""
+    detecting (the two overlap), yet stop a few batches ahead (one being tracked, one queued,
+    one waiting to be queued), leaving the backlog to the latest-frame buffers (frames
+    dropped, not queued); every camera's frames stay in order."""
     video = require("videos/bottle-detection.mp4")
     cameras = [file_camera(c, video) for c in CAMERAS[:2]]
     wire = yolox_worker_config("p", "g", [cameras], yolox_dynamic)
     wire["detector"]["model"]["artifact"]["uri"] = f"file://{yolox_dynamic}"
     metrics = WorkerMetrics("p")
-    lock = threading.Lock()
-    detected = [0]
     indices: dict[str, list[int]] = defaultdict(list)
     seen: dict[str, object] = {}
-
-    def on_stage(stage: str, seconds: float) -> None:
-        del seconds
-        if stage == "infer":
-            with lock:
-                detected[0] += 1
 
     def dropped() -> float:
         return sum(metrics.frames_dropped_total(c["name"]) for c in cameras)
@@ -112,12 +106,12 @@ def test_a_lane_detects_the_next_batch_while_tracking_the_last_and_its_backlog_s
         if seen:
             return
         seen["held"] = True
-        base, dropped_before = detected[0], dropped()
-        seen["overlapped"] = within(lambda: detected[0] > base, 30)
+        base, dropped_before = _batches(metrics), dropped()
+        seen["overlapped"] = within(lambda: _batches(metrics) > base, 30)
         seen["dropped"] = within(lambda: dropped() > dropped_before, 30)
-        seen["ahead"] = detected[0] - base
+        seen["ahead"] = _batches(metrics) - base
 
-    options = RuntimeOptions(capture=CaptureOptions(loop=True), threads=1, on_stage=on_stage)
+    options = RuntimeOptions(capture=CaptureOptions(loop=True), threads=1)
     runtime = WorkerRuntime(
         WorkerConfig.model_validate(wire), 0, metrics, Health(), FanOut([], "p"), options, on_result
     )
@@ -133,7 +127,7 @@ def test_a_lane_detects_the_next_batch_while_tracking_the_last_and_its_backlog_s
     assert seen["overlapped"], "no batch was detected while the last one was being tracked"
     assert seen["dropped"], "the held lane's cameras dropped no frames"
     assert isinstance(seen["ahead"], int)
-    assert seen["ahead"] <= 2  # one batch queued, one waiting to be queued
+    assert seen["ahead"] <= 3  # one tracked, awaiting its publishing; one queued; one waiting
     for camera, frames in indices.items():
         assert frames == sorted(set(frames)), f"{camera}: frames out of order"
 
@@ -151,9 +145,9 @@ def test_the_classifier_answers_a_batch_while_the_next_is_tracked(
     )
     wire["detector"]["model"]["artifact"]["uri"] = f"file://{yolox_dynamic}"
     wire["classifier"] = _mobilenet(refresh_frames=1)
+    metrics = WorkerMetrics("p")
     lock = threading.Lock()
     tracked = [0]
-    detected = [0]
     overlaps: list[bool] = []
     indices: dict[str, list[int]] = defaultdict(list)
     strays: list[str] = []
@@ -161,7 +155,7 @@ def test_the_classifier_answers_a_batch_while_the_next_is_tracked(
 
     def counting_submit(
         self: CropClassifier, requests: Sequence[tuple[Pixels, FloatArray]]
-    ) -> PendingLabels:
+    ) -> Pending[list[Labelled]]:
         pending = submit(self, requests)
         asked_after = tracked[0]
 
@@ -170,7 +164,7 @@ def test_the_classifier_answers_a_batch_while_the_next_is_tracked(
                 overlaps.append(tracked[0] > asked_after)  # another batch tracked meanwhile
             return pending.result()
 
-        return PendingLabels(result)
+        return Pending(result)
 
     monkeypatch.setattr(CropClassifier, "submit", counting_submit)
 
@@ -178,15 +172,14 @@ def test_the_classifier_answers_a_batch_while_the_next_is_tracked(
         del seconds
         with lock:
             tracked[0] += stage == "track"
-            detected[0] += stage == "infer"
 
     def on_result(result: FrameResult) -> None:
         indices[result.frame.camera].append(result.frame.index)
         if set(result.labels) - {int(t) for t in result.detections.track_ids}:
             strays.append(result.frame.camera)
         if len(indices[result.frame.camera]) == 3:  # hold the finishing thread: a backlog forms
-            base = detected[0]
-            wait_for(lambda: detected[0] >= base + 2, timeout=60, what="two batches detected")
+            base = _batches(metrics)
+            wait_for(lambda: _batches(metrics) >= base + 2, timeout=60, what="two batches formed")
 
     options = RuntimeOptions(
         capture=CaptureOptions(loop=True),
@@ -197,7 +190,7 @@ def test_the_classifier_answers_a_batch_while_the_next_is_tracked(
     runtime = WorkerRuntime(
         WorkerConfig.model_validate(wire),
         0,
-        WorkerMetrics("p"),
+        metrics,
         Health(),
         FanOut([], "p"),
         options,
@@ -260,6 +253,12 @@ def test_new_tracks_of_every_camera_in_a_batch_are_classified_together(
     finally:
         runtime.stop()
     assert not strays, f"labels for tracks not in the frame: {strays}"
+
+
+def _batches(metrics: WorkerMetrics) -> int:
+    """Batches the inference thread has formed and sent to the detector."""
+    count = metrics.registry.get_sample_value("kubevision_batch_size_count", {"pipeline": "p"})
+    return int(count or 0)
 
 
 def _mobilenet(refresh_frames: int) -> dict[str, object]:

@@ -402,11 +402,12 @@ def test_detector_survives_bad_frames() -> None:
 
 
 def test_detector_with_only_bad_frames_skips_inference() -> None:
-    detector, backend = yolov8_detector()
+    seen: list[str] = []
+    detector, backend = yolov8_detector(on_stage=lambda stage, _: seen.append(stage))
     assert detector([np.zeros((0, 5, 3), np.uint8)])[0].xyxy.shape == (0, 4)
     assert detector([]) == []
     assert backend.calls == []
-    assert detector.last_timings is None
+    assert seen == []  # no stage ran
 
 
 def test_detector_reports_stage_timings() -> None:
@@ -415,8 +416,17 @@ def test_detector_reports_stage_timings() -> None:
     detector([np.zeros((100, 100, 3), np.uint8)])
     assert [stage for stage, _ in seen] == ["preprocess", "infer", "postprocess"]
     assert all(seconds >= 0 for _, seconds in seen)
-    assert detector.last_timings is not None
-    assert detector.last_timings.infer == seen[1][1]
+
+
+def test_a_submitted_batch_reports_its_stages_once_its_result_is_taken() -> None:
+    seen: list[str] = []
+    detector, backend = yolov8_detector(on_stage=lambda stage, _: seen.append(stage))
+    pending = detector.submit([np.zeros((100, 100, 3), np.uint8)])
+    assert len(backend.calls) == 1
+    assert seen == []
+    first = pending.result()
+    assert pending.result() is first  # taken once, however often asked
+    assert seen == ["preprocess", "infer", "postprocess"]
 
 
 def test_detector_class_filter() -> None:

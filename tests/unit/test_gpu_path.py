@@ -14,6 +14,7 @@ import torch
 from kubevision.api.worker_config import DetectorConfig
 from kubevision.worker.backends.ort import OrtBackend
 from kubevision.worker.backends.pytorch import TorchBackend
+from kubevision.worker.detections import Detections
 from kubevision.worker.detector import Detector
 from kubevision.worker.gpu.detector import DeviceDetector
 from kubevision.worker.gpu.preprocess import upload
@@ -69,7 +70,8 @@ def test_device_frames_and_host_frames_find_the_same_objects(
     backend = TorchBackend.from_onnx(
         yolox_dynamic, input_shape=(3, 416, 416), device="cuda", precision="fp16"
     )
-    detector = DeviceDetector.from_config(config, backend)
+    stages: dict[str, float] = {}
+    detector = DeviceDetector.from_config(config, backend, on_stage=stages.__setitem__)
     on_host = detector(frames)
     on_device = detector([torch.from_numpy(f).cuda() for f in frames])
     for want, host, device in zip(reference, on_host, on_device, strict=True):
@@ -78,8 +80,44 @@ def test_device_frames_and_host_frames_find_the_same_objects(
         # FP16 vs FP32: 2 px, or 1 % of the coordinate (the H100 run of 5520b5b, with SiLU
         # fused, put one box edge of a 200 px person 2.05 px from FP32's)
         np.testing.assert_allclose(host.xyxy, want.xyxy, atol=2.0, rtol=0.01)
-    assert detector.last_timings is not None
-    assert detector.last_timings.infer > 0
+    assert set(stages) == {"preprocess", "infer", "postprocess"}
+    assert stages["infer"] > 0
+
+
+def test_a_batch_queued_by_one_thread_is_finished_by_another_and_the_first_never_waits(
+    yolox_dynamic: Path,  # noqa: F811
+    video_frames: list[np.ndarray],  # noqa: F811
+) -> None:
+    # the inference thread only queues a batch (its stream may be busy for seconds under MPS);
+    # the finishing thread's stream waits for it on the GPU and gets the same boxes
+    config = DetectorConfig(
+        model=model_config("yolox", size=416, batch_max=8), confidence=0.3, nms_iou=0.45
+    )
+    backend = TorchBackend.from_onnx(
+        yolox_dynamic, input_shape=(3, 416, 416), device="cuda", precision="fp16", max_batch=8
+    )
+    detector = DeviceDetector.from_config(config, backend)
+    frames = [torch.from_numpy(f).cuda() for f in video_frames]
+    want = detector(frames)  # graphs captured, memory allocated
+    finished: list[list[Detections]] = []
+    with own_cuda_stream("cuda:0"):
+        torch.cuda._sleep(2_000_000_000)  # earlier work keeps this stream's GPU busy
+        busy = torch.cuda.Event()
+        busy.record()
+        pending = detector.submit(frames)
+        assert not busy.query(), "submitting the batch waited for the GPU"
+
+        def finishing_thread() -> None:
+            with own_cuda_stream("cuda:0"):
+                finished.append(pending.result())
+
+        thread = threading.Thread(target=finishing_thread)
+        thread.start()
+        thread.join(timeout=60)
+    assert finished, "the finishing thread got no detections"
+    for expected, got in zip(want, finished[0], strict=True):
+        assert got.class_ids.tolist() == expected.class_ids.tolist()
+        np.testing.assert_allclose(got.xyxy, expected.xyxy, atol=1e-3)
 
 
 def test_a_classifier_that_flattens_by_batch_size_is_captured_and_matches_onnx_runtime(
