@@ -662,11 +662,11 @@ class WorkerRuntime:
             held.callback(cam.lock.release)
         return held
 
-    def _publish_batch(self, batch: _Tracked | None) -> _Tracked | None:
+    def _publish_batch(self, batch: _Tracked | None) -> None:
         """Wait for a tracked batch's classifier answers, then publish its frames' events and
         metrics; releases its cameras. Publishing a batch twice does nothing."""
         if batch is None or batch.published:
-            return None
+            return
         batch.published = True
         try:
             self._learn(batch)
@@ -685,7 +685,6 @@ class WorkerRuntime:
             for (cam, _), asked in zip(batch.work, batch.asked, strict=True):
                 cam.settle(asked)
             batch.locks.close()
-        return None
 
     @staticmethod
     def _advance(cam: _Camera, frame: Frame) -> bool:
