@@ -7,13 +7,13 @@ building latency, and a dropped frame is always one that was meant to be analyse
 runs in one *lane* per device (one on a CPU node, one per GPU on a GPU server): cameras are
 spread over the lanes by load (:mod:`.placement`), and each lane's
 :class:`~.batching.DynamicBatcher` turns its cameras' freshest frames into cross-camera batches
-(at most one frame per camera, longest-waiting first). Each lane has two threads: one detects a
-batch while the other tracks and classifies the previous one (a GPU batch and the per-frame
-tracking then overlap instead of taking turns; one batch waits between them at most).
-Detections go back to each camera's own tracker; the due tracks of all the batch's cameras are
-classified in one call, which the finishing thread queues on the GPU and, when another batch is
-waiting, answers only after tracking that one (the classifier's GPU time hides behind host
-work; a camera's frames are still published in order). A new config (cameras added/removed,
+(at most one frame per camera, longest-waiting first). Each lane has two threads. The
+inference thread forms batches and queues their detection (on a GPU it never waits for it); the
+finishing thread waits for a batch's boxes, tracks it while the next batch is detected, and
+queues its classification (the due tracks of all the batch's cameras in one call). When another
+batch is waiting, it tracks that one before waiting for the classifier's answers, so the
+classifier's GPU time hides behind host work; a camera's frames are still published in order,
+and one batch at most waits between the threads. A new config (cameras added/removed,
 models changed) is applied without a restart: new cameras start before removed ones stop, so no
 camera goes unwatched during a handover.
 """

@@ -15,7 +15,7 @@ from kubevision.api.worker_config import DetectorConfig
 from kubevision.worker.backends.ort import OrtBackend
 from kubevision.worker.backends.pytorch import TorchBackend
 from kubevision.worker.detections import Detections
-from kubevision.worker.detector import Detector
+from kubevision.worker.detector import Detector, StageCallback
 from kubevision.worker.gpu.detector import DeviceDetector
 from kubevision.worker.gpu.preprocess import upload
 from kubevision.worker.runtime import own_cuda_stream
@@ -61,17 +61,11 @@ def test_device_frames_and_host_frames_find_the_same_objects(
     yolox_dynamic: Path,  # noqa: F811
     video_frames: list[np.ndarray],  # noqa: F811
 ) -> None:
-    config = DetectorConfig(
-        model=model_config("yolox", size=416, batch_max=8), confidence=0.3, nms_iou=0.45
-    )
     # two frame sizes: host frames are uploaded one size after another through one buffer
     frames = [*video_frames, np.ascontiguousarray(video_frames[0][:240, 100:500])]
-    reference = Detector.from_config(config, OrtBackend(yolox_dynamic, max_batch=8))(frames)
-    backend = TorchBackend.from_onnx(
-        yolox_dynamic, input_shape=(3, 416, 416), device="cuda", precision="fp16"
-    )
+    reference = Detector.from_config(_YOLOX, OrtBackend(yolox_dynamic, max_batch=8))(frames)
     stages: dict[str, float] = {}
-    detector = DeviceDetector.from_config(config, backend, on_stage=stages.__setitem__)
+    detector = _fp16_detector(yolox_dynamic, on_stage=stages.__setitem__)
     on_host = detector(frames)
     on_device = detector([torch.from_numpy(f).cuda() for f in frames])
     for want, host, device in zip(reference, on_host, on_device, strict=True):
@@ -90,13 +84,7 @@ def test_a_batch_queued_by_one_thread_is_finished_by_another_and_the_first_never
 ) -> None:
     # the inference thread only queues a batch (its stream may be busy for seconds under MPS);
     # the finishing thread's stream waits for it on the GPU and gets the same boxes
-    config = DetectorConfig(
-        model=model_config("yolox", size=416, batch_max=8), confidence=0.3, nms_iou=0.45
-    )
-    backend = TorchBackend.from_onnx(
-        yolox_dynamic, input_shape=(3, 416, 416), device="cuda", precision="fp16", max_batch=8
-    )
-    detector = DeviceDetector.from_config(config, backend)
+    detector = _fp16_detector(yolox_dynamic)
     frames = [torch.from_numpy(f).cuda() for f in video_frames]
     want = detector(frames)  # graphs captured, memory allocated
     finished: list[list[Detections]] = []
@@ -118,6 +106,21 @@ def test_a_batch_queued_by_one_thread_is_finished_by_another_and_the_first_never
     for expected, got in zip(want, finished[0], strict=True):
         assert got.class_ids.tolist() == expected.class_ids.tolist()
         np.testing.assert_allclose(got.xyxy, expected.xyxy, atol=1e-3)
+
+
+_YOLOX = DetectorConfig(
+    model=model_config("yolox", size=416, batch_max=8), confidence=0.3, nms_iou=0.45
+)
+
+
+def _fp16_detector(path: Path, on_stage: StageCallback | None = None) -> Detector:
+    """YOLOX-nano FP16 on the GPU, CUDA graphs up to batch 8."""
+    backend = TorchBackend.from_onnx(
+        path, input_shape=(3, 416, 416), device="cuda", precision="fp16", max_batch=8
+    )
+    return DeviceDetector(
+        _YOLOX.model, backend, _YOLOX.confidence, _YOLOX.nms_iou, on_stage=on_stage
+    )
 
 
 def test_a_classifier_that_flattens_by_batch_size_is_captured_and_matches_onnx_runtime(
