@@ -12,11 +12,10 @@ inference thread forms batches and queues their detection (on a GPU it never wai
 finishing thread waits for a batch's boxes, tracks it while the next batch is detected, and
 queues its classification (the due tracks of all the batch's cameras in one call). When another
 batch is waiting, it tracks that one before waiting for the classifier's answers, so the
-classifier's GPU time hides behind host work; a camera's frames are still published in order.
-One batch at most waits between the threads, and it is formed only when there is room for it,
-so its frames are the freshest at hand. A new config (cameras added/removed, models changed) is
-applied without a restart: new cameras start before removed ones stop, so no camera goes
-unwatched during a handover.
+classifier's GPU time hides behind host work; a camera's frames are still published in order,
+and one batch at most waits between the threads. A new config (cameras added/removed,
+models changed) is applied without a restart: new cameras start before removed ones stop, so no
+camera goes unwatched during a handover.
 """
 
 from __future__ import annotations
@@ -275,10 +274,7 @@ class _Lane:
     device: str
     models: _Models
     batcher: DynamicBatcher[str, Frame]
-    detected: queue.Queue[_Detected] = field(default_factory=queue.Queue)
-    room: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1))
-    """Taken by the inference thread before it forms a batch, given back by the finishing
-    thread as it takes one from ``detected``: at most one batch waits between them."""
+    detected: queue.Queue[_Detected] = field(default_factory=lambda: queue.Queue(maxsize=1))
     threads: list[threading.Thread] = field(default_factory=list)
 
 
@@ -533,9 +529,11 @@ class WorkerRuntime:
     def _loop(self, lane: _Lane) -> None:
         while not self._stop.is_set():
             try:
-                if not lane.room.acquire(timeout=_HANDOVER_POLL_SECONDS):
-                    continue  # no heartbeat: a stuck finishing thread shows as an unhealthy worker
-                if not self._queue_next_batch(lane):
+                self._gather(lane)
+                batch = lane.batcher.take(time.monotonic())
+                if batch:
+                    self._hand_over(lane, self._detect(lane, batch))
+                else:
                     due = lane.batcher.due_in(time.monotonic())
                     self._stop.wait(
                         min(due if due is not None else _IDLE_POLL_SECONDS, _IDLE_POLL_SECONDS)
@@ -563,23 +561,6 @@ class WorkerRuntime:
             sum(c.stream.pending for c in cams) + lane.batcher.pending
         )
 
-    def _queue_next_batch(self, lane: _Lane) -> bool:
-        """With the room for one batch taken: form it from the freshest frames and queue its
-        detection for the finishing thread; else give the room back. Frames are bound to a
-        batch only once the finishing thread can take it, so while it is behind they wait in
-        the batcher, where fresher ones replace them, not in a batch that ages in a queue."""
-        try:
-            self._gather(lane)
-            batch = lane.batcher.take(time.monotonic())
-            if batch:
-                lane.detected.put_nowait(self._detect(lane, batch))
-                return True
-        except BaseException:
-            lane.room.release()
-            raise
-        lane.room.release()
-        return False
-
     def _detect(self, lane: _Lane, batch: list[Item[str, Frame]]) -> _Detected:
         with self._lock:
             models = lane.models
@@ -588,6 +569,17 @@ class WorkerRuntime:
         # NVDEC frames stay on the GPU: the device detector takes them as they are, and this
         # thread only queues the work (the finishing thread waits for the boxes)
         return _Detected(frames, models.detector.submit([f.pixels for f in frames]), models)
+
+    def _hand_over(self, lane: _Lane, detected: _Detected) -> None:
+        """Queue a detected batch for tracking. While the finishing thread is still a batch
+        behind this waits without a heartbeat: the batcher, not a queue, absorbs the backlog
+        (freshest frames win), and a stuck tracker shows as an unhealthy worker."""
+        while not self._stop.is_set():
+            try:
+                lane.detected.put(detected, timeout=_HANDOVER_POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
 
     def _finish_loop(self, lane: _Lane) -> None:
         """Wait for each detected batch's boxes, track it and queue its classification, then
@@ -601,7 +593,6 @@ class WorkerRuntime:
                 self._finishing(lane, "track", self._publish_batch, in_flight)
                 in_flight = None
                 continue
-            lane.room.release()
             found = self._finishing(lane, "detect", detected.detections.result)
             tracked = None
             if found is not None:
